@@ -1,0 +1,72 @@
+"""Ultralytics ``DetectionTrainer`` subclasses for the FP16 baseline and the W4A16 QAT run.
+
+Both subclass narrowly, in the manner of Ultralytics' own 20-line YOLOv10 trainer:
+
+* :class:`ScratchDetectionTrainer` adds the run callbacks (TensorBoard, loss curves,
+  non-finite loss reports). Building from YAML with random weights is already what
+  ``DetectionTrainer.get_model`` does when ``pretrained=False``.
+* :class:`QATDetectionTrainer` overrides ``get_model`` only: it builds the float model,
+  loads any weights (``--init-from`` or a resume checkpoint) and then swaps its convs for
+  Brevitas ``QuantConv2d``. ``setup_model`` calls ``get_model`` before EMA and the
+  optimizer exist, so both see the final module structure.
+
+YOLOv10 validation needs no dict-prediction adapter in Ultralytics 8.4.190: in eval mode
+``v10Detect`` returns a tensor (``(y, preds)``), and with ``nms=False`` the validator sets
+``model.end2end`` so ``y`` comes from the one-to-one branch (NMS-free). The tests check it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils import DEFAULT_CFG, LOGGER
+
+from auto_quantize_model.cv_models.run_logging import attach_run_callbacks
+from auto_quantize_model.cv_models.yolov10_brevitas import QuantScheme, quant_scheme_of, quantize_model
+
+# Ultralytics rejects unknown keys in its args, and its DDP launcher rebuilds the trainer in a
+# new process from those args alone. The scheme therefore travels in the environment, which
+# the launched workers inherit (and inside the pickled model of every checkpoint).
+QUANT_SCHEME_ENV = "AQM_QUANT_SCHEME_JSON"
+
+
+class ScratchDetectionTrainer(DetectionTrainer):
+    """``DetectionTrainer`` plus TensorBoard, loss curves and non-finite loss reports."""
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
+        super().__init__(cfg, overrides, _callbacks)
+        attach_run_callbacks(self)
+
+
+class QATDetectionTrainer(ScratchDetectionTrainer):
+    """Trains a Brevitas fake-quantized YOLO model with the standard Ultralytics loop."""
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None, quant_scheme: QuantScheme | None = None):
+        if quant_scheme is not None:
+            os.environ[QUANT_SCHEME_ENV] = json.dumps(quant_scheme.to_dict())
+        elif QUANT_SCHEME_ENV in os.environ:  # a DDP worker, relaunched by Ultralytics
+            quant_scheme = QuantScheme.from_dict(json.loads(os.environ[QUANT_SCHEME_ENV]))
+        else:
+            raise ValueError(f"QATDetectionTrainer needs a quant_scheme (or ${QUANT_SCHEME_ENV} set)")
+        self.quant_scheme = quant_scheme
+        super().__init__(cfg, overrides, _callbacks)
+
+    def get_model(self, cfg=None, weights=None, verbose=True):
+        """Build the float model, load ``weights`` (FP or QAT latent weights), then quantize it."""
+        self._check_checkpoint_scheme(weights)
+        model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+        report = quantize_model(model, self.quant_scheme)
+        if verbose:
+            LOGGER.info(f"QAT {self.quant_scheme.name}: {report.summary()}")
+        return model
+
+    def _check_checkpoint_scheme(self, weights) -> None:
+        """Refuse to resume a QAT checkpoint under a different scheme than it was trained with."""
+        saved = quant_scheme_of(weights) if weights is not None else None
+        if saved is not None and saved != self.quant_scheme:
+            raise ValueError(
+                f"checkpoint was trained with quant scheme {saved.name!r}, not {self.quant_scheme.name!r}; "
+                "resume it with its own scheme or start a new run root"
+            )
