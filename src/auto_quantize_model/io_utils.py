@@ -12,6 +12,15 @@ from pathlib import Path
 from typing import Any
 
 
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_DEFAULT_FILE_MODE = _default_file_mode()
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds.
@@ -25,6 +34,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, _DEFAULT_FILE_MODE)  # mkstemp creates 0600; artifacts are shared like any file
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

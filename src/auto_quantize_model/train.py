@@ -202,7 +202,9 @@ def _update_metadata(paths: TrainRunPaths, **fields: Any) -> None:
 
 def _training_outcome(trainer) -> dict[str, Any]:
     best = trainer.best_fitness
+    report = getattr(trainer, "quantization_report", None)  # absent for FP and in a DDP parent
     return {
+        "quantization": report.to_dict() if report is not None else None,
         "epochs_completed": int(trainer.epoch) + 1,
         "best_fitness": float(best) if best is not None else None,
         "nonfinite_losses": int(getattr(trainer, "aqm_nonfinite_count", 0)),

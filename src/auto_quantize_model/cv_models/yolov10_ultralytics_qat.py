@@ -57,9 +57,9 @@ class QATDetectionTrainer(ScratchDetectionTrainer):
         """Build the float model, load ``weights`` (FP or QAT latent weights), then quantize it."""
         self._check_checkpoint_scheme(weights)
         model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
-        report = quantize_model(model, self.quant_scheme)
+        self.quantization_report = quantize_model(model, self.quant_scheme)
         if verbose:
-            LOGGER.info(f"QAT {self.quant_scheme.name}: {report.summary()}")
+            LOGGER.info(f"QAT scheme {self.quant_scheme.name}: convs per bit width {self.quantization_report.counts()}")
         return model
 
     def _check_checkpoint_scheme(self, weights) -> None:

@@ -1,0 +1,138 @@
+"""The qat-w4a16 training stage inside Ultralytics: artifacts, checkpoints, resume, DDP relaunch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from auto_quantize_model.cv_models import run_logging
+from auto_quantize_model.cv_models.yolov10_brevitas import is_quantized, named_scheme, quant_scheme_of, quantized_layers
+from auto_quantize_model.run_root import RunRoot
+from auto_quantize_model.train import train_stage
+from conftest import TINY_EPOCHS, TINY_IMGSZ, tiny_train_request
+
+pytestmark = pytest.mark.slow
+
+
+def test_qat_run_writes_every_artifact_and_the_scheme(qat_run):
+    paths = qat_run.paths
+    assert qat_run.status == "finished" and paths.name == "qat-w4a16"
+    for artifact in (paths.args_yaml, paths.results_csv, paths.best, paths.last, paths.loss_curves_csv,
+                     paths.loss_curves_png, paths.metadata_json, paths.config_yaml, paths.quant_scheme_json):
+        assert artifact.is_file() and artifact.stat().st_size > 0, artifact
+    assert any(paths.tensorboard_dir.glob("events.out.tfevents.*"))
+    scheme = json.loads(paths.quant_scheme_json.read_text())
+    assert scheme == named_scheme("w4a16").to_dict()
+    metadata = json.loads(paths.metadata_json.read_text())
+    assert metadata["status"] == "finished" and metadata["quant_scheme"] == scheme
+    assert metadata["epochs_completed"] == TINY_EPOCHS
+
+
+def test_qat_checkpoint_carries_quantized_model_and_scheme(qat_run):
+    checkpoint = torch.load(qat_run.paths.best, weights_only=False)
+    model = checkpoint["model"]
+    assert is_quantized(model) and quant_scheme_of(model) == named_scheme("w4a16")
+    assert len(list(quantized_layers(model))) == 107  # every yolov10n conv but DFL
+
+
+# The child process imports only Ultralytics' public API after our package: YOLO(best.pt) must load.
+_REOPEN = """
+import sys, torch
+import auto_quantize_model
+from ultralytics import YOLO
+model = YOLO(sys.argv[1]).model.float().eval()
+torch.manual_seed(0)
+with torch.no_grad():
+    out = model(torch.rand(2, 3, {imgsz}, {imgsz}))
+torch.save(out[0] if isinstance(out, (tuple, list)) else out, sys.argv[2])
+"""
+
+
+def test_qat_best_reopens_with_ultralytics_yolo_and_reproduces_outputs(qat_run, tmp_path):
+    out_file = tmp_path / "out.pt"
+    script = _REOPEN.format(imgsz=TINY_IMGSZ)
+    subprocess.run([sys.executable, "-c", script, str(qat_run.paths.best), str(out_file)], check=True)
+    reopened = torch.load(out_file)
+    model = torch.load(qat_run.paths.best, weights_only=False)["model"].float().eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected = model(torch.rand(2, 3, TINY_IMGSZ, TINY_IMGSZ))
+    expected = expected[0] if isinstance(expected, (tuple, list)) else expected
+    assert torch.allclose(reopened, expected, atol=1e-5)
+
+
+class _Interrupt(RuntimeError):
+    pass
+
+
+def _interrupt(trainer):
+    raise _Interrupt("simulated crash after epoch 1")
+
+
+def test_interrupted_qat_run_resumes_with_its_scheme(prepared_dataset, tmp_path, monkeypatch):
+    request = tiny_train_request(tmp_path, prepared_dataset.dataset_yaml, quantized=True,
+                                 quant_scheme="w4a16-fl8", epochs=2)
+    monkeypatch.setitem(run_logging.RUN_CALLBACKS, "on_model_save", _interrupt)
+    with pytest.raises(_Interrupt):
+        train_stage(request)
+    monkeypatch.undo()
+    paths = RunRoot(tmp_path).qat("w4a16-fl8")
+    assert quant_scheme_of(torch.load(paths.last, weights_only=False)["ema"]) == named_scheme("w4a16-fl8")
+    resumed = train_stage(tiny_train_request(tmp_path, prepared_dataset.dataset_yaml, quantized=True,
+                                             quant_scheme="w4a16-fl8", epochs=2, resume=True))
+    assert resumed.status == "finished" and resumed.resumed and resumed.epochs_completed == 2
+    assert quant_scheme_of(torch.load(paths.best, weights_only=False)["model"]) == named_scheme("w4a16-fl8")
+
+
+def test_nonfinite_loss_is_reported_with_epoch_and_batch(prepared_dataset, tmp_path):
+    from auto_quantize_model.cv_models.yolov10_ultralytics_qat import ScratchDetectionTrainer
+
+    trainer = ScratchDetectionTrainer(overrides={
+        "model": "yolov10n.yaml", "data": str(prepared_dataset.dataset_yaml), "device": "cpu",
+        "project": str(tmp_path), "name": "nan", "exist_ok": True,
+    })
+    trainer.epoch, trainer.aqm_batch_index, trainer.loss = 4, 7, torch.tensor(float("nan"))
+    run_logging.on_train_batch_end(trainer)
+    events = [json.loads(line) for line in (tmp_path / "nan" / "nonfinite_losses.jsonl").read_text().splitlines()]
+    assert events == [{"epoch": 5, "batch": 7, "loss": "nan"}]
+    assert trainer.aqm_nonfinite_count == 1
+
+
+_DDP_WORKER = """
+import sys, json
+import auto_quantize_model
+from ultralytics.utils import DEFAULT_CFG_DICT
+from ultralytics.utils.patches import torch_load
+state = torch_load(sys.argv[1], map_location="cpu")
+cfg = DEFAULT_CFG_DICT.copy()
+cfg.update(save_dir="")
+trainer = state["trainer"](cfg=cfg, overrides=state["args"], _callbacks=state["callbacks"])
+trainer.data = trainer.get_dataset()
+model = trainer.get_model(cfg=trainer.args.model, verbose=False)
+from auto_quantize_model.cv_models.yolov10_brevitas import quant_scheme_of, quantized_layers
+print(json.dumps({"trainer": type(trainer).__name__, "scheme": quant_scheme_of(model).name,
+                  "quantized": len(list(quantized_layers(model)))}))
+"""
+
+
+def test_scheme_survives_ultralytics_ddp_relaunch(prepared_dataset, tmp_path):
+    """Build the real DDP temp file, then rebuild the trainer from it in a fresh process, as a worker does."""
+    from ultralytics.utils.dist import generate_ddp_file
+
+    from auto_quantize_model.cv_models.yolov10_ultralytics_qat import QUANT_SCHEME_ENV, QATDetectionTrainer
+    from auto_quantize_model.train import resolve_train_args
+
+    request = tiny_train_request(tmp_path, prepared_dataset.dataset_yaml, quantized=True, quant_scheme="w4a16-flfp")
+    trainer = QATDetectionTrainer(overrides=resolve_train_args(request), quant_scheme=named_scheme("w4a16-flfp"))
+    script = generate_ddp_file(trainer)
+    state_file = script.replace(".py", ".pt")
+    # The launched workers inherit the parent's environment, which is how the scheme reaches them.
+    assert json.loads(__import__("os").environ[QUANT_SCHEME_ENV])["name"] == "w4a16-flfp"
+    done = subprocess.run([sys.executable, "-c", _DDP_WORKER, state_file], capture_output=True, text=True, check=True)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["trainer"] == "QATDetectionTrainer" and report["scheme"] == "w4a16-flfp"
+    assert 0 < report["quantized"] < 107  # first conv and head prediction convs left float
