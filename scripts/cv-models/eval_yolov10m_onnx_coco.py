@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""Evaluate a YOLOv10 ONNX model (FP16 or QAT QCDQ) on a COCO annotation file.
+
+Example::
+
+    python scripts/cv-models/eval_yolov10m_onnx_coco.py --onnx R/onnx/yolov10m-fp16.onnx \\
+        --ann-file R/dataset/instances_val.json --images-dir R/dataset/images/val --out-dir R/baseline-coco
+
+Writes ``OUT/metrics.json`` and ``OUT/detections.json`` (see :mod:`auto_quantize_model.evaluate`).
+Exit status 2 on bad input (missing files, wrong model layout, class-count mismatch, no readable image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import auto_quantize_model  # noqa: F401  (offline Ultralytics settings before anything imports it)
+from auto_quantize_model.evaluate import OUTPUT_FORMATS, EvaluationInputError, evaluate_onnx_coco
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options; defaults match Ultralytics' validator (conf 0.001, iou 0.7, max_det 300)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--onnx", required=True, type=Path, help="ONNX model ([N,3,H,W] input 'images')")
+    parser.add_argument("--ann-file", required=True, type=Path, help="COCO instances json")
+    parser.add_argument("--images-dir", required=True, type=Path, help="folder holding the annotation's file_names")
+    parser.add_argument("--out-dir", required=True, type=Path, help="where metrics.json and detections.json go")
+    parser.add_argument("--imgsz", type=int, nargs="+", default=[640], help="H W (or one size) for dynamic inputs")
+    parser.add_argument("--providers", nargs="+", default=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    parser.add_argument("--max-images", type=int, default=None, help="first N image ids (sorted)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size when the model batch is dynamic")
+    parser.add_argument("--conf", type=float, default=0.001, help="keep detections with score > conf")
+    parser.add_argument("--iou", type=float, default=0.7, help="NMS IoU for the raw layout")
+    parser.add_argument("--max-dets", type=int, default=300, help="detections kept per image")
+    parser.add_argument("--conf-prod", type=float, default=0.25, help="operating point for precision/recall/F1")
+    parser.add_argument("--output-format", choices=OUTPUT_FORMATS, default=None, help="override layout detection")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the evaluation; print the headline numbers; return 0, or 2 on bad input."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if len(args.imgsz) not in (1, 2):
+        parser.error("--imgsz takes one size or H W")
+    imgsz = args.imgsz[0] if len(args.imgsz) == 1 else (args.imgsz[0], args.imgsz[1])
+    try:
+        result = evaluate_onnx_coco(
+            args.onnx,
+            args.ann_file,
+            args.images_dir,
+            args.out_dir,
+            imgsz=imgsz,
+            providers=tuple(args.providers),
+            max_images=args.max_images,
+            batch=args.batch,
+            conf=args.conf,
+            iou=args.iou,
+            max_dets=args.max_dets,
+            conf_prod=args.conf_prod,
+            output_format=args.output_format,
+        )
+    except EvaluationInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    m = result.metrics
+    print(
+        f"mAP50-95 {m['mAP50_95']}  mAP50 {m['mAP50']}  images {m['num_images']} "
+        f"(skipped {m['num_images_skipped']})  {m['images_per_s']:.1f} img/s  -> {result.metrics_path}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
