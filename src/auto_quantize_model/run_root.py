@@ -151,6 +151,11 @@ class RunRoot:
         return self.dataset_dir / "instances_val.json"
 
     @property
+    def val_images_dir(self) -> Path:
+        """Symlinks to the validation images (what the ONNX evaluator reads)."""
+        return self.dataset_dir / "images" / "val"
+
+    @property
     def dataset_provenance(self) -> Path:
         return self.dataset_dir / "provenance.json"
 
