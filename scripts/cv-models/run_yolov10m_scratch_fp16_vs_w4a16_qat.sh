@@ -99,6 +99,7 @@ train=("$PY" "$TOOLS_DIR/train_yolov10m_scratch_fp16_vs_w4a16_qat_brevitas.py")
 train_args=(--run-root "$ART_RUN_ROOT" --data "$ART_DATASET_YAML" --model "$CFG_MODEL" --epochs "$CFG_EPOCHS"
   --imgsz "$CFG_IMGSZ" --batch "$CFG_BATCH" --device "$CFG_DEVICE" --hyp "$CFG_HYP" --seed "$CFG_SEED"
   --workers "$CFG_WORKERS" --fraction "$CFG_FRACTION" --resume)
+for pair in ${CFG_TRAIN_OVERRIDES[@]+"${CFG_TRAIN_OVERRIDES[@]}"}; do train_args+=(--set "$pair"); done
 export_args=(--imgsz "$CFG_IMGSZ" --format "$CFG_EXPORT_FORMAT" --validate)
 if [[ -n "$CFG_EXPORT_OPSET" ]]; then export_args+=(--opset "$CFG_EXPORT_OPSET"); fi
 if [[ "$CFG_EXPORT_DYNAMIC_BATCH" == true ]]; then export_args+=(--dynamic-batch); fi

@@ -139,6 +139,13 @@ def _str_list(key: str, value: Any) -> list[str]:
     return list(items)
 
 
+def _key_value_list(key: str, value: Any) -> list[str]:
+    # Ultralytics arguments for both trainings, passed on as `--set KEY=VALUE`; the trainer checks the keys.
+    if not isinstance(value, list) or not all(isinstance(i, str) and re.fullmatch(r"\w+=\S.*", i) for i in value):
+        raise RunConfigError(f"{key}: expected a list of 'KEY=VALUE' strings (may be empty), got {value!r}")
+    return list(value)
+
+
 # Every key a profile must define, in the order they are saved. No hidden defaults: a profile
 # names each setting, so the saved run config documents the whole experiment.
 PROFILE_SCHEMA: dict[str, Callable[[str, Any], Any]] = {
@@ -152,6 +159,7 @@ PROFILE_SCHEMA: dict[str, Callable[[str, Any], Any]] = {
     "fraction": _fraction,
     "hyp": _str(suffix=".yaml"),
     "quant_scheme": _str(pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]*"),
+    "train_overrides": _key_value_list,
     "data_source": _choice("coco", "synthetic"),
     "source_root": _str(optional=True),
     "max_train_images": _int(1, optional=True),

@@ -28,6 +28,8 @@ def configure_offline_environment() -> None:
     settings file is pinned by :func:`disable_ultralytics_integrations` once Ultralytics loads.
     """
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    # A checkpoint naming a module Ultralytics cannot import makes it try `pip install <module>`.
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
     config_dir = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(project_root() / "tmp" / "ultralytics-config")))
     config_dir.mkdir(parents=True, exist_ok=True)
     # Ultralytics plots call matplotlib; keep its cache local and headless too.

@@ -1,0 +1,804 @@
+"""ONNX export of FP and Brevitas W4A16 QAT YOLOv10 checkpoints under one input/output contract.
+
+Both kinds of Ultralytics ``.pt`` checkpoint become an ONNX model with input ``images``
+``(N, 3, H, W)`` float32 RGB in [0, 1] (letterboxed, gray 114) and output ``output0``: end-to-end
+``(N, K, 6)`` rows ``x1, y1, x2, y2, score, class`` (``K = min(300, anchors)``, the default) or raw
+``(N, 4 + nc, anchors)``. The contract is written down in ``models/cv-models/yolov10m/README.md``.
+
+* A float checkpoint goes through the Ultralytics exporter itself (``YOLO(pt).export``).
+* A QAT checkpoint (it holds Brevitas layers, see :func:`~auto_quantize_model.cv_models.yolov10_brevitas.is_quantized`)
+  gets the model preparation the Ultralytics exporter does (:func:`prepare_for_export`) and is then written as
+  Brevitas QCDQ: int8 weight initializers -> ``Clip`` to the signed narrow range of their bit width -> per-channel
+  ``DequantizeLinear``, one chain per quantized conv. The Ultralytics ``metadata_props`` are added so ``YOLO(onnx)``
+  loads it like an Ultralytics export.
+
+Every export writes ``<stem>.json`` beside the ``.onnx`` (source checkpoint and its sha256, scheme, opset, layout,
+class names, preprocessing, sizes, versions, Q/DQ/Clip counts and, with ``validate=True``, the ONNX Runtime vs
+PyTorch comparison on real images). Nothing is written under the final names until everything succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from auto_quantize_model.io_utils import atomic_output, read_json, sha256_file, write_json_atomic
+from auto_quantize_model.provenance import command_line, git_state, package_versions, utc_now
+
+LOGGER = logging.getLogger(__name__)
+
+OUTPUT_FORMATS = ("e2e", "raw")
+KIND_FP, KIND_QCDQ = "fp", "qat-qcdq"
+INPUT_NAME, OUTPUT_NAME = "images", "output0"
+MAX_DET = 300  # Ultralytics' default max_det; the exporter clamps it to the number of anchors
+MAX_IR_VERSION = 10  # what the Ultralytics exporter caps to, for onnxruntime compatibility
+METADATA_SCHEMA_VERSION = 1
+DEFAULT_VAL_MAX_IMAGES = 8
+PAD_VALUE = 114
+PREPROCESSING = {
+    "layout": "NCHW",
+    "dtype": "float32",
+    "color": "RGB",
+    "scale": "pixel / 255, range [0, 1]",
+    "letterbox": "resize keeping aspect ratio (cv2.INTER_LINEAR), pad centered to H x W with gray 114",
+    "reference": "auto_quantize_model.preprocess.letterbox (Ultralytics LetterBox, pixel for pixel)",
+    "pad_value": PAD_VALUE,
+}
+OUTPUT_LAYOUTS = {
+    "e2e": "x1, y1, x2, y2, score, class in input pixels; NMS-free one-to-one head, rows sorted by score",
+    "raw": "cx, cy, w, h in input pixels, then per-class sigmoid scores; one-to-many head, needs NMS",
+}
+
+
+class ExportInputError(ValueError):
+    """Bad input to the exporter; the message names the file or argument and the fix."""
+
+
+class ExportExistsError(FileExistsError):
+    """The output ONNX already exists and ``overwrite`` was not given."""
+
+
+class ExportValidationError(RuntimeError):
+    """ONNX Runtime outputs differ from PyTorch beyond the documented tolerances; nothing was written."""
+
+    def __init__(self, message: str, report: dict[str, Any]):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_onnx` wrote."""
+
+    onnx_path: Path
+    metadata_path: Path
+    kind: str  # "fp" or "qat-qcdq"
+    scheme_name: str | None
+    size_bytes: int
+    validation: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """The resolved export request shared by both exporters and the validation."""
+
+    imgsz: tuple[int, int]
+    output_format: str
+    opset: int
+    dynamic_batch: bool
+    half: bool
+
+    @property
+    def end2end(self) -> bool:
+        return self.output_format == "e2e"
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry point
+# ----------------------------------------------------------------------------------------------
+def export_onnx(
+    weights: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    imgsz: int | Sequence[int] = 640,
+    output_format: str = "e2e",
+    opset: int | None = None,
+    dynamic_batch: bool = False,
+    half: bool = False,
+    validate: bool = False,
+    val_images: str | os.PathLike | None = None,
+    val_max_images: int = DEFAULT_VAL_MAX_IMAGES,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Export an Ultralytics FP or Brevitas QAT checkpoint to ``out`` (+ ``out`` with ``.json``).
+
+    ``validate`` compares ONNX Runtime with the PyTorch model on real images (``val_images``, else the
+    validation images of the dataset the checkpoint was trained on) and raises
+    :class:`ExportValidationError` without writing anything when a difference exceeds its tolerance.
+    """
+    weights, out = Path(weights), Path(out)
+    _check_request(weights, out, output_format, overwrite, val_max_images)
+    model, ckpt = load_detection_checkpoint(weights)
+    kind = KIND_QCDQ if _is_quantized(model) else KIND_FP
+    settings = _resolve_settings(model, imgsz, output_format, opset, dynamic_batch, half, kind)
+    scheme = _scheme_dict(model) if kind == KIND_QCDQ else None
+    LOGGER.info("%s: %s", weights, describe_kind(kind, scheme))
+    # Images are checked before the slow export, and the PyTorch reference runs on the prepared model
+    # before Brevitas' export pass touches it.
+    plan = plan_validation(val_images, ckpt, weights, val_max_images, settings) if validate else None
+    if kind == KIND_QCDQ or plan:  # an FP export needs the prepared model only as the validation reference
+        model = prepare_for_export(model, settings.imgsz, settings.end2end, settings.dynamic_batch)
+    reference = reference_outputs(model, plan) if plan else None
+    with tempfile.TemporaryDirectory(prefix=f".{out.stem}.export-", dir=_ensure_dir(out.parent)) as work:
+        staged = Path(work) / out.name
+        if kind == KIND_FP:
+            _export_fp(weights, staged, settings)
+        else:
+            _export_qcdq(model, staged, settings, ckpt)
+        graph = inspect_onnx(staged)
+        want = expected_output_shape(settings, len(model.names), model.stride.tolist())
+        output_shape = _check_contract(staged, graph, settings.imgsz, want)
+        validation = validate_export(staged, reference, plan, settings, kind) if plan else None
+        if validation and not validation["passed"]:
+            raise ExportValidationError(_validation_failure_message(staged.name, validation), validation)
+        metadata = _export_metadata(weights, out, staged, kind, scheme, settings, model, graph, output_shape, validation)
+        return _publish(staged, out, metadata, kind, scheme, validation)
+
+
+def describe_kind(kind: str, scheme: dict[str, Any] | None) -> str:
+    """One line saying which kind of checkpoint this is and what it becomes."""
+    if kind == KIND_FP:
+        return "float (FP) checkpoint -> ONNX through the Ultralytics exporter"
+    return f"QAT checkpoint (Brevitas, scheme {(scheme or {}).get('name', '?')}) -> Brevitas QCDQ ONNX"
+
+
+def metadata_path_for(onnx_path: str | os.PathLike) -> Path:
+    """The metadata JSON of an ONNX file: same folder and stem, ``.json``."""
+    return Path(onnx_path).with_suffix(".json")
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks and checkpoint loading
+# ----------------------------------------------------------------------------------------------
+def _check_request(weights: Path, out: Path, output_format: str, overwrite: bool, val_max_images: int) -> None:
+    """Reject bad arguments before any work; an existing ONNX is never replaced without ``overwrite``."""
+    if output_format not in OUTPUT_FORMATS:
+        raise ExportInputError(f"output format {output_format!r} is not one of {OUTPUT_FORMATS}")
+    if not weights.is_file():
+        raise ExportInputError(f"{weights}: checkpoint not found; pass --weights with a trained best.pt or last.pt")
+    if weights.suffix != ".pt":
+        raise ExportInputError(f"{weights}: expected an Ultralytics .pt checkpoint (e.g. weights/best.pt)")
+    if out.suffix != ".onnx":
+        raise ExportInputError(f"{out}: the output must end in .onnx (its metadata goes beside it as .json)")
+    if val_max_images < 1:
+        raise ExportInputError(f"val_max_images must be >= 1, got {val_max_images}")
+    if out.exists() and not overwrite:
+        raise ExportExistsError(f"{out}: already exists; pass --overwrite to replace it or choose another --out")
+
+
+def _ensure_dir(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def load_detection_checkpoint(weights: Path) -> tuple[Any, dict[str, Any]]:
+    """Load an Ultralytics detection checkpoint as a float32 eval model; a clear error for anything else.
+
+    Importing the Brevitas module first lets pickle find the quantized layers of QAT checkpoints.
+    """
+    import auto_quantize_model.cv_models.yolov10_brevitas  # noqa: F401  (QAT layers must be importable)
+    from ultralytics.nn.autobackend import check_class_names, default_class_names
+    from ultralytics.nn.modules import Detect
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+
+    try:
+        model, ckpt = load_checkpoint(str(weights))
+    except Exception as error:  # torch/pickle/Ultralytics raise many types for a bad file; one message for all
+        raise ExportInputError(
+            f"{weights}: not a loadable Ultralytics checkpoint ({type(error).__name__}: {_first_line(error)}); "
+            "pass the weights/best.pt (or last.pt) that Ultralytics training wrote"
+        ) from error
+    if not isinstance(model, DetectionModel) or not isinstance(model.model[-1], Detect):
+        raise ExportInputError(
+            f"{weights}: holds a {type(model).__name__}, not an Ultralytics detection model; "
+            "export a checkpoint of a YOLO detection run"
+        )
+    # As the Ultralytics exporter does: numbered names when a checkpoint has none, always {int: str}.
+    model.names = check_class_names(getattr(model, "names", None) or default_class_names(nc=model.model[-1].nc))
+    return model, ckpt
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else ""
+
+
+def _is_quantized(model: Any) -> bool:
+    from auto_quantize_model.cv_models.yolov10_brevitas import is_quantized
+
+    return is_quantized(model)
+
+
+def _scheme_dict(model: Any) -> dict[str, Any] | None:
+    from auto_quantize_model.cv_models.yolov10_brevitas import quant_scheme_of
+
+    scheme = quant_scheme_of(model)
+    return scheme.to_dict() if scheme is not None else None
+
+
+def _resolve_settings(
+    model: Any, imgsz: Any, output_format: str, opset: int | None, dynamic_batch: bool, half: bool, kind: str
+) -> ExportSettings:
+    """Image size as the Ultralytics exporter checks it (multiple of the stride) and its default opset."""
+    import onnx
+    from ultralytics.utils.checks import check_imgsz
+    from ultralytics.utils.export.engine import best_onnx_opset
+
+    if half and kind == KIND_QCDQ:
+        raise ExportInputError(
+            "--half is for float checkpoints only: the QCDQ graph keeps float32 scales and activations "
+            "(W4A16 means 16-bit activations on the target runtime, not an fp16 ONNX); drop --half"
+        )
+    size = check_imgsz(imgsz, stride=model.stride, min_dim=2)
+    chosen = opset if opset is not None else best_onnx_opset(onnx)
+    if chosen < 13:  # per-channel DequantizeLinear (axis) and the exporter's own minimum for Detect
+        raise ExportInputError(f"opset {chosen} is too old; use --opset 13 or newer")
+    return ExportSettings((int(size[0]), int(size[1])), output_format, int(chosen), bool(dynamic_batch), bool(half))
+
+
+# ----------------------------------------------------------------------------------------------
+# The two exporters
+# ----------------------------------------------------------------------------------------------
+def _export_fp(weights: Path, staged: Path, settings: ExportSettings) -> None:
+    """Float checkpoint: the Ultralytics exporter itself, writing into the staging folder.
+
+    The exporter writes ``<pt_path>.onnx`` beside the checkpoint; pointing ``pt_path`` into the staging
+    folder keeps the checkpoint's folder untouched. ``nms=False`` selects the one-to-one (end-to-end)
+    branch, ``nms=None`` the raw one-to-many layout (``engine/exporter.py``: ``model.end2end = nms is False``).
+    """
+    from ultralytics import YOLO
+
+    yolo = YOLO(str(weights), task="detect")
+    yolo.model.pt_path = str(staged.with_suffix(".pt"))
+    written = yolo.export(
+        format="onnx", imgsz=list(settings.imgsz), nms=False if settings.end2end else None, simplify=False,
+        opset=settings.opset, dynamic=settings.dynamic_batch, quantize=16 if settings.half else None,
+        batch=1, device="cpu",
+    )  # fmt: skip
+    if Path(written).resolve() != staged.resolve():
+        raise RuntimeError(f"Ultralytics wrote {written}, expected {staged}")
+
+
+def prepare_for_export(model: Any, imgsz: tuple[int, int], end2end: bool, dynamic: bool) -> Any:
+    """The model preparation ``ultralytics.engine.exporter.Exporter.__call__`` does for ONNX (8.4.190).
+
+    Class names checked, head branch chosen (``end2end``), gradients off, eval, float32, ``fuse()``
+    (a quantized model's own ``fuse`` skips the folds that would move its 4-bit outputs), then the
+    ``Detect`` flags (``export``, ``format``, ``dynamic``, ``max_det`` clamped to the anchors,
+    ``xyxy``/``agnostic_nms`` off as for ``nms=False``, cached anchors reset) and ``C2f.forward_split``.
+    Returns the prepared model (``fuse`` may return a new object).
+    """
+    from ultralytics.nn.autobackend import check_class_names
+    from ultralytics.nn.modules import C2f, Detect
+
+    model.names = check_class_names(model.names)
+    model.end2end = end2end  # before fuse: fusing drops the branch that is not selected
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    model.eval()
+    model.float()
+    model = model.fuse(verbose=False, imgsz=list(imgsz))
+    anchors = sum(int(imgsz[0] / s) * int(imgsz[1] / s) for s in model.stride.tolist())
+    for module in model.modules():
+        if isinstance(module, Detect):
+            module.dynamic, module.export, module.format = dynamic, True, "onnx"
+            module.max_det = min(MAX_DET, anchors)
+            module.agnostic_nms, module.xyxy, module.shape = False, False, None
+        elif isinstance(module, C2f):
+            module.forward = module.forward_split
+    return model
+
+
+def dynamic_axes(dynamic: bool) -> dict[str, dict[int, str]] | None:
+    """The Ultralytics exporter's dynamic axes for a detection model (batch, and also height/width)."""
+    if not dynamic:
+        return None
+    return {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 2: "anchors"}}
+
+
+def _export_qcdq(model: Any, staged: Path, settings: ExportSettings, ckpt: dict[str, Any]) -> None:
+    """QAT checkpoint, already through :func:`prepare_for_export`: Brevitas QCDQ via the TorchScript exporter.
+
+    ``dynamo=False``: the dynamo path stores float weights -> Q -> Clip -> DQ (4x larger), lists
+    initializers as inputs and leaves a ``.onnx.data`` file. ``keep_initializers_as_inputs=False``
+    (Brevitas defaults it to True) keeps ``images`` the only graph input.
+    """
+    import onnx
+    import torch
+    from brevitas.export import export_onnx_qcdq
+
+    sample = torch.zeros(1, 3, *settings.imgsz)
+    model(sample)  # dry run, as the Ultralytics exporter does: builds the anchors and checks the graph runs
+    export_onnx_qcdq(
+        model, args=sample, export_path=str(staged), opset_version=settings.opset, dynamo=False,
+        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes(settings.dynamic_batch),
+        keep_initializers_as_inputs=False,
+    )  # fmt: skip
+    proto = onnx.load(str(staged))
+    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    for key, value in ultralytics_metadata(model, settings, ckpt).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(proto, str(staged))
+
+
+def ultralytics_metadata(model: Any, settings: ExportSettings, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The ``metadata_props`` the Ultralytics ONNX exporter writes; ``AutoBackend`` reads them back."""
+    from ultralytics import __version__
+
+    data = (ckpt.get("train_args") or {}).get("data") or ""
+    pretty = Path(model.yaml.get("yaml_file", "model")).stem.replace("yolo", "YOLO")
+    scheme = _scheme_dict(model) or {}
+    return {
+        "description": f"Ultralytics {pretty} model{f' trained on {data}' if data else ''}, "
+        f"Brevitas {scheme.get('name', 'QAT')} QCDQ",
+        "author": "auto-quantize-model (Brevitas QCDQ export)",
+        "date": utc_now(),
+        "version": __version__,
+        "license": "AGPL-3.0 License (https://ultralytics.com/license)",
+        "docs": "https://docs.ultralytics.com",
+        "stride": int(max(model.stride)),
+        "task": model.task,
+        "head": type(model.model[-1]).__name__,
+        "batch": 1,
+        "imgsz": list(settings.imgsz),
+        "names": model.names,
+        "args": {
+            "batch": 1, "quantize": None, "nms": False if settings.end2end else None,
+            "dynamic": settings.dynamic_batch, "simplify": False, "opset": settings.opset,
+        },  # fmt: skip
+        "channels": model.yaml.get("channels", 3),
+        "end2end": settings.end2end,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Inspecting the written graph
+# ----------------------------------------------------------------------------------------------
+def _dims(value_info: Any) -> list[int | str]:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def _initializer_arrays(graph: Any) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    return {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+
+
+def weight_qdq_bit_widths(proto: Any) -> list[int]:
+    """Bit width of every weight ``int8 initializer -> Clip(-m, m) -> DequantizeLinear`` chain, in graph order.
+
+    ``m = 2**(b-1) - 1`` (signed narrow range), so ``Clip(-7, 7)`` is a 4-bit and ``Clip(-127, 127)`` an
+    8-bit weight. A DequantizeLinear fed any other way is not counted.
+    """
+    graph = proto.graph
+    arrays = _initializer_arrays(graph)
+    producer = {output: node for node in graph.node for output in node.output}
+    widths = []
+    for node in graph.node:
+        clip = producer.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if clip is None or clip.op_type != "Clip" or len(clip.input) != 3:
+            continue
+        codes, low, high = (arrays.get(name) for name in clip.input)
+        if codes is None or codes.dtype != np.int8 or low is None or high is None or int(low) != -int(high):
+            continue
+        widths.append(int(math.log2(int(high) + 1)) + 1)
+    return widths
+
+
+@dataclass(frozen=True)
+class GraphSummary:
+    """What the metadata JSON records about the written ONNX graph."""
+
+    opset: int
+    ir_version: int
+    inputs: dict[str, list[int | str]]
+    outputs: dict[str, list[int | str]]
+    op_counts: dict[str, int]
+    weight_qdq_bits: dict[str, int]
+    external_data: bool
+    metadata_props: dict[str, str]
+
+
+def inspect_onnx(path: Path) -> GraphSummary:
+    """Read I/O shapes, op counts, weight Q/DQ chains and external-data use of an ONNX file."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    proto = onnx.load(str(path), load_external_data=False)
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    bits = Counter(str(b) for b in weight_qdq_bit_widths(proto))
+    return GraphSummary(
+        opset=int(opset),
+        ir_version=int(proto.ir_version),
+        inputs={i.name: _dims(i) for i in proto.graph.input},
+        outputs={o.name: _dims(o) for o in proto.graph.output},
+        op_counts=dict(sorted(Counter(n.op_type for n in proto.graph.node).items())),
+        weight_qdq_bits=dict(sorted(bits.items())),
+        external_data=any(uses_external_data(t) for t in proto.graph.initializer),
+        metadata_props={p.key: p.value for p in proto.metadata_props},
+    )
+
+
+def expected_output_shape(settings: ExportSettings, nc: int, strides: Sequence[float], batch: int = 1) -> tuple[int, ...]:
+    """``output0`` shape of the contract: ``(N, min(300, anchors), 6)`` or ``(N, 4 + nc, anchors)``."""
+    h, w = settings.imgsz
+    anchors = sum(int(h / s) * int(w / s) for s in strides)
+    return (batch, min(MAX_DET, anchors), 6) if settings.end2end else (batch, 4 + nc, anchors)
+
+
+def _check_contract(path: Path, graph: GraphSummary, imgsz: tuple[int, int], want: tuple[int, ...]) -> tuple[int, ...]:
+    """Fail loudly if the graph breaks the contract; return the ``output0`` shape of one image.
+
+    Checks names, a self-contained file (no external data, nothing else written) and, by running
+    onnxruntime once on a gray image of the export size, the real output shape (declared dims may be
+    symbolic: a dynamic export, like Ultralytics', leaves batch, height and width open).
+    """
+    import onnxruntime as ort
+
+    stray = sorted(p.name for p in path.parent.iterdir() if p != path)
+    problems = []
+    if list(graph.inputs) != [INPUT_NAME] or list(graph.outputs) != [OUTPUT_NAME]:
+        problems.append(f"inputs {list(graph.inputs)} / outputs {list(graph.outputs)}, expected [images] / [output0]")
+    if graph.external_data or stray:
+        problems.append(f"external data / extra files {stray}")
+    shape: tuple[int, ...] = ()
+    if not problems:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        blank = np.full((1, 3, *imgsz), PAD_VALUE / 255, dtype=np.float32)
+        shape = tuple(session.run([OUTPUT_NAME], {INPUT_NAME: blank})[0].shape)
+        if shape != want:
+            problems.append(f"output0 shape {list(shape)} for one image, expected {list(want)}")
+    if problems:
+        raise RuntimeError(f"{path.name}: exported graph breaks the ONNX contract: {'; '.join(problems)}")
+    return shape
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation: ONNX Runtime vs PyTorch on real images
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tolerance:
+    """Allowed |ONNX Runtime - PyTorch|: boxes relative to the reference box scale, scores absolute.
+
+    ``box_limit = box_rel * max(1, max |reference box coordinate|)`` (pixels): float32 rounding grows with
+    the magnitude of the coordinates, so the limit scales with them; scores are probabilities in [0, 1].
+    """
+
+    box_rel: float
+    score_abs: float
+
+    def box_limit(self, reference_boxes: np.ndarray) -> float:
+        scale = float(np.abs(reference_boxes).max()) if reference_boxes.size else 0.0
+        return self.box_rel * max(1.0, scale)
+
+    def scaled(self, factor: float) -> Tolerance:
+        return Tolerance(self.box_rel * factor, self.score_abs * factor)
+
+
+# Measured worst differences (ONNX Runtime 1.31 CPU vs PyTorch 2.14 CPU, tiny-trained yolov10n at 64, see the
+# README): float32 boxes 6.1e-5 px on coordinates up to 480 (1.3e-7 relative), scores 8e-8, FP and QCDQ alike;
+# --half boxes 0.086 px (1.8e-4 relative), scores 6e-6. The float32 limits sit ~100x above the worst yolov10m
+# difference of the integration notes (6.7e-4 px on a 668 px range, 1e-6 relative). They catch a wrong scale, axis,
+# head branch or fuse step (a 25% scale error on one 4-bit layer fails, see tests/test_export.py); a single
+# flipped weight code of a barely trained model moves outputs less than that and is not what they are for.
+TOLERANCES = {
+    (KIND_FP, False): Tolerance(box_rel=1e-4, score_abs=1e-4),
+    (KIND_QCDQ, False): Tolerance(box_rel=1e-4, score_abs=1e-4),
+    (KIND_FP, True): Tolerance(box_rel=5e-3, score_abs=5e-3),  # --half: fp16 weights and compute vs fp32 PyTorch
+}
+# GPU kernels (cuDNN algorithms, TF32 where the provider enables it) round differently from the CPU reference.
+NON_CPU_TOLERANCE_FACTOR = 10.0
+
+
+def tolerance_for(kind: str, half: bool, provider: str) -> Tolerance:
+    """The documented tolerance of one export kind on one onnxruntime provider."""
+    base = TOLERANCES[(kind, half)]
+    return base if provider == "CPUExecutionProvider" else base.scaled(NON_CPU_TOLERANCE_FACTOR)
+
+
+def resolve_val_images(
+    val_images: str | os.PathLike | None, ckpt: dict[str, Any], weights: Path, max_images: int
+) -> tuple[list[Path], str]:
+    """Up to ``max_images`` image files (sorted by name): ``val_images``, else the checkpoint dataset's ``val`` folder."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    if val_images is not None:
+        folder, source = Path(val_images), "--val-images"
+        if not folder.is_dir():
+            raise ExportInputError(f"{folder}: --val-images must be a folder of images")
+    else:
+        folder, source = _dataset_val_folder(ckpt, weights), "dataset val split of the checkpoint"
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower().lstrip(".") in IMG_FORMATS)[:max_images]
+    if not images:
+        raise ExportInputError(f"{folder}: no images to validate with; pass --val-images DIR with .jpg/.png files")
+    return images, f"{source}: {folder}"
+
+
+def _dataset_val_folder(ckpt: dict[str, Any], weights: Path) -> Path:
+    """The ``val`` image folder of the dataset YAML recorded in the checkpoint's ``train_args``."""
+    import yaml
+
+    data = (ckpt.get("train_args") or {}).get("data")
+    fix = "pass --val-images DIR"
+    if not data or not Path(data).is_file():
+        raise ExportInputError(f"{weights}: its training dataset YAML {data!r} is not available; {fix}")
+    spec = yaml.safe_load(Path(data).read_text(encoding="utf-8")) or {}
+    root = Path(spec.get("path") or Path(data).parent)
+    root = root if root.is_absolute() else Path(data).parent / root
+    val = spec.get("val")
+    folder = root / val if isinstance(val, str) else None
+    if folder is None or not folder.is_dir():
+        raise ExportInputError(f"{data}: 'val' ({val!r}) is not an image folder; {fix}")
+    return folder
+
+
+def _load_inputs(images: list[Path], imgsz: tuple[int, int]) -> np.ndarray:
+    """Letterboxed NCHW float32 batch, exactly as the evaluator prepares images."""
+    import cv2
+
+    from auto_quantize_model.preprocess import letterbox
+
+    tensors = []
+    for path in images:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ExportInputError(f"{path}: not a readable image; remove it from the validation folder")
+        tensors.append(letterbox(image, imgsz, mode="val")[0])
+    return np.stack(tensors)
+
+
+def _providers_to_check() -> list[list[str]]:
+    """CPU always; CUDA (with CPU fallback) when this onnxruntime build has it."""
+    import onnxruntime as ort
+
+    runs = [["CPUExecutionProvider"]]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        runs.append(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    return runs
+
+
+@dataclass(frozen=True)
+class ValidationPlan:
+    """Images, their letterboxed inputs and the batches (``(start, size)``) to compare."""
+
+    images: tuple[Path, ...]
+    source: str
+    inputs: np.ndarray
+    batches: tuple[tuple[int, int], ...]
+
+
+def plan_validation(
+    val_images: str | os.PathLike | None, ckpt: dict[str, Any], weights: Path, max_images: int, settings: ExportSettings
+) -> ValidationPlan:
+    """Batch 1 over every image; with a dynamic batch also batches of up to 4 images."""
+    images, source = resolve_val_images(val_images, ckpt, weights, max_images)
+    sizes = [1, min(4, len(images))] if settings.dynamic_batch and len(images) > 1 else [1]
+    batches = tuple((start, size) for size in dict.fromkeys(sizes) for start in range(0, len(images) - size + 1, size))
+    return ValidationPlan(tuple(images), source, _load_inputs(images, settings.imgsz), batches)
+
+
+def reference_outputs(model: Any, plan: ValidationPlan) -> list[np.ndarray]:
+    """PyTorch float32 CPU outputs of the prepared model, one array per planned batch."""
+    import torch
+
+    with torch.no_grad():
+        return [model(torch.from_numpy(plan.inputs[s : s + n])).numpy().copy() for s, n in plan.batches]
+
+
+def validate_export(
+    onnx_path: Path, reference: list[np.ndarray], plan: ValidationPlan, settings: ExportSettings, kind: str
+) -> dict[str, Any]:
+    """Compare ONNX Runtime (CPU, and CUDA when present) with the PyTorch reference; return the report."""
+    import onnxruntime as ort
+
+    runs = []
+    for providers in _providers_to_check():
+        session = ort.InferenceSession(str(onnx_path), providers=providers)
+        used = session.get_providers()
+        tolerance = tolerance_for(kind, settings.half, used[0])
+        for (start, size), expected in zip(plan.batches, reference):
+            actual = session.run([OUTPUT_NAME], {INPUT_NAME: plan.inputs[start : start + size]})[0]
+            result = compare_outputs(expected, actual.astype(np.float32), settings.output_format, tolerance)
+            runs.append({"providers_requested": providers, "providers_used": used, "batch": size,
+                         "images": [p.name for p in plan.images[start : start + size]], **result})  # fmt: skip
+    return _summarize_runs(runs, kind, settings, plan.source)
+
+
+def _summarize_runs(runs: list[dict[str, Any]], kind: str, settings: ExportSettings, image_source: str) -> dict[str, Any]:
+    """Collapse per-batch results to the worst difference per provider and batch size."""
+    groups: dict[tuple[str, int], dict[str, Any]] = {}
+    for run in runs:
+        key = (run["providers_used"][0], run["batch"])
+        group = groups.setdefault(key, {**run, "images": [], "passed": True, "batches": 0})
+        group["images"] += run["images"]
+        group["batches"] += 1
+        group["passed"] = group["passed"] and run["passed"]
+        for field in ("max_abs_diff_boxes", "max_abs_diff_scores", "unpaired_rows", "unpaired_not_at_cutoff"):
+            if field in run:
+                group[field] = max(group.get(field, 0), run[field])
+        group["box_limit"] = min(group["box_limit"], run["box_limit"])
+    checks = list(groups.values())
+    return {
+        "passed": all(check["passed"] for check in checks),
+        "reference": "PyTorch float32 on CPU: the checkpoint's model after prepare_for_export (fused, export-mode head)",
+        "output_format": settings.output_format,
+        "kind": kind,
+        "half": settings.half,
+        "image_source": image_source,
+        "tolerance": asdict(TOLERANCES[(kind, settings.half)]),
+        "non_cpu_tolerance_factor": NON_CPU_TOLERANCE_FACTOR,
+        "checks": checks,
+    }
+
+
+def _validation_failure_message(name: str, report: dict[str, Any]) -> str:
+    failed = [c for c in report["checks"] if not c["passed"]]
+    details = "; ".join(
+        f"{c['providers_used'][0]} batch {c['batch']}: boxes {c['max_abs_diff_boxes']:.3g} (limit {c['box_limit']:.3g}), "
+        f"scores {c['max_abs_diff_scores']:.3g} (limit {c['score_limit']:.3g})"
+        + (f", {c['unpaired_not_at_cutoff']} unpaired detections above the top-k cutoff" if c.get("unpaired_not_at_cutoff") else "")
+        for c in failed
+    )  # fmt: skip
+    return f"{name}: ONNX Runtime differs from PyTorch beyond the documented tolerance ({details}); nothing was written"
+
+
+def compare_outputs(expected: np.ndarray, actual: np.ndarray, output_format: str, tolerance: Tolerance) -> dict[str, Any]:
+    """Compare one batch of ``output0``; raw elementwise, end-to-end after pairing detections."""
+    if expected.shape != actual.shape:
+        return {"passed": False, "error": f"shape {list(actual.shape)} != PyTorch {list(expected.shape)}",
+                "max_abs_diff_boxes": math.inf, "max_abs_diff_scores": math.inf,
+                "box_limit": 0.0, "score_limit": tolerance.score_abs}  # fmt: skip
+    if output_format == "raw":
+        return _compare_raw(expected, actual, tolerance)
+    results = [_compare_end_to_end(e, a, tolerance) for e, a in zip(expected, actual)]
+    merged = {key: max(r[key] for r in results) for key in results[0] if key not in ("passed", "box_limit", "score_limit")}
+    merged.update(passed=all(r["passed"] for r in results), box_limit=min(r["box_limit"] for r in results),
+                  score_limit=tolerance.score_abs)  # fmt: skip
+    return merged
+
+
+def _compare_raw(expected: np.ndarray, actual: np.ndarray, tolerance: Tolerance) -> dict[str, Any]:
+    """``[N, 4 + nc, anchors]``: the anchor order is fixed, so compare element by element."""
+    box_diff = float(np.abs(expected[:, :4] - actual[:, :4]).max())
+    score_diff = float(np.abs(expected[:, 4:] - actual[:, 4:]).max())
+    box_limit = tolerance.box_limit(expected[:, :4])
+    passed = box_diff <= box_limit and score_diff <= tolerance.score_abs and bool(np.isfinite(actual).all())
+    return {"passed": passed, "max_abs_diff_boxes": box_diff, "max_abs_diff_scores": score_diff,
+            "box_limit": box_limit, "score_limit": tolerance.score_abs}  # fmt: skip
+
+
+def pair_detections(
+    expected: np.ndarray, actual: np.ndarray, box_limit: float, score_limit: float
+) -> list[tuple[int, int]]:
+    """Pair end-to-end rows of one image that are the same detection: same class, boxes within ``box_limit``
+    and scores within ``score_limit``; closest pairs first (greedy, deterministic), each row at most once.
+
+    Row order cannot be compared directly: top-k orders tied scores arbitrarily. Pairing by IoU alone is
+    not enough either: an under-trained head gives neighbouring anchors near-equal scores and boxes one
+    stride apart, so a row whose partner left the list would pair with a neighbour and report a
+    one-stride "difference". A row outside the limits stays unpaired and is judged by the cutoff rule.
+    """
+    box_diff = np.abs(expected[:, None, :4] - actual[None, :, :4]).max(-1)
+    score_diff = np.abs(expected[:, None, 4] - actual[None, :, 4])
+    ok = (expected[:, None, 5] == actual[None, :, 5]) & (box_diff <= box_limit) & (score_diff <= score_limit)
+    cost = np.where(ok, box_diff / max(box_limit, 1e-12) + score_diff / max(score_limit, 1e-12), np.inf)
+    pairs, used_e, used_a = [], set(), set()
+    order = np.argsort(cost, axis=None, kind="stable")
+    for i, j in zip(*np.unravel_index(order[np.isfinite(cost.ravel()[order])], cost.shape)):
+        if i not in used_e and j not in used_a:
+            pairs.append((int(i), int(j)))
+            used_e.add(i)
+            used_a.add(j)
+    return pairs
+
+
+def _compare_end_to_end(expected: np.ndarray, actual: np.ndarray, tolerance: Tolerance) -> dict[str, Any]:
+    """One image's ``[K, 6]`` rows: pair equal detections, then require every unpaired row to sit at the cutoff.
+
+    A row may stay unpaired only at the top-k cutoff (score within ``score_abs`` of the lowest kept
+    score): there a last-bit score difference legitimately swaps which near-tied candidate makes the
+    list. Any other row without a partner is a detection that moved, changed class or vanished.
+    """
+    box_limit = tolerance.box_limit(expected[:, :4])
+    pairs = pair_detections(expected, actual, box_limit, tolerance.score_abs)
+    e_idx = np.array([i for i, _ in pairs], dtype=int)
+    a_idx = np.array([j for _, j in pairs], dtype=int)
+    box_diff = float(np.abs(expected[e_idx, :4] - actual[a_idx, :4]).max()) if pairs else 0.0
+    score_diff = float(np.abs(expected[e_idx, 4] - actual[a_idx, 4]).max()) if pairs else 0.0
+    not_at_cutoff = _unpaired_above_cutoff(expected, e_idx, tolerance) + _unpaired_above_cutoff(actual, a_idx, tolerance)
+    passed = not_at_cutoff == 0 and bool(np.isfinite(actual).all())
+    return {"passed": passed, "max_abs_diff_boxes": box_diff, "max_abs_diff_scores": score_diff,
+            "box_limit": box_limit, "score_limit": tolerance.score_abs, "paired_rows": len(pairs),
+            "unpaired_rows": len(expected) + len(actual) - 2 * len(pairs), "unpaired_not_at_cutoff": not_at_cutoff}  # fmt: skip
+
+
+def _unpaired_above_cutoff(rows: np.ndarray, paired: np.ndarray, tolerance: Tolerance) -> int:
+    """Unpaired rows whose score is clearly above the lowest kept score (not explained by top-k churn)."""
+    unpaired = np.setdiff1d(np.arange(len(rows)), paired)
+    cutoff = float(rows[:, 4].min()) if len(rows) else 0.0
+    return int((rows[unpaired, 4] > cutoff + tolerance.score_abs).sum())
+
+
+# ----------------------------------------------------------------------------------------------
+# Metadata JSON and publishing
+# ----------------------------------------------------------------------------------------------
+def _export_metadata(
+    weights: Path, out: Path, staged: Path, kind: str, scheme: dict[str, Any] | None, settings: ExportSettings,
+    model: Any, graph: GraphSummary, output_shape: tuple[int, ...], validation: dict[str, Any] | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The ``<stem>.json`` record (schema in ``models/cv-models/yolov10m/README.md``)."""
+    return {
+        "schema_version": METADATA_SCHEMA_VERSION,
+        "created_at": utc_now(),
+        "kind": kind,
+        "onnx": {"path": str(out.resolve()), "size_bytes": staged.stat().st_size, "sha256": sha256_file(staged),
+                 "opset": graph.opset, "ir_version": graph.ir_version, "external_data": graph.external_data,
+                 "exporter": _exporter_name(kind), "precision": "fp16 weights, float32 I/O" if settings.half else "float32"},  # fmt: skip
+        "source": {"checkpoint": str(weights.resolve()), "sha256": sha256_file(weights),
+                   "size_bytes": weights.stat().st_size, "model_yaml": model.yaml.get("yaml_file")},  # fmt: skip
+        "quant_scheme": scheme,
+        "input": {"name": INPUT_NAME, "shape": graph.inputs[INPUT_NAME], "imgsz": list(settings.imgsz),
+                  "dynamic_batch": settings.dynamic_batch, "dtype": "float32"},  # fmt: skip
+        "output": {"name": OUTPUT_NAME, "format": settings.output_format, "shape": list(output_shape),
+                   "declared_shape": graph.outputs[OUTPUT_NAME],
+                   "layout": OUTPUT_LAYOUTS[settings.output_format], "max_det": output_shape[1] if settings.end2end else None},  # fmt: skip
+        "class_names": {str(k): v for k, v in model.names.items()},
+        "nc": len(model.names),
+        "preprocessing": PREPROCESSING,
+        "graph": {"op_counts": graph.op_counts, "QuantizeLinear": graph.op_counts.get("QuantizeLinear", 0),
+                  "DequantizeLinear": graph.op_counts.get("DequantizeLinear", 0), "Clip": graph.op_counts.get("Clip", 0),
+                  "weight_qdq_by_bit_width": graph.weight_qdq_bits},  # fmt: skip
+        "versions": package_versions(),
+        "git": git_state(),
+        "command": command_line(),
+        "validation": validation,
+    }
+
+
+def _exporter_name(kind: str) -> str:
+    if kind == KIND_FP:
+        return "ultralytics Exporter (YOLO.export, format=onnx, TorchScript-based torch.onnx.export)"
+    return "brevitas.export.export_onnx_qcdq (TorchScript-based, dynamo=False) after Ultralytics' export preparation"
+
+
+def _publish(
+    staged: Path, out: Path, metadata: dict[str, Any], kind: str, scheme: dict[str, Any] | None,
+    validation: dict[str, Any] | None,
+) -> ExportResult:  # fmt: skip
+    """Move the staged ONNX onto ``out`` (atomic rename) after writing its JSON; the ONNX goes last.
+
+    A crash in between leaves a JSON without an ONNX, which the next export (allowed because the
+    ONNX is absent) replaces.
+    """
+    meta_path = write_json_atomic(metadata_path_for(out), metadata)
+    with atomic_output(out) as tmp:
+        os.replace(staged, tmp)
+    return ExportResult(out, meta_path, kind, (scheme or {}).get("name"), out.stat().st_size, validation)
+
+
+def read_export_metadata(onnx_path: str | os.PathLike) -> dict[str, Any]:
+    """Read the metadata JSON written beside ``onnx_path``."""
+    path = metadata_path_for(onnx_path)
+    if not path.is_file():
+        raise ExportInputError(f"{path}: export metadata not found; re-export {onnx_path} with export_onnx.py")
+    return read_json(path)
