@@ -1,0 +1,1 @@
+"""Model builders and quantization wrappers for the computer-vision detectors."""
