@@ -5,7 +5,7 @@ Trains FP and each named scheme from the same random init recipe, seed and data,
 prints each run's best in-training val mAP50-95 (Ultralytics validator, NMS-free) and the
 ratio to FP. Target: ratio >= 0.9.
 
-    .venv/bin/python benchmarks/bench_qat_accuracy.py --epochs 30 --schemes w4a16 w4a16-fl8 w4a16-flfp
+    .venv/bin/python benchmarks/bench_qat_accuracy.py --epochs 20 --set nbs=16   # the demo profile's settings
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import auto_quantize_model  # noqa: F401
+from auto_quantize_model.config import parse_overrides
 from auto_quantize_model.cv_models.yolov10_brevitas import SCHEME_NAMES
 from auto_quantize_model.data.coco_dataset import prepare_coco_dataset
 from auto_quantize_model.data.synthetic import generate_synthetic_coco
@@ -41,6 +42,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=128)
     parser.add_argument("--val", type=int, default=32)
     parser.add_argument("--schemes", nargs="+", default=list(SCHEME_NAMES), choices=SCHEME_NAMES)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="Ultralytics training argument for every run, e.g. nbs=16 (repeatable)")
     parser.add_argument("--out", type=Path, help="keep the run root here instead of a temporary folder")
     args = parser.parse_args()
 
@@ -55,14 +58,15 @@ def main() -> None:
             request = TrainRequest(
                 run_root=root / "runs", data=dataset.dataset_yaml, quantized=quantized, quant_scheme=name,
                 model=args.model, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device="cpu",
-                workers=0, overrides={"plots": False},
+                workers=0, overrides={"plots": False, **parse_overrides(args.overrides)},
             )
             result = train_stage(request)
             scores[name] = best_map(result.paths.results_csv)
             print(f"{name}: best val mAP50-95 {scores[name][0]:.4f} at epoch {scores[name][1]} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
         fp_map = scores["fp16"][0]
-        print(f"\n{args.model} {args.epochs} epochs imgsz {args.imgsz} on {args.train}/{args.val} synthetic images")
+        print(f"\n{args.model} {args.epochs} epochs imgsz {args.imgsz} on {args.train}/{args.val} synthetic images, "
+              f"overrides {args.overrides or 'none'}")
         for name, (value, _) in scores.items():
             ratio = value / fp_map if fp_map > 0 else float("nan")
             print(f"  {name:12s} mAP50-95 {value:.4f}  ratio to FP {ratio:.3f}")
