@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -166,13 +167,14 @@ def test_complete_run_root(complete_root: RunRoot) -> None:
     models = parts["ONNX models: size and latency (ONNX evaluator)"]
     assert table_row(models, "FP16/AMP baseline")[1:] == [
         "`onnx/yolov10n-fp16.onnx`",
+        "—",  # no export metadata JSON in this fixture
         "2.00",
         "12.50",
         "15.00",
         "CPUExecutionProvider",
     ]
-    assert table_row(models, "W4A16 QAT (qat-w4a16)")[2:4] == ["0.50", "16.67"]
-    assert "FP16 / QAT size ratio: 4.00x" in models
+    assert table_row(models, "W4A16 QAT (qat-w4a16)")[3:5] == ["0.50", "16.67"]
+    assert "Baseline / QAT ONNX size ratio: 4.00x" in models
 
 
 def test_complete_run_root_dataset_hyperparameters_and_stages(complete_root: RunRoot) -> None:
@@ -314,7 +316,7 @@ def test_other_metric_spellings_and_cocoeval_minus_one(complete_root: RunRoot) -
     assert table_row(onnx, "mAP50-95")[1:] == ["0.5000", "0.2500", "-0.2500", "0.5000"]
     assert table_row(onnx, "APs (mAP_small)")[1:] == ["-1.0000", "-1.0000", "0.0000", "—"]
     models = parts["ONNX models: size and latency (ONNX evaluator)"]
-    assert table_row(models, "FP16/AMP baseline")[3:5] == ["3.00", "4.00"]
+    assert table_row(models, "FP16/AMP baseline")[4:6] == ["3.00", "4.00"]
 
 
 def test_provenance_in_the_briefs_shape(tmp_path: Path) -> None:
@@ -326,3 +328,16 @@ def test_provenance_in_the_briefs_shape(tmp_path: Path) -> None:
     dataset = sections(run_root.summary_md.read_text())["Dataset"]
     assert "- source: `datasets/coco2017/source-data`" in dataset
     assert table_row(dataset, "images")[1:] == ["1000", "200"]
+
+
+def test_onnx_weights_column_reads_the_export_metadata(tmp_path: Path) -> None:
+    from auto_quantize_model.report import _onnx_weights
+
+    fp, qat = tmp_path / "m-fp16.onnx", tmp_path / "m-qat-w4a16-fl8-qcdq.onnx"
+    (tmp_path / "m-fp16.json").write_text(json.dumps({"kind": "fp", "onnx": {"precision": "float16"}}))
+    (tmp_path / "m-qat-w4a16-fl8-qcdq.json").write_text(json.dumps(
+        {"kind": "qat-qcdq", "onnx": {"precision": "float32"}, "graph": {"weight_qdq_by_bit_width": {"4": 70, "8": 13}}}
+    ))
+    assert _onnx_weights(fp) == "float16"
+    assert _onnx_weights(qat) == "QCDQ (70 convs int4, 13 convs int8; int8 containers), float activations"
+    assert _onnx_weights(tmp_path / "other.onnx") is None

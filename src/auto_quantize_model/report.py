@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from auto_quantize_model.export import metadata_path_for
 from auto_quantize_model.io_utils import atomic_output, read_json, write_text_atomic
 from auto_quantize_model.pipeline import SUMMARY_STAGE, pipeline_stages
 from auto_quantize_model.provenance import utc_now
@@ -468,12 +469,27 @@ def section_onnx_models(run_root: RunRoot, sides: Sequence[TrainSide]) -> list[s
         sizes.append(side.onnx.stat().st_size / 1e6 if exists else None)
         name = f"`{_rel(side.onnx, run_root.root)}`" + ("" if exists else " (missing)") if side.onnx else None
         latency = [_two_decimals(_latency(side.metrics, stat)) for stat in ("mean", "p95")]
-        rows.append([side.label, name, _two_decimals(sizes[-1]), *latency, (side.metrics or {}).get("providers")])
-    header = ["model", "ONNX file", "size (MB)", "latency mean (ms/image)", "latency p95 (ms/image)", "providers"]
+        weights = _onnx_weights(side.onnx) if exists else None
+        rows.append([side.label, name, weights, _two_decimals(sizes[-1]), *latency, (side.metrics or {}).get("providers")])
+    header = ["model", "ONNX file", "weights", "size (MB)", "latency mean (ms/image)", "latency p95 (ms/image)",
+              "providers"]
     lines = ["## ONNX models: size and latency (ONNX evaluator)", ""] + _table(header, rows)
     if len(sizes) == 2 and all(sizes):
-        lines += [f"FP16 / QAT size ratio: {sizes[0] / sizes[1]:.2f}x (MB = 10^6 bytes).", ""]
+        lines += [f"Baseline / QAT ONNX size ratio: {sizes[0] / sizes[1]:.2f}x (MB = 10^6 bytes).", ""]
     return lines
+
+
+def _onnx_weights(onnx_path: Path) -> str | None:
+    """How the weights are stored, from the export metadata JSON beside the ONNX file."""
+    metadata_path = metadata_path_for(onnx_path)
+    if not metadata_path.is_file():
+        return None
+    metadata = read_json(metadata_path)
+    if metadata.get("kind") != "qat-qcdq":
+        return f"{metadata.get('onnx', {}).get('precision', '?')}"
+    by_bits = metadata.get("graph", {}).get("weight_qdq_by_bit_width", {})
+    layers = ", ".join(f"{count} convs int{bits}" for bits, count in sorted(by_bits.items()))
+    return f"QCDQ ({layers}; int8 containers), float activations"
 
 
 # --------------------------------------------------------------------------------------------
