@@ -137,3 +137,16 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
     )
     assert done.returncode == 2
     assert "not_an_arg" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_attempt_without_checkpoint_is_set_aside_on_resume(prepared_dataset, tmp_path):
+    stage_dir = RunRoot(tmp_path).fp16.dir
+    stage_dir.mkdir(parents=True)
+    (stage_dir / "results.csv").write_text("epoch,time\n1,1.0\n")  # what a crash before last.pt leaves
+    with pytest.raises(RunExistsError, match="without a checkpoint"):
+        train_stage(tiny_train_request(tmp_path, prepared_dataset.dataset_yaml, epochs=1))
+    result = train_stage(tiny_train_request(tmp_path, prepared_dataset.dataset_yaml, epochs=1, resume=True))
+    assert result.status == "finished"
+    assert pd.read_csv(result.paths.results_csv)["epoch"].tolist() == [1]
+    (kept,) = tmp_path.glob("fp16.incomplete-*")
+    assert (kept / "results.csv").read_text() == "epoch,time\n1,1.0\n"

@@ -116,8 +116,12 @@ def detect_qat_stage(run_root: RunRoot, config: Mapping[str, Any] | None) -> str
         return qat_stage_name(str(config["quant_scheme"]))
     if not run_root.root.is_dir():
         return None
-    # Skip eval folders (``qat-<scheme>-coco``): they are named after the stage, not stages.
-    found = sorted(p.name for p in run_root.root.glob("qat-*") if p.is_dir() and not p.name.endswith("-coco"))
+    # A QAT training folder holds its quant_scheme.json; eval folders (``qat-<scheme>-coco``) and
+    # set-aside attempts (``qat-<scheme>.incomplete-*``) are not stages.
+    found = sorted(
+        p.name for p in run_root.root.glob("qat-*")
+        if run_root.train_run(p.name).quant_scheme_json.is_file() and ".incomplete-" not in p.name
+    )
     if found:
         return found[0]
     evals = sorted(p.name[: -len("-coco")] for p in run_root.root.glob("qat-*-coco") if p.is_dir())

@@ -141,7 +141,20 @@ def _check_interrupted(paths: TrainRunPaths, request: TrainRequest) -> bool:
             f"{paths.dir}: folder exists without a checkpoint ({', '.join(sorted(leftovers)[:5])}); "
             "pass --resume to restart this stage from scratch, or use a new --run-root"
         )
+    if leftovers:
+        _set_aside(paths)
     return False
+
+
+def _set_aside(paths: TrainRunPaths) -> None:
+    """Move an attempt that died before its first checkpoint out of the way (kept, not deleted).
+
+    Ultralytics appends to an existing results.csv and TensorBoard would mix both attempts' events.
+    """
+    stamp = utc_now().replace(":", "").replace("+0000", "Z")
+    target = paths.dir.with_name(f"{paths.dir.name}.incomplete-{stamp}")
+    paths.dir.rename(target)
+    print(f"{paths.dir}: an earlier attempt left no checkpoint; moved it to {target} and starting fresh")
 
 
 def _resume_args(request: TrainRequest, paths: TrainRunPaths) -> dict[str, Any]:
