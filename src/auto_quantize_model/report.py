@@ -9,7 +9,6 @@ metrics vs onnxruntime + pycocotools) and are not comparable cell by cell.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from auto_quantize_model import loss_curves
 from auto_quantize_model.export import metadata_path_for
 from auto_quantize_model.io_utils import atomic_output, read_json, write_text_atomic
 from auto_quantize_model.pipeline import SUMMARY_STAGE, pipeline_stages
@@ -91,18 +91,12 @@ def _load(path: Path, problems: list[str], root: Path) -> Any:
         return None
 
 
-def _number(text: str) -> Any:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return text
-
-
 def read_results_csv(path: Path) -> list[dict[str, Any]]:
-    """Rows of an Ultralytics ``results.csv`` with stripped headers and float values."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    return [{(k or "").strip(): _number((v or "").strip()) for k, v in row.items()} for row in rows]
+    """Rows of an Ultralytics ``results.csv`` (stripped headers, floats; empty cells are ``None``)."""
+    frame = loss_curves.read_results_csv(path)
+    numeric = frame.select_dtypes("number").columns
+    frame[numeric] = frame[numeric].astype(float)  # epochs too: one numeric type for every cell
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -153,7 +147,7 @@ def load_side(run_root: RunRoot, stage: str) -> TrainSide:
     if side.paths.results_csv.is_file():
         try:
             side.results = read_results_csv(side.paths.results_csv)
-        except (OSError, csv.Error, UnicodeDecodeError) as error:
+        except (OSError, ValueError) as error:  # pandas' parser errors are ValueErrors
             side.problems.append(f"unreadable {_rel(side.paths.results_csv, root)}: {error}")
     return side
 
