@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -131,7 +132,7 @@ def test_scheme_survives_ultralytics_ddp_relaunch(prepared_dataset, tmp_path):
     script = generate_ddp_file(trainer)
     state_file = script.replace(".py", ".pt")
     # The launched workers inherit the parent's environment, which is how the scheme reaches them.
-    assert json.loads(__import__("os").environ[QUANT_SCHEME_ENV])["name"] == "w4a16-flfp"
+    assert json.loads(os.environ[QUANT_SCHEME_ENV])["name"] == "w4a16-flfp"
     done = subprocess.run([sys.executable, "-c", _DDP_WORKER, state_file], capture_output=True, text=True, check=True)
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["trainer"] == "QATDetectionTrainer" and report["scheme"] == "w4a16-flfp"

@@ -84,6 +84,10 @@ class TrainRunPaths:
     def quant_scheme_json(self) -> Path:
         return self.dir / "quant_scheme.json"
 
+    def incomplete_dir(self, stamp: str) -> Path:
+        """Where an attempt that died before its first checkpoint is set aside."""
+        return self.dir.with_name(f"{self.dir.name}.incomplete-{stamp}")
+
     @property
     def nonfinite_log(self) -> Path:
         """One JSON line per non-finite training loss (epoch, batch, value)."""

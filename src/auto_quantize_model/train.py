@@ -22,8 +22,6 @@ DEFAULT_HYP = Path("conf") / "cv-models" / "yolov10m" / "hyp.scratch.yaml"
 
 # Arguments the command line (or the run root) owns; a recipe file must not set them.
 CLI_OWNED_ARGS = ("model", "data", "project", "name", "exist_ok", "resume", "pretrained", "save_dir", "mode", "task")
-# What Ultralytics may change on resume (see BaseTrainer.check_resume); the rest comes from the checkpoint.
-RESUME_ARGS = ("data", "device", "workers", "save_dir")
 
 
 class RunExistsError(RuntimeError):
@@ -108,12 +106,13 @@ def train_stage(request: TrainRequest) -> TrainResult:
         if not request.resume:
             raise RunExistsError(f"{paths.dir}: this stage already finished; use a new --run-root to train again")
         return _result(request, paths, status="already-finished", resumed=False)
-    resuming = _check_interrupted(paths, request)
     if not Path(request.data).is_file():
         raise ConfigError(f"{request.data}: dataset YAML not found; run scripts/cv-models/prepare_coco_dataset.py")
+    resuming = _check_interrupted(paths, request)
     args = _resume_args(request, paths) if resuming else resolve_train_args(request)
-    trainer = _make_trainer(request, args)
-    _write_start_records(request, paths, args, resuming)
+    scheme = _quant_scheme(request)
+    trainer = _make_trainer(args, scheme)
+    _write_start_records(request, paths, args, resuming, scheme)
     try:
         trainer.train()
     except BaseException as error:
@@ -151,43 +150,51 @@ def _set_aside(paths: TrainRunPaths) -> None:
 
     Ultralytics appends to an existing results.csv and TensorBoard would mix both attempts' events.
     """
-    stamp = utc_now().replace(":", "").replace("+0000", "Z")
-    target = paths.dir.with_name(f"{paths.dir.name}.incomplete-{stamp}")
+    target = paths.incomplete_dir(utc_now().replace(":", "").replace("+0000", "Z"))
     paths.dir.rename(target)
     print(f"{paths.dir}: an earlier attempt left no checkpoint; moved it to {target} and starting fresh")
 
 
 def _resume_args(request: TrainRequest, paths: TrainRunPaths) -> dict[str, Any]:
-    """Resume from ``last.pt``; only data location, device and workers may change."""
-    wanted = {
+    """Resume from ``last.pt``; Ultralytics takes everything else from the checkpoint's args.
+
+    Only what BaseTrainer.check_resume lets change: the dataset's location, device, workers,
+    and the save dir (so a moved run root resumes in place).
+    """
+    return {
+        "resume": str(paths.last),
         "data": str(Path(request.data).resolve()),
         "device": request.device,
         "workers": request.workers,
         "save_dir": str(paths.dir),
     }
-    return {"resume": str(paths.last), **{key: wanted[key] for key in RESUME_ARGS}}
 
 
-def _make_trainer(request: TrainRequest, args: dict[str, Any]):
+def _quant_scheme(request: TrainRequest):
+    """The named scheme of a QAT request, ``None`` for FP16."""
     from auto_quantize_model.cv_models.yolov10_brevitas import named_scheme
+
+    return named_scheme(request.quant_scheme) if request.quantized else None
+
+
+def _make_trainer(args: dict[str, Any], scheme):
     from auto_quantize_model.cv_models.yolov10_ultralytics_qat import QATDetectionTrainer, ScratchDetectionTrainer
 
-    if request.quantized:
-        return QATDetectionTrainer(overrides=args, quant_scheme=named_scheme(request.quant_scheme))
+    if scheme is not None:
+        return QATDetectionTrainer(overrides=args, quant_scheme=scheme)
     return ScratchDetectionTrainer(overrides=args)
 
 
-def _write_start_records(request: TrainRequest, paths: TrainRunPaths, args: dict[str, Any], resuming: bool) -> None:
+def _write_start_records(
+    request: TrainRequest, paths: TrainRunPaths, args: dict[str, Any], resuming: bool, scheme
+) -> None:
     """Resolved config, scheme and metadata, written before the first epoch."""
-    from auto_quantize_model.cv_models.yolov10_brevitas import named_scheme
-
     paths.dir.mkdir(parents=True, exist_ok=True)
     if not resuming:
         header = f"# Resolved training config of stage {request.stage} (recipe {request.hyp} + command line)\n"
         write_text_atomic(paths.config_yaml, header + dump_yaml(args))
-    scheme = named_scheme(request.quant_scheme).to_dict() if request.quantized else None
     if scheme is not None:
-        write_json_atomic(paths.quant_scheme_json, scheme)
+        scheme.save(paths.quant_scheme_json)
     previous = read_json(paths.metadata_json) if paths.metadata_json.is_file() else {}
     attempts = previous.get("attempts", []) + [{"started_at": utc_now(), "resumed": resuming, "command": command_line()}]
     write_json_atomic(
@@ -196,7 +203,7 @@ def _write_start_records(request: TrainRequest, paths: TrainRunPaths, args: dict
             "status": "running",
             "stage": request.stage,
             "quantized": request.quantized,
-            "quant_scheme": scheme,
+            "quant_scheme": scheme.to_dict() if scheme is not None else None,
             "init_from": str(request.init_from) if request.init_from else None,
             "seed": request.seed,
             "config": previous.get("config", args),
