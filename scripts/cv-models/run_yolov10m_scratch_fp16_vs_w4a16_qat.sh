@@ -23,7 +23,13 @@ usage() { sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 die() { echo "error: $*" >&2; exit 2; }
 
 # Relative paths the user typed are relative to where they typed them, not to the repo root.
-absolute() { if [[ "$1" == /* ]]; then printf '%s' "$1"; else printf '%s/%s' "$PWD" "$1"; fi; }
+# pixi runs tasks from the workspace root and exports the caller's directory as INIT_CWD.
+under_pixi() { [[ -n "${PIXI_ENVIRONMENT_NAME:-}${PIXI_PROJECT_ROOT:-}" ]]; }
+absolute() {
+  local base="$PWD"
+  if under_pixi && [[ -n "${INIT_CWD:-}" ]]; then base="$INIT_CWD"; fi
+  if [[ "$1" == /* ]]; then printf '%s' "$1"; else printf '%s/%s' "$base" "$1"; fi
+}
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 SCRIPTS_DIR="$REPO_ROOT/scripts/cv-models"
@@ -47,7 +53,10 @@ done
 [[ -n "${RUN_ROOT:-}" ]] && export RUN_ROOT="$(absolute "$RUN_ROOT")"
 
 cd "$REPO_ROOT"
-if [[ -x "$REPO_ROOT/.venv/bin/python" ]]; then PY="$REPO_ROOT/.venv/bin/python"; else PY="python"; fi
+# The interpreter of the environment the runner was started in: under pixi its `python` on PATH, never a .venv
+# left by `make test` (that one has CPU onnxruntime); otherwise the repo's .venv when present.
+if under_pixi; then PY="python"
+elif [[ -x "$REPO_ROOT/.venv/bin/python" ]]; then PY="$REPO_ROOT/.venv/bin/python"; else PY="python"; fi
 
 # Resolve + save (or check) the run config; a plain `eval "$(...)"` would hide its failure.
 run_id="$(basename "${profile%.yaml}")-$(date +%Y%m%d-%H%M%S)"
