@@ -34,7 +34,7 @@ import torch
 from ultralytics.nn.tasks import DetectionModel
 
 from auto_quantize_model.export import export_onnx
-from auto_quantize_model.ultralytics_env import project_root
+from auto_quantize_model.ultralytics_ext.env import project_root
 
 SCHEME = "w4a16"
 
@@ -61,7 +61,7 @@ def save_checkpoint(model: DetectionModel, path: Path, cfg: str, imgsz: int) -> 
 
 def build_checkpoints(cfg: str, imgsz: int, folder: Path) -> tuple[Path, Path]:
     """FP and W4A16 checkpoints of one randomly initialised model (same weights before quantization)."""
-    from auto_quantize_model.cv_models.yolov10_brevitas import quantize_model
+    from auto_quantize_model.quant.yolov10 import quantize_model
 
     torch.manual_seed(0)
     model = DetectionModel(cfg, nc=80, verbose=False)

@@ -30,7 +30,7 @@ from brevitas.nn import QuantConv2d
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 
-from auto_quantize_model.cv_models.yolov10_brevitas import WeightQuantConv2d, quantize_model
+from auto_quantize_model.quant.yolov10 import WeightQuantConv2d, quantize_model
 
 DEFAULT_CASES = ("yolov10n:160:8", "yolov10m:640:2")
 N_CLASSES = 80

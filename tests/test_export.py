@@ -60,7 +60,7 @@ def _weight_chains(path: Path) -> list[tuple[int, int]]:
 
 def _prepared_quant_bits(weights: Path, end2end: bool) -> Counter:
     """Bit widths of the quantized convs left after the export preparation (fuse drops one head branch)."""
-    from auto_quantize_model.cv_models.yolov10_brevitas import WeightQuantConv2d
+    from auto_quantize_model.quant.yolov10 import WeightQuantConv2d
 
     model, _ = ex.load_detection_checkpoint(weights)
     model = ex.prepare_for_export(model, (IMGSZ, IMGSZ), end2end, dynamic=False)
@@ -82,7 +82,7 @@ def _signal_preserving_checkpoint(scheme: str, out: Path) -> Path:
     from torch import nn
     from ultralytics.nn.tasks import DetectionModel
 
-    from auto_quantize_model.cv_models.yolov10_brevitas import quantize_model
+    from auto_quantize_model.quant.yolov10 import quantize_model
 
     torch.manual_seed(0)
     model = DetectionModel("yolov10n.yaml", nc=3, verbose=False)
@@ -224,7 +224,7 @@ def test_qcdq_dynamic_batch_and_validation(qat_e2e, prepared_dataset):
 
 @pytest.mark.slow
 def test_qcdq_metadata_json(qat_e2e, qat_run, prepared_dataset):
-    from auto_quantize_model.cv_models.yolov10_brevitas import QuantScheme, named_scheme
+    from auto_quantize_model.quant.scheme import QuantScheme, named_scheme
 
     meta = json.loads(qat_e2e.metadata_path.read_text())
     assert qat_e2e.metadata_path == qat_e2e.onnx_path.with_suffix(".json")

@@ -8,14 +8,8 @@ import auto_quantize_model  # noqa: F401  (before ultralytics: offline environme
 import pytest
 from ultralytics.nn.tasks import DetectionModel
 
-from auto_quantize_model.cv_models.yolov10_brevitas import (
-    ROLES,
-    SCHEME_NAMES,
-    QuantScheme,
-    layer_bit_widths,
-    named_scheme,
-    resolve_selector,
-)
+from auto_quantize_model.quant.scheme import SCHEME_NAMES, QuantScheme, named_scheme
+from auto_quantize_model.quant.yolov10 import ROLES, layer_bit_widths, resolve_selector
 
 HEAD = "model.23"
 # Per named scheme on yolov10n (108 convs: 107 quantizable + DFL): convs per bit width.

@@ -17,13 +17,11 @@ from ultralytics.nn.modules import RepVGGDW
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.torch_utils import ModelEMA
 
-from auto_quantize_model.cv_models.yolov10_brevitas import (
-    SCHEME_NAMES,
+from auto_quantize_model.quant.scheme import SCHEME_NAMES, QuantScheme, named_scheme
+from auto_quantize_model.quant.yolov10 import (
     QuantDetectionModel,
-    QuantScheme,
     WeightQuantConv2d,
     is_quantized,
-    named_scheme,
     quant_scheme_of,
     quantize_model,
     quantized_layers,

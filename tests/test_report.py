@@ -15,8 +15,8 @@ from auto_quantize_model.pipeline import (
     pipeline_stages,
     resolve_run_config,
     save_or_check_run_config,
-    update_stage_record,
 )
+from auto_quantize_model.stages import update_stage_record
 from auto_quantize_model.report import read_results_csv, write_summary
 from auto_quantize_model.run_root import RunRoot
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from auto_quantize_model.pipeline import load_run_state, pipeline_stages, resolve_run_config
+from auto_quantize_model.pipeline import pipeline_stages, resolve_run_config
+from auto_quantize_model.stages import load_run_state
 from auto_quantize_model.run_root import RunRoot
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from auto_quantize_model.config import ConfigError
-from auto_quantize_model.cv_models import run_logging
+from auto_quantize_model.ultralytics_ext import callbacks as run_logging
 from auto_quantize_model.run_root import RunRoot
 from auto_quantize_model.train import RunExistsError, resolve_train_args, train_stage
 from conftest import TINY_EPOCHS, tiny_train_request

@@ -10,8 +10,9 @@ import sys
 import pytest
 import torch
 
-from auto_quantize_model.cv_models import run_logging
-from auto_quantize_model.cv_models.yolov10_brevitas import is_quantized, named_scheme, quant_scheme_of, quantized_layers
+from auto_quantize_model.ultralytics_ext import callbacks as run_logging
+from auto_quantize_model.quant.scheme import named_scheme
+from auto_quantize_model.quant.yolov10 import is_quantized, quant_scheme_of, quantized_layers
 from auto_quantize_model.run_root import RunRoot
 from auto_quantize_model.train import train_stage
 from conftest import TINY_EPOCHS, TINY_IMGSZ, tiny_train_request
@@ -90,7 +91,7 @@ def test_interrupted_qat_run_resumes_with_its_scheme(prepared_dataset, tmp_path,
 
 
 def test_nonfinite_loss_is_reported_with_epoch_and_batch(prepared_dataset, tmp_path):
-    from auto_quantize_model.cv_models.yolov10_ultralytics_qat import ScratchDetectionTrainer
+    from auto_quantize_model.ultralytics_ext.trainers import ScratchDetectionTrainer
 
     trainer = ScratchDetectionTrainer(overrides={
         "model": "yolov10n.yaml", "data": str(prepared_dataset.dataset_yaml), "device": "cpu",
@@ -114,7 +115,7 @@ cfg.update(save_dir="")
 trainer = state["trainer"](cfg=cfg, overrides=state["args"], _callbacks=state["callbacks"])
 trainer.data = trainer.get_dataset()
 model = trainer.get_model(cfg=trainer.args.model, verbose=False)
-from auto_quantize_model.cv_models.yolov10_brevitas import quant_scheme_of, quantized_layers
+from auto_quantize_model.quant.yolov10 import quant_scheme_of, quantized_layers
 print(json.dumps({"trainer": type(trainer).__name__, "scheme": quant_scheme_of(model).name,
                   "quantized": len(list(quantized_layers(model)))}))
 """
@@ -124,16 +125,20 @@ def test_scheme_survives_ultralytics_ddp_relaunch(prepared_dataset, tmp_path):
     """Build the real DDP temp file, then rebuild the trainer from it in a fresh process, as a worker does."""
     from ultralytics.utils.dist import generate_ddp_file
 
-    from auto_quantize_model.cv_models.yolov10_ultralytics_qat import QUANT_SCHEME_ENV, QATDetectionTrainer
     from auto_quantize_model.train import resolve_train_args
+    from auto_quantize_model.ultralytics_ext.trainers import QUANT_SCHEME_ENV, QATDetectionTrainer, _scheme_in_environment
 
     request = tiny_train_request(tmp_path, prepared_dataset.dataset_yaml, quantized=True, quant_scheme="w4a16-flfp")
     trainer = QATDetectionTrainer(overrides=resolve_train_args(request), quant_scheme=named_scheme("w4a16-flfp"))
     script = generate_ddp_file(trainer)
     state_file = script.replace(".py", ".pt")
-    # The launched workers inherit the parent's environment, which is how the scheme reaches them.
-    assert json.loads(os.environ[QUANT_SCHEME_ENV])["name"] == "w4a16-flfp"
-    done = subprocess.run([sys.executable, "-c", _DDP_WORKER, state_file], capture_output=True, text=True, check=True)
+    # Building a trainer leaves the process environment alone; train() sets the scheme for the DDP
+    # launch it may do, and the launched workers inherit it.
+    assert QUANT_SCHEME_ENV not in os.environ
+    with _scheme_in_environment(trainer.quant_scheme):
+        done = subprocess.run([sys.executable, "-c", _DDP_WORKER, state_file], capture_output=True, text=True,
+                              check=True)
+    assert QUANT_SCHEME_ENV not in os.environ
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["trainer"] == "QATDetectionTrainer" and report["scheme"] == "w4a16-flfp"
     assert 0 < report["quantized"] < 107  # first conv and head prediction convs left float

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from auto_quantize_model.pipeline import StageBusy, run_stage
+from auto_quantize_model.stages import StageBusy, run_stage
 from auto_quantize_model.run_root import RunRoot
 
 

@@ -6,7 +6,7 @@ Both kinds of Ultralytics ``.pt`` checkpoint become an ONNX model with input ``i
 ``(N, 4 + nc, anchors)``. The contract is written down in ``models/cv-models/yolov10m/README.md``.
 
 * A float checkpoint goes through the Ultralytics exporter itself (``YOLO(pt).export``).
-* A QAT checkpoint (it holds Brevitas layers, see :func:`~auto_quantize_model.cv_models.yolov10_brevitas.is_quantized`)
+* A QAT checkpoint (it holds Brevitas layers, see :func:`~auto_quantize_model.quant.yolov10.is_quantized`)
   gets the model preparation the Ultralytics exporter does (:func:`prepare_for_export`) and is then written as
   Brevitas QCDQ: int8 weight initializers -> ``Clip`` to the signed narrow range of their bit width -> per-channel
   ``DequantizeLinear``, one chain per quantized conv. The Ultralytics ``metadata_props`` are added so ``YOLO(onnx)``
@@ -195,7 +195,7 @@ def load_detection_checkpoint(weights: Path) -> tuple[Any, dict[str, Any]]:
 
     Importing the Brevitas module first lets pickle find the quantized layers of QAT checkpoints.
     """
-    import auto_quantize_model.cv_models.yolov10_brevitas  # noqa: F401  (QAT layers must be importable)
+    import auto_quantize_model.quant.yolov10  # noqa: F401  (QAT layers must be importable)
     from ultralytics.nn.autobackend import check_class_names, default_class_names
     from ultralytics.nn.modules import Detect
     from ultralytics.nn.tasks import DetectionModel, load_checkpoint
@@ -223,13 +223,13 @@ def _first_line(error: BaseException) -> str:
 
 
 def _is_quantized(model: Any) -> bool:
-    from auto_quantize_model.cv_models.yolov10_brevitas import is_quantized
+    from auto_quantize_model.quant.yolov10 import is_quantized
 
     return is_quantized(model)
 
 
 def _scheme_dict(model: Any) -> dict[str, Any] | None:
-    from auto_quantize_model.cv_models.yolov10_brevitas import quant_scheme_of
+    from auto_quantize_model.quant.yolov10 import quant_scheme_of
 
     scheme = quant_scheme_of(model)
     return scheme.to_dict() if scheme is not None else None

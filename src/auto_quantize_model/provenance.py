@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from auto_quantize_model.ultralytics_env import project_root
+from auto_quantize_model.ultralytics_ext.env import project_root
 
 TRACKED_PACKAGES = (
     "torch",

@@ -16,7 +16,7 @@ from auto_quantize_model.config import ConfigError, check_keys, dump_yaml, load_
 from auto_quantize_model.io_utils import read_json, write_json_atomic, write_text_atomic
 from auto_quantize_model.provenance import command_line, device_info, git_state, package_versions, utc_now
 from auto_quantize_model.run_root import FP16_STAGE, RunRoot, TrainRunPaths, qat_stage_name
-from auto_quantize_model.ultralytics_env import pin_ultralytics_settings, project_root
+from auto_quantize_model.ultralytics_ext.env import pin_ultralytics_settings, project_root
 
 DEFAULT_HYP = Path("conf") / "cv-models" / "yolov10m" / "hyp.scratch.yaml"
 
@@ -172,13 +172,13 @@ def _resume_args(request: TrainRequest, paths: TrainRunPaths) -> dict[str, Any]:
 
 def _quant_scheme(request: TrainRequest):
     """The named scheme of a QAT request, ``None`` for FP16."""
-    from auto_quantize_model.cv_models.yolov10_brevitas import named_scheme
+    from auto_quantize_model.quant.scheme import named_scheme
 
     return named_scheme(request.quant_scheme) if request.quantized else None
 
 
 def _make_trainer(args: dict[str, Any], scheme):
-    from auto_quantize_model.cv_models.yolov10_ultralytics_qat import QATDetectionTrainer, ScratchDetectionTrainer
+    from auto_quantize_model.ultralytics_ext.trainers import QATDetectionTrainer, ScratchDetectionTrainer
 
     if scheme is not None:
         return QATDetectionTrainer(overrides=args, quant_scheme=scheme)

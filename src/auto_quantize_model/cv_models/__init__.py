@@ -1,1 +1,1 @@
-"""Model builders and quantization wrappers for the computer-vision detectors."""
+"""Compatibility package: old module paths that pickled checkpoints name (see ``yolov10_brevitas``)."""

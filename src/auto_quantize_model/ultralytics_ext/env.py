@@ -25,7 +25,7 @@ def configure_offline_environment() -> None:
     """Set ``YOLO_OFFLINE`` and a project-local ``YOLO_CONFIG_DIR`` unless the caller set them.
 
     Only environment variables are touched here, so importing the package stays cheap; the
-    settings file is pinned by :func:`disable_ultralytics_integrations` once Ultralytics loads.
+    settings file is pinned by :func:`pin_ultralytics_settings` once Ultralytics loads.
     """
     os.environ.setdefault("YOLO_OFFLINE", "1")
     # A checkpoint naming a module Ultralytics cannot import makes it try `pip install <module>`.

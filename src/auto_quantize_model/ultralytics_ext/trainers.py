@@ -17,14 +17,17 @@ YOLOv10 validation needs no dict-prediction adapter in Ultralytics 8.4.190: in e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER
 
-from auto_quantize_model.cv_models.run_logging import attach_run_callbacks
-from auto_quantize_model.cv_models.yolov10_brevitas import QuantScheme, quant_scheme_of, quantize_model
+from auto_quantize_model.ultralytics_ext.callbacks import attach_run_callbacks
+from auto_quantize_model.quant.scheme import QuantScheme
+from auto_quantize_model.quant.yolov10 import quant_scheme_of, quantize_model
 
 # Ultralytics rejects unknown keys in its args, and its DDP launcher rebuilds the trainer in a
 # new process from those args alone. The scheme therefore travels in the environment, which
@@ -44,14 +47,17 @@ class QATDetectionTrainer(ScratchDetectionTrainer):
     """Trains a Brevitas fake-quantized YOLO model with the standard Ultralytics loop."""
 
     def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None, quant_scheme: QuantScheme | None = None):
-        if quant_scheme is not None:
-            os.environ[QUANT_SCHEME_ENV] = json.dumps(quant_scheme.to_dict())
-        elif QUANT_SCHEME_ENV in os.environ:  # a DDP worker, relaunched by Ultralytics
+        if quant_scheme is None and QUANT_SCHEME_ENV in os.environ:  # a DDP worker, relaunched by Ultralytics
             quant_scheme = QuantScheme.from_dict(json.loads(os.environ[QUANT_SCHEME_ENV]))
-        else:
+        elif quant_scheme is None:
             raise ValueError(f"QATDetectionTrainer needs a quant_scheme (or ${QUANT_SCHEME_ENV} set)")
         self.quant_scheme = quant_scheme
         super().__init__(cfg, overrides, _callbacks)
+
+    def train(self):
+        """Ultralytics' training loop; the scheme is in the environment only while it runs (and DDP may launch)."""
+        with _scheme_in_environment(self.quant_scheme):
+            return super().train()
 
     def get_model(self, cfg=None, weights=None, verbose=True):
         """Build the float model, load ``weights`` (FP or QAT latent weights), then quantize it."""
@@ -70,3 +76,17 @@ class QATDetectionTrainer(ScratchDetectionTrainer):
                 f"checkpoint was trained with quant scheme {saved.name!r}, not {self.quant_scheme.name!r}; "
                 "resume it with its own scheme or start a new run root"
             )
+
+
+@contextlib.contextmanager
+def _scheme_in_environment(scheme: QuantScheme) -> Iterator[None]:
+    """Set ``$AQM_QUANT_SCHEME_JSON`` for the DDP workers this process may launch; restore it afterwards."""
+    previous = os.environ.get(QUANT_SCHEME_ENV)
+    os.environ[QUANT_SCHEME_ENV] = json.dumps(scheme.to_dict())
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(QUANT_SCHEME_ENV, None)
+        else:
+            os.environ[QUANT_SCHEME_ENV] = previous

@@ -1,0 +1,1 @@
+"""Weight quantization: schemes (``scheme``, torch-free) and Brevitas layers + model transformation (``yolov10``)."""

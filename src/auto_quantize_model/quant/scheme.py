@@ -1,0 +1,156 @@
+"""Declarative weight-quantization schemes: plain data, no torch, cheap to import.
+
+A :class:`QuantScheme` says what to fake-quantize in a detector (bit width, per-channel or
+per-tensor scales, the scale method, per-layer overrides by role or glob pattern). It is frozen,
+round-trips through JSON, is saved beside every QAT run and pickled into every checkpoint.
+The run-config resolver imports this module to check a scheme before any stage runs; the torch
+side (layers, model transformation) lives in :mod:`auto_quantize_model.quant.yolov10`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from auto_quantize_model.io_utils import read_json, write_json_atomic
+
+# Role names a selector may use (resolved on a model by quant.yolov10.ROLES).
+ROLE_NAMES = ("first_conv", "head_pred", "dfl")
+GRANULARITIES = ("per_channel", "per_tensor")
+SCALINGS = ("absmax",)
+# Named so that a scheme asking for them fails with a clear "not implemented yet", not a typo error.
+PLANNED_SCALINGS = ("mse", "learned")
+MIN_BIT_WIDTH, MAX_BIT_WIDTH = 2, 8
+
+
+# ----------------------------------------------------------------------------------------------
+# Declarative scheme
+# ----------------------------------------------------------------------------------------------
+def _check_bit_width(bit_width: Any, where: str) -> None:
+    """Reject non-integers (``True`` included) and widths outside Brevitas' narrow signed range."""
+    if isinstance(bit_width, bool) or not isinstance(bit_width, int):
+        raise ValueError(f"{where}: bit width must be an int, got {bit_width!r}")
+    if not MIN_BIT_WIDTH <= bit_width <= MAX_BIT_WIDTH:
+        raise ValueError(f"{where}: bit width {bit_width} outside [{MIN_BIT_WIDTH}, {MAX_BIT_WIDTH}]")
+
+
+def check_quant_settings(bit_width: int, granularity: str, scaling: str) -> None:
+    """Validate one layer's weight-quantizer settings."""
+    _check_bit_width(bit_width, "weight quantizer")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity {granularity!r} is not one of {GRANULARITIES}")
+    if scaling in PLANNED_SCALINGS:
+        raise NotImplementedError(f"scaling {scaling!r} is planned but not implemented; supported: {SCALINGS}")
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling {scaling!r} is not one of {SCALINGS}")
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """What to fake-quantize in a detector, as plain data that round-trips through JSON.
+
+    Every ``nn.Conv2d`` gets ``weight_bit_width`` bits, then ``layer_overrides`` are applied in
+    order (later wins; ``None`` keeps the layer float), then everything in ``keep_float`` is float.
+    A selector is a role name from :data:`ROLES` (``first_conv``, ``head_pred``, ``dfl``) or an
+    ``fnmatch`` pattern over module names such as ``"model.23.cv3.*"``.
+    """
+
+    name: str
+    weight_bit_width: int = 4
+    granularity: str = "per_channel"
+    scaling: str = "absmax"
+    layer_overrides: tuple[tuple[str, int | None], ...] = ()
+    keep_float: tuple[str, ...] = ("dfl",)
+
+    def __post_init__(self) -> None:
+        # JSON hands back lists; normalise to tuples so schemes stay hashable and compare equal.
+        object.__setattr__(self, "layer_overrides", tuple(tuple(item) for item in self.layer_overrides))
+        object.__setattr__(self, "keep_float", tuple(self.keep_float))
+        self._validate()
+
+    def _validate(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"scheme name must be a non-empty string, got {self.name!r}")
+        check_quant_settings(self.weight_bit_width, self.granularity, self.scaling)
+        for item in self.layer_overrides:
+            if len(item) != 2 or not isinstance(item[0], str) or not item[0]:
+                raise ValueError(f"layer override must be (selector, bit_width or None), got {item!r}")
+            if item[1] is not None:
+                _check_bit_width(item[1], f"override {item[0]!r}")
+        if not all(isinstance(selector, str) and selector for selector in self.keep_float):
+            raise ValueError(f"keep_float must hold selector strings, got {self.keep_float!r}")
+        if "dfl" not in self.keep_float:
+            # The DFL conv holds the fixed integers 0..15 that decode box distributions; it is not learned.
+            raise ValueError("keep_float must include 'dfl': the DFL decoding conv stays float")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; :meth:`from_dict` inverts it."""
+        return {
+            "name": self.name,
+            "weight_bit_width": self.weight_bit_width,
+            "granularity": self.granularity,
+            "scaling": self.scaling,
+            "layer_overrides": [list(item) for item in self.layer_overrides],
+            "keep_float": list(self.keep_float),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantScheme:
+        """Build a scheme from :meth:`to_dict` output; unknown or missing-name keys are errors."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown QuantScheme keys {unknown}; known keys: {sorted(known)}")
+        if "name" not in data:
+            raise ValueError("QuantScheme dict lacks 'name'")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the scheme as JSON atomically (no truncated file on a crash)."""
+        return write_json_atomic(Path(path), self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> QuantScheme:
+        """Read a scheme written by :meth:`save`."""
+        return cls.from_dict(read_json(Path(path)))
+
+
+_FIRST_AND_HEAD = ("first_conv", "head_pred")
+_NAMED_SCHEMES: dict[str, QuantScheme] = {
+    # Every conv but DFL at 4 bits.
+    "w4a16": QuantScheme("w4a16"),
+    # The stem conv (sees raw pixels) and the head's final prediction convs at 8 bits.
+    "w4a16-fl8": QuantScheme("w4a16-fl8", layer_overrides=tuple((role, 8) for role in _FIRST_AND_HEAD)),
+    # The same layers left float.
+    "w4a16-flfp": QuantScheme("w4a16-flfp", layer_overrides=tuple((role, None) for role in _FIRST_AND_HEAD)),
+}
+SCHEME_NAMES = tuple(_NAMED_SCHEMES)
+
+
+def named_scheme(name: str) -> QuantScheme:
+    """Return one of the project's schemes by name (see ``SCHEME_NAMES``)."""
+    try:
+        return _NAMED_SCHEMES[name]
+    except KeyError:
+        raise ValueError(f"unknown scheme {name!r}; known: {SCHEME_NAMES}") from None
+
+
+
+
+def resolve_scheme(spec: str | os.PathLike) -> QuantScheme:
+    """A scheme by name (``w4a16``) or from a JSON file written by :meth:`QuantScheme.save`.
+
+    Errors name the value, the known names and, for a file, the file.
+    """
+    text = str(spec)
+    if text.endswith(".json") or os.sep in text:
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"quant scheme file {path} not found; pass a scheme name {SCHEME_NAMES} or a JSON path")
+        try:
+            return QuantScheme.load(path)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{path}: invalid quant scheme: {error}") from None
+    return named_scheme(text)

@@ -1,0 +1,416 @@
+"""Brevitas weight-only fake quantization (W4A16) of Ultralytics YOLOv10 detection models.
+
+Three parts (the scheme itself, plain data, is :mod:`auto_quantize_model.quant.scheme`):
+
+* Roles (``first_conv``, ``head_pred``, ``dfl``) and glob selectors of a
+  :class:`~auto_quantize_model.quant.scheme.QuantScheme` resolved to the convs of one model.
+* :class:`WeightQuantConv2d` - a real ``brevitas.nn.QuantConv2d`` (signed narrow-range integer
+  weights, float activations, float bias) that pickles itself as "constructor arguments + weight +
+  bias", so Ultralytics' ``torch.save``/deepcopy/EMA/cloudpickle paths work, and whose training
+  forward computes Brevitas' abs-max fake quantization in one autograd node (same values and
+  gradients as Brevitas' own quantizer, far fewer kernels and no ``QuantTensor`` per call).
+* :func:`quantize_model` - swaps every ``nn.Conv2d`` of a float ``DetectionModel`` in place and
+  turns the model into a :class:`QuantDetectionModel`, whose ``fuse()`` leaves out the BN folds and
+  branch merges that would change the fake-quantized outputs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+from brevitas.nn import QuantConv2d
+from brevitas.quant import Int8WeightPerChannelFloat, Int8WeightPerTensorFloat
+from brevitas.quant_tensor import QuantTensor
+from torch import nn
+from ultralytics.nn.modules import DFL, Conv, Conv2, Detect, RepConv, RepVGGDW
+from ultralytics.nn.tasks import DetectionModel
+
+from auto_quantize_model.quant.scheme import ROLE_NAMES, QuantScheme, check_quant_settings, named_scheme
+
+
+# ----------------------------------------------------------------------------------------------
+# Roles: names in a scheme, resolved to module names of one model
+# ----------------------------------------------------------------------------------------------
+# Prediction branches of a (v10)Detect head; the last module of each per-level Sequential is the
+# plain nn.Conv2d that outputs box distributions (cv2) or class logits (cv3).
+HEAD_BRANCHES = ("cv2", "cv3", "one2one_cv2", "one2one_cv3")
+
+
+def _head(model: nn.Module) -> Detect:
+    head = model.model[-1]
+    if not isinstance(head, Detect):
+        raise ValueError(f"last layer is {type(head).__name__}, not a Detect head")
+    return head
+
+
+def _first_conv(model: nn.Module) -> list[nn.Module]:
+    return [next(m for m in model.modules() if isinstance(m, nn.Conv2d))]
+
+
+def _head_prediction_convs(model: nn.Module) -> list[nn.Module]:
+    head = _head(model)
+    branches = (getattr(head, name, None) for name in HEAD_BRANCHES)
+    return [level[-1] for branch in branches if branch is not None for level in branch]
+
+
+def _dfl_convs(model: nn.Module) -> list[nn.Module]:
+    dfl = getattr(_head(model), "dfl", None)
+    return [dfl.conv] if isinstance(dfl, DFL) else []  # reg_max=1 heads use nn.Identity
+
+
+ROLES: dict[str, Callable[[nn.Module], list[nn.Module]]] = {
+    "first_conv": _first_conv,
+    "head_pred": _head_prediction_convs,
+    "dfl": _dfl_convs,
+}
+assert tuple(ROLES) == ROLE_NAMES, "quant.scheme.ROLE_NAMES must name exactly these roles"
+
+
+def _named_convs(model: nn.Module) -> dict[str, nn.Conv2d]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def resolve_selector(model: nn.Module, selector: str) -> tuple[str, ...]:
+    """Module names of the convs a role name or glob pattern selects in ``model``.
+
+    A pattern that matches nothing is an error (a typo would otherwise silently change nothing).
+    """
+    convs = _named_convs(model)
+    if selector in ROLES:
+        names = {id(m): name for name, m in convs.items()}
+        return tuple(names[id(m)] for m in ROLES[selector](model) if isinstance(m, nn.Conv2d))
+    matched = tuple(name for name in convs if fnmatch.fnmatchcase(name, selector))
+    if not matched:
+        raise ValueError(f"selector {selector!r} is no role {tuple(ROLES)} and matches no conv")
+    return matched
+
+
+def layer_bit_widths(model: nn.Module, scheme: QuantScheme) -> dict[str, int | None]:
+    """Resolve ``scheme`` on ``model``: conv module name -> bit width, ``None`` for float."""
+    bits: dict[str, int | None] = dict.fromkeys(_named_convs(model), scheme.weight_bit_width)
+    for selector, bit_width in scheme.layer_overrides:
+        bits.update(dict.fromkeys(resolve_selector(model, selector), bit_width))
+    for selector in scheme.keep_float:
+        bits.update(dict.fromkeys(resolve_selector(model, selector), None))
+    return bits
+
+
+# ----------------------------------------------------------------------------------------------
+# The quantized conv
+# ----------------------------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def weight_quantizer(bit_width: int, granularity: str) -> type:
+    """Brevitas injector: signed, narrow-range ints with abs-max float scales (per channel or tensor)."""
+    base = Int8WeightPerChannelFloat if granularity == "per_channel" else Int8WeightPerTensorFloat
+    return base.let(bit_width=bit_width)
+
+
+class _AbsMaxFakeQuant(torch.autograd.Function):
+    """Brevitas' abs-max weight fake quantization as one autograd node.
+
+    Forward: ``scale = max(absmax, min_scale) / max_code``, ``out = round(w / scale) * scale`` with
+    the same operations as Brevitas (``StatsFromParameterScaling`` + ``IntQuant``), so values are
+    bit-identical. Backward reproduces Brevitas' gradient: round and clamp are straight-through, and
+    the scale path adds ``sum(g * (code - w / scale)) / max_code * sign(w)`` at the abs-max element
+    (spread over ties for the per-tensor ``torch.max``). Brevitas builds ~20 autograd nodes and a
+    ``QuantTensor`` per call for this; here it is a handful of in-place kernels.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, max_code: float, min_scale: float, per_channel: bool) -> torch.Tensor:
+        rows = weight.reshape(weight.shape[0] if per_channel else 1, -1)
+        absmax, index = rows.abs().max(dim=1, keepdim=True)
+        clamped = absmax.clamp_min(min_scale)
+        scale = clamped / max_code
+        # Brevitas clamps the codes to [-max_code, max_code]; with abs-max scales that is a no-op
+        # (|w| / scale <= max_code up to one ulp, which rounds to max_code), so one pass is saved.
+        out = (rows / scale).round_().mul_(scale).view(weight.shape)
+        ctx.save_for_backward(weight, out, clamped, absmax, index)
+        ctx.per_channel = per_channel
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        weight, out, clamped, absmax, index = ctx.saved_tensors
+        n_rows = clamped.shape[0]
+        g, w = grad.reshape(n_rows, -1), weight.reshape(n_rows, -1)
+        # d out / d scale = code - w / scale (round/clamp straight-through) = (out - w) / scale, and
+        # d scale / d absmax = 1 / max_code (Brevitas' min-clamp is straight-through too), so
+        # d out / d absmax = (out - w) / (scale * max_code) = (out - w) / clamped.
+        grad_absmax = (out.reshape(n_rows, -1) - w).mul_(g).sum(dim=1, keepdim=True).div_(clamped)
+        grad_w = g.clone()
+        if ctx.per_channel:  # torch.max(dim) sends the gradient to the one returned index
+            grad_w.scatter_add_(1, index, grad_absmax * w.gather(1, index).sign())
+        else:  # the full torch.max reduction spreads it evenly over tied maxima
+            ties = w.abs() == absmax
+            grad_w.add_(ties * w.sign() * (grad_absmax / ties.sum()))
+        return grad_w.view(weight.shape), None, None, None
+
+
+class WeightQuantConv2d(QuantConv2d):
+    """``brevitas.nn.QuantConv2d`` with integer weights only (W4A16/W8A16), made to live in Ultralytics.
+
+    * Weights: signed narrow-range ``bit_width`` codes (4 bits: [-7, 7]) times abs-max float scales,
+      per output channel or per tensor. Input, output and bias are not quantized.
+    * Pickling carries constructor arguments, quantizer settings, weight, bias and train mode, never
+      Brevitas' runtime injector classes (which pickle cannot find by name). Hooks are not carried.
+    * Forward uses :meth:`fake_quant_weight` (float32 even under autocast); export mode, disabled
+      quantization and ``QuantTensor`` inputs go through Brevitas' own ``forward``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        bit_width: int = 4,
+        granularity: str = "per_channel",
+        scaling: str = "absmax",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        check_quant_settings(bit_width, granularity, scaling)
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
+            groups=groups, padding_mode=padding_mode, bias=bias, device=device, dtype=dtype,
+            weight_quant=weight_quantizer(bit_width, granularity),
+            input_quant=None, output_quant=None, bias_quant=None, return_quant_tensor=False,
+        )  # fmt: skip
+        self.bit_width, self.granularity, self.scaling = bit_width, granularity, scaling
+        # Looked up once here instead of through the proxy/injector on every forward.
+        self._max_code = float(2 ** (bit_width - 1) - 1)  # narrow signed range: [-max_code, max_code]
+        self._min_scale = float(self.weight_quant.quant_injector.scaling_min_val)
+        self._per_channel = granularity == "per_channel"
+
+    @classmethod
+    def from_float(
+        cls, conv: nn.Conv2d, bit_width: int, granularity: str = "per_channel", scaling: str = "absmax"
+    ) -> WeightQuantConv2d:
+        """Quantized twin of ``conv`` sharing its weight and bias Parameters (values unchanged)."""
+        layer = cls(
+            **_conv_geometry(conv), bit_width=bit_width, granularity=granularity, scaling=scaling,
+            device=conv.weight.device, dtype=conv.weight.dtype,
+        )  # fmt: skip
+        _adopt_parameters(layer, conv.weight, conv.bias)
+        return layer.train(conv.training)
+
+    def quant_settings(self) -> dict[str, Any]:
+        """The weight quantizer's settings, as carried through pickling."""
+        return {"bit_width": self.bit_width, "granularity": self.granularity, "scaling": self.scaling}
+
+    def fake_quant_weight(self) -> torch.Tensor:
+        """Fake-quantized weight, computed in float32 (outside autocast), cast back to the weight dtype.
+
+        Under autocast the float32 result is returned; the conv's own autocast casts it.
+        """
+        weight = self.weight
+        if torch.is_autocast_enabled(weight.device.type):
+            with torch.autocast(weight.device.type, enabled=False):
+                return self._fake_quant(weight.float())
+        if weight.dtype in (torch.float16, torch.bfloat16):  # e.g. Ultralytics' half() validation
+            return self._fake_quant(weight.float()).to(weight.dtype)
+        return self._fake_quant(weight)
+
+    def _fake_quant(self, weight: torch.Tensor) -> torch.Tensor:
+        return _AbsMaxFakeQuant.apply(weight, self._max_code, self._min_scale, self._per_channel)
+
+    def forward(self, x: torch.Tensor | QuantTensor) -> torch.Tensor | QuantTensor:
+        """Conv with fake-quantized weights; Brevitas' generic path where the fast one does not apply."""
+        proxy = self.weight_quant
+        if isinstance(x, QuantTensor) or self.export_mode or proxy.export_mode or not proxy.is_quant_enabled:
+            return super().forward(x)
+        return self._conv_forward(x, self.fake_quant_weight(), self.bias)
+
+    def __reduce_ex__(self, protocol: int) -> tuple[Any, ...]:
+        """Pickle as settings + tensors; Brevitas' quantizer is rebuilt from the settings on load."""
+        kwargs = {**_conv_geometry(self), **self.quant_settings()}
+        state = {"weight": self.weight, "bias": self.bias, "training": self.training}
+        return _rebuild_weight_quant_conv, (type(self), kwargs, state)
+
+
+def _conv_geometry(conv: nn.Conv2d) -> dict[str, Any]:
+    """Constructor arguments that define a conv's shape (not its parameters)."""
+    return {
+        "in_channels": conv.in_channels,
+        "out_channels": conv.out_channels,
+        "kernel_size": conv.kernel_size,
+        "stride": conv.stride,
+        "padding": conv.padding,
+        "dilation": conv.dilation,
+        "groups": conv.groups,
+        "bias": conv.bias is not None,
+        "padding_mode": conv.padding_mode,
+    }
+
+
+def _adopt_parameters(layer: WeightQuantConv2d, weight: nn.Parameter, bias: nn.Parameter | None) -> None:
+    """Install existing Parameters (same objects: values, requires_grad and dtype are kept).
+
+    ``nn.Module.register_parameter`` is called directly, skipping Brevitas' hook that rebuilds the
+    weight quantizer on every (re)registration: half the construction time, and not needed here
+    because the abs-max quantizer reads the weight it is given and holds no reference to the old
+    one (the layer was built with the same shape, device and dtype).
+    """
+    if weight.shape != layer.weight.shape or (bias is None) != (layer.bias is None):
+        raise ValueError(f"parameters {tuple(weight.shape)} do not fit layer {layer}")
+    nn.Module.register_parameter(layer, "weight", weight)
+    if bias is not None:
+        nn.Module.register_parameter(layer, "bias", bias)
+
+
+def _rebuild_weight_quant_conv(cls: type, kwargs: dict[str, Any], state: dict[str, Any]) -> WeightQuantConv2d:
+    """Unpickling target of :meth:`WeightQuantConv2d.__reduce_ex__`."""
+    weight = state["weight"]
+    layer = cls(**kwargs, device=weight.device)
+    layer.to(dtype=weight.dtype)  # Brevitas' helper buffers follow the weight, as after .half()
+    _adopt_parameters(layer, weight, state["bias"])
+    return layer.train(state["training"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Fuse-safe model
+# ----------------------------------------------------------------------------------------------
+class _BranchSum(nn.Module):
+    """Sum of two parallel branches: a RepVGGDW whose quantized 7x7 and 3x3 kernels must stay apart."""
+
+    def __init__(self, conv: nn.Module, conv1: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.conv1 = conv, conv1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + self.conv1(x)
+
+
+def _bn_fold_is_exact(conv: nn.Module) -> bool:
+    """Folding BN scales output channels; only per-channel abs-max codes are invariant to that."""
+    return not isinstance(conv, WeightQuantConv2d) or conv.granularity == "per_channel"
+
+
+def _keep_inexact_folds_apart(model: nn.Module) -> None:
+    """Pre-pass for ``BaseModel.fuse``: give it nothing to fold that would move quantized outputs.
+
+    A per-tensor quantized ``Conv`` keeps its BN as ``conv = Sequential(conv, bn)``; a ``RepVGGDW``
+    holding quantized convs keeps both branches (``conv = _BranchSum(conv, conv1)``), whose ``Conv``
+    blocks ``BaseModel.fuse`` then folds one by one. Both then look fused to Ultralytics, and their
+    stock ``forward_fuse`` computes the same function as before.
+    """
+    for m in list(model.modules()):
+        if isinstance(m, Conv) and hasattr(m, "bn") and not _bn_fold_is_exact(m.conv):
+            m.conv = nn.Sequential(m.conv, m.bn)
+            del m.bn
+            m.forward = m.forward_fuse
+    for m in list(model.modules()):
+        if isinstance(m, RepVGGDW) and hasattr(m, "conv1") and is_quantized(m):
+            m.conv = _BranchSum(m.conv, m.conv1)
+            del m.conv1
+
+
+class QuantDetectionModel(DetectionModel):
+    """A ``DetectionModel`` holding :class:`WeightQuantConv2d` layers; only ``fuse`` differs.
+
+    :func:`quantize_model` swaps a model's class to this one, so it travels inside pickled
+    Ultralytics checkpoints and validation/export fuse stays output-preserving.
+    """
+
+    def fuse(self, verbose: bool = True, imgsz: int | list[int] = 640) -> QuantDetectionModel:
+        """``BaseModel.fuse`` minus the folds that are not exact after weight quantization."""
+        if not self.is_fused():
+            _keep_inexact_folds_apart(self)
+        return super().fuse(verbose=verbose, imgsz=imgsz)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model conversion
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QuantizationReport:
+    """Resolved per-layer bit widths of a quantized model (``None`` = float)."""
+
+    scheme: str
+    layer_bits: tuple[tuple[str, int | None], ...]
+
+    def counts(self) -> dict[str, int]:
+        """Number of convs per bit width (``"4"``, ``"8"``) and ``"float"``."""
+        tally = Counter("float" if bits is None else str(bits) for _, bits in self.layer_bits)
+        return dict(sorted(tally.items()))
+
+    @property
+    def quantized_count(self) -> int:
+        return sum(bits is not None for _, bits in self.layer_bits)
+
+    @property
+    def float_count(self) -> int:
+        return len(self.layer_bits) - self.quantized_count
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary for run metadata."""
+        return {"scheme": self.scheme, "counts": self.counts(), "layer_bits": dict(self.layer_bits)}
+
+    def format(self) -> str:
+        """One line per conv plus the totals, for logs."""
+        lines = [f"{name}: {'float' if bits is None else f'int{bits}'}" for name, bits in self.layer_bits]
+        return "\n".join([*lines, f"scheme {self.scheme}: {self.counts()}"])
+
+
+def _check_quantizable(model: nn.Module) -> None:
+    if isinstance(model, QuantDetectionModel) or is_quantized(model):
+        raise ValueError("model is already quantized")
+    if type(model) is not DetectionModel:
+        raise TypeError(f"expected an ultralytics DetectionModel, got {type(model).__name__}")
+    merged = [type(m).__name__ for m in model.modules() if isinstance(m, (Conv2, RepConv))]
+    if merged:  # their fuse merges parallel kernels, which 4-bit rounding does not commute with
+        raise NotImplementedError(f"fuse-safe quantization of {sorted(set(merged))} is not implemented")
+
+
+def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, new)
+
+
+def quantize_model(model: DetectionModel, scheme: QuantScheme | str) -> QuantizationReport:
+    """Fake-quantize ``model``'s convs in place as ``scheme`` says; attach the scheme to the model.
+
+    Each selected ``nn.Conv2d`` becomes a :class:`WeightQuantConv2d` that shares the original weight
+    and bias Parameters; the model's class becomes :class:`QuantDetectionModel` and
+    ``model.quant_scheme`` holds ``scheme.to_dict()`` (so it is saved in Ultralytics checkpoints).
+    Call it before building the optimizer and EMA. The state_dict keys stay those of the float model.
+    """
+    scheme = named_scheme(scheme) if isinstance(scheme, str) else scheme
+    _check_quantizable(model)
+    bits = layer_bit_widths(model, scheme)
+    for name, bit_width in bits.items():
+        if bit_width is not None:
+            conv = model.get_submodule(name)
+            _replace_module(model, name, WeightQuantConv2d.from_float(conv, bit_width, scheme.granularity, scheme.scaling))
+    model.__class__ = QuantDetectionModel
+    model.quant_scheme = scheme.to_dict()
+    return QuantizationReport(scheme.name, tuple(bits.items()))
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """True when ``model`` holds at least one :class:`WeightQuantConv2d`."""
+    return any(isinstance(m, WeightQuantConv2d) for m in model.modules())
+
+
+def quant_scheme_of(model: nn.Module) -> QuantScheme | None:
+    """The scheme :func:`quantize_model` attached to ``model`` (``None`` for a float model)."""
+    data = getattr(model, "quant_scheme", None)
+    return None if data is None else QuantScheme.from_dict(data)
+
+
+def quantized_layers(model: nn.Module) -> Iterable[tuple[str, WeightQuantConv2d]]:
+    """``(name, layer)`` for every quantized conv, in module order."""
+    return ((name, m) for name, m in model.named_modules() if isinstance(m, WeightQuantConv2d))
