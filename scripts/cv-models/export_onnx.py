@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Export a trained YOLOv10 checkpoint (FP or Brevitas W4A16 QAT) to ONNX, with a metadata JSON beside it.
 
-A float checkpoint goes through the Ultralytics exporter; a QAT checkpoint becomes Brevitas QCDQ
-(int8 weights -> Clip -> DequantizeLinear). Both keep one contract: input ``images`` (N, 3, H, W)
+A float checkpoint goes through the Ultralytics exporter (``--half``: FP16 weights, float32 I/O); a QAT
+checkpoint becomes Brevitas QCDQ (int8 weights -> Clip -> DequantizeLinear), or with ``--weights-format int4``
+native INT4 weights (opset 21, converted from the QCDQ graph and checked to give the same outputs). Both keep one contract: input ``images`` (N, 3, H, W)
 float32 RGB [0, 1] letterboxed, output ``output0`` end-to-end (N, 300, 6) or raw (N, 4 + nc, anchors).
 See models/cv-models/yolov10m/README.md.
 
@@ -11,6 +12,8 @@ Examples::
     export_onnx.py --weights R/fp16/weights/best.pt --out R/onnx/yolov10m-fp16.onnx --validate
     export_onnx.py --weights R/qat-w4a16/weights/best.pt --out R/onnx/yolov10m-qat-w4a16-qcdq.onnx \\
         --format raw --dynamic-batch --validate --val-images datasets/coco/val2017
+    export_onnx.py --weights R/qat-w4a16/weights/best.pt --out R/onnx/yolov10m-qat-w4a16-int4.onnx --weights-format int4
+    export_onnx.py --weights R/fp16/weights/best.pt --out R/onnx/yolov10m-fp16-half.onnx --half
 
 Exit codes: 0 written, 1 validation failed (nothing written), 2 bad input (the message names the fix).
 """
@@ -26,6 +29,8 @@ import auto_quantize_model  # noqa: F401  (offline Ultralytics before anything i
 from auto_quantize_model.export import (
     DEFAULT_VAL_MAX_IMAGES,
     OUTPUT_FORMATS,
+    WEIGHTS_FORMATS,
+    WEIGHTS_QCDQ,
     ExportExistsError,
     ExportInputError,
     ExportResult,
@@ -45,6 +50,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: Ultralytics' choice for this torch)")
     parser.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis (height/width too, as Ultralytics does)")
     parser.add_argument("--half", action="store_true", help="FP16 weights with float32 I/O (float checkpoints only)")
+    parser.add_argument("--weights-format", choices=WEIGHTS_FORMATS, default=WEIGHTS_QCDQ,
+                        help="QAT checkpoints: qcdq (Brevitas int8 + Clip + DequantizeLinear, default) or int4 "
+                        "(native packed INT4 weights, opset 21)")  # fmt: skip
     parser.add_argument("--validate", action="store_true", help="compare ONNX Runtime with PyTorch on real images")
     parser.add_argument("--val-images", type=Path, default=None,
                         help="image folder for --validate (default: the checkpoint dataset's val images)")  # fmt: skip
@@ -56,7 +64,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def _summary(result: ExportResult) -> str:
     lines = [
         f"kind: {describe_kind(result.kind, {'name': result.scheme_name})}",
-        f"wrote {result.onnx_path} ({result.size_bytes / 1e6:.2f} MB) and {result.metadata_path}",
+        f"wrote {result.onnx_path} ({result.size_bytes / 1e6:.2f} MB, weights stored as {result.weights_format}) "
+        f"and {result.metadata_path}",
     ]
     if result.validation is not None:
         for check in result.validation["checks"]:
@@ -78,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         result = export_onnx(
             args.weights, args.out, imgsz=args.imgsz, output_format=args.output_format, opset=args.opset,
             dynamic_batch=args.dynamic_batch, half=args.half, validate=args.validate, val_images=args.val_images,
-            val_max_images=args.val_max_images, overwrite=args.overwrite,
+            val_max_images=args.val_max_images, overwrite=args.overwrite, weights_format=args.weights_format,
         )  # fmt: skip
     except (ExportInputError, ExportExistsError) as error:
         print(f"error: {error}", file=sys.stderr)

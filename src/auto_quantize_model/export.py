@@ -25,7 +25,7 @@ import os
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,11 @@ LOGGER = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = ("e2e", "raw")
 KIND_FP, KIND_QCDQ = "fp", "qat-qcdq"
+# How a QAT export stores its weights: Brevitas QCDQ (the spec's artifact) or, converted from it, native INT4
+# (auto_quantize_model.onnx_int4). ``kind`` stays "qat-qcdq" for both: it names the export path.
+WEIGHTS_QCDQ, WEIGHTS_INT4 = "qcdq", "int4"
+WEIGHTS_FORMATS = (WEIGHTS_QCDQ, WEIGHTS_INT4)
+CUDA_INT4_NOTE = "CUDA EP: DequantizeLinear Int4 kernels registered per ORT's kernel registry, untested here (no GPU)"
 INPUT_NAME, OUTPUT_NAME = "images", "output0"
 MAX_DET = 300  # Ultralytics' default max_det; the exporter clamps it to the number of anchors
 MAX_IR_VERSION = 10  # what the Ultralytics exporter caps to, for onnxruntime compatibility
@@ -85,6 +90,7 @@ class ExportResult:
     scheme_name: str | None
     size_bytes: int
     validation: dict[str, Any] | None
+    weights_format: str = WEIGHTS_QCDQ  # what the file stores: float32, float16, qcdq or int4 (onnx_size)
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,7 @@ class ExportSettings:
     opset: int
     dynamic_batch: bool
     half: bool
+    weights_format: str = WEIGHTS_QCDQ
 
     @property
     def end2end(self) -> bool:
@@ -118,18 +125,21 @@ def export_onnx(
     val_images: str | os.PathLike | None = None,
     val_max_images: int = DEFAULT_VAL_MAX_IMAGES,
     overwrite: bool = False,
+    weights_format: str = WEIGHTS_QCDQ,
 ) -> ExportResult:
     """Export an Ultralytics FP or Brevitas QAT checkpoint to ``out`` (+ ``out`` with ``.json``).
 
     ``validate`` compares ONNX Runtime with the PyTorch model on real images (``val_images``, else the
     validation images of the dataset the checkpoint was trained on) and raises
     :class:`ExportValidationError` without writing anything when a difference exceeds its tolerance.
+    ``weights_format="int4"`` (QAT only) converts the QCDQ graph to native INT4 weights (:mod:`~auto_quantize_model.onnx_int4`).
     """
     weights, out = Path(weights), Path(out)
     _check_request(weights, out, output_format, overwrite, val_max_images)
     model, ckpt = load_detection_checkpoint(weights)
     kind = KIND_QCDQ if _is_quantized(model) else KIND_FP
     settings = _resolve_settings(model, imgsz, output_format, opset, dynamic_batch, half, kind)
+    settings = replace(settings, weights_format=_check_weights_format(weights_format, kind, weights))
     scheme = _scheme_dict(model) if kind == KIND_QCDQ else None
     LOGGER.info("%s: %s", weights, describe_kind(kind, scheme))
     # Images are checked before the slow export, and the PyTorch reference runs on the prepared model
@@ -140,8 +150,11 @@ def export_onnx(
     reference = reference_outputs(model, plan) if plan else None
     with tempfile.TemporaryDirectory(prefix=f".{out.stem}.export-", dir=_ensure_dir(out.parent)) as work:
         staged = Path(work) / out.name
+        int4 = None
         if kind == KIND_FP:
             _export_fp(weights, staged, settings)
+        elif settings.weights_format == WEIGHTS_INT4:
+            int4 = _export_int4(model, staged, settings, ckpt)
         else:
             _export_qcdq(model, staged, settings, ckpt)
         graph = inspect_onnx(staged)
@@ -151,7 +164,8 @@ def export_onnx(
         if validation and not validation["passed"]:
             raise ExportValidationError(_validation_failure_message(staged.name, validation), validation)
         metadata = _export_metadata(weights, out, staged, kind, scheme, settings, model, graph, output_shape, validation)
-        return _publish(staged, out, metadata, kind, scheme, validation)
+        storage = _add_weights_metadata(metadata, staged, int4)
+        return replace(_publish(staged, out, metadata, kind, scheme, validation), weights_format=storage)
 
 
 def describe_kind(kind: str, scheme: dict[str, Any] | None) -> str:
@@ -341,6 +355,50 @@ def _export_qcdq(model: Any, staged: Path, settings: ExportSettings, ckpt: dict[
     onnx.save(proto, str(staged))
 
 
+def _check_weights_format(weights_format: str, kind: str, weights: Path) -> str:
+    if weights_format not in WEIGHTS_FORMATS:
+        raise ExportInputError(f"weights format {weights_format!r} is not one of {WEIGHTS_FORMATS}")
+    if weights_format == WEIGHTS_INT4 and kind == KIND_FP:
+        raise ExportInputError(
+            f"{weights}: --weights-format int4 needs a QAT checkpoint (integer weight codes); this is a float "
+            "checkpoint: drop --weights-format (float32) or add --half for the FP16 baseline"
+        )
+    return weights_format
+
+
+def _export_int4(model: Any, staged: Path, settings: ExportSettings, ckpt: dict[str, Any]) -> Any:
+    """Brevitas QCDQ export beside ``staged``, then the checked QCDQ -> INT4 rewrite onto ``staged``."""
+    from auto_quantize_model.onnx_int4 import INT4_OPSET, convert_qcdq_file_to_int4
+
+    qcdq = staged.with_name(f"{staged.stem}.qcdq.onnx")
+    _export_qcdq(model, qcdq, settings, ckpt)
+    check = np.random.default_rng(0).random((1, 3, *settings.imgsz), dtype=np.float32)
+    try:
+        return convert_qcdq_file_to_int4(qcdq, staged, opset=max(INT4_OPSET, settings.opset), check_inputs=check)
+    finally:
+        qcdq.unlink(missing_ok=True)  # the contract check wants one file in the staging folder
+
+
+def _add_weights_metadata(metadata: dict[str, Any], staged: Path, int4: Any) -> str:
+    """``weights_format`` read from the file itself, the runtimes that can run it and the INT4 conversion record."""
+    import onnxruntime as ort
+
+    from auto_quantize_model.onnx_size import WEIGHTS_FORMAT_TEXT, weight_storage
+
+    storage = weight_storage(staged)
+    metadata["weights_format"] = storage.weights_format
+    metadata["onnx"]["precision"] = WEIGHTS_FORMAT_TEXT[storage.weights_format]
+    metadata["graph"]["weight_dequantizers_by_storage"] = storage.weight_dequantizers
+    metadata["runtimes"] = {
+        "onnxruntime_cpu": f"onnxruntime {ort.__version__} CPUExecutionProvider: ran the file at export",
+        "onnxruntime_cuda": CUDA_INT4_NOTE if storage.weights_format == WEIGHTS_INT4 else "untested here (no GPU)",
+    }
+    if int4 is not None:
+        metadata["onnx"]["exporter"] += ", then auto_quantize_model.onnx_int4 (QCDQ -> native INT4, checked)"
+        metadata["int4_conversion"] = asdict(int4)
+    return storage.weights_format
+
+
 def ultralytics_metadata(model: Any, settings: ExportSettings, ckpt: dict[str, Any]) -> dict[str, Any]:
     """The ``metadata_props`` the Ultralytics ONNX exporter writes; ``AutoBackend`` reads them back."""
     from ultralytics import __version__
@@ -388,13 +446,18 @@ def weight_qdq_bit_widths(proto: Any) -> list[int]:
     """Bit width of every weight ``int8 initializer -> Clip(-m, m) -> DequantizeLinear`` chain, in graph order.
 
     ``m = 2**(b-1) - 1`` (signed narrow range), so ``Clip(-7, 7)`` is a 4-bit and ``Clip(-127, 127)`` an
-    8-bit weight. A DequantizeLinear fed any other way is not counted.
+    8-bit weight. In a native INT4 file (no Clip) a DequantizeLinear fed by an INT4 initializer counts as 4 bits
+    and one fed by an INT8 initializer as 8. A DequantizeLinear fed any other way is not counted.
     """
     graph = proto.graph
     arrays = _initializer_arrays(graph)
     producer = {output: node for node in graph.node for output in node.output}
     widths = []
     for node in graph.node:
+        direct = arrays.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if direct is not None and str(direct.dtype) in ("int4", "int8"):
+            widths.append(4 if str(direct.dtype) == "int4" else 8)
+            continue
         clip = producer.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
         if clip is None or clip.op_type != "Clip" or len(clip.input) != 3:
             continue
