@@ -25,5 +25,13 @@ pip_install "$(grep -E '^torch==' requirements.txt)" "$(grep -E '^torchvision=='
 pip_install -r requirements.txt
 pip_install --no-deps -e .
 "$VENV/bin/python" -m pip check
+# pip check cannot see it: onnxruntime and onnxruntime-gpu side by side (requirements.txt chooses the `cpu` extra's
+# onnxruntime; one installed by hand later would silently decide the providers).
+"$VENV/bin/python" -c 'import sys
+from auto_quantize_model.env_check import EnvCheckError, require_single_onnxruntime
+try:
+    require_single_onnxruntime()
+except EnvCheckError as error:
+    sys.exit(f"[setup] {error}")'
 echo "$want" > "$STAMP"
 echo "[setup] ready: $VENV"

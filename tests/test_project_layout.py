@@ -16,21 +16,7 @@ def _pixi() -> dict:
     return tomllib.loads((ROOT / "pixi.toml").read_text())
 
 
-def _requirement_pins() -> dict[str, str]:
-    pins = {}
-    for line in (ROOT / "requirements.txt").read_text().splitlines():
-        match = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", line.strip())
-        if match:
-            pins[match.group(1).lower()] = match.group(2)
-    return pins
-
-
-def test_pixi_declares_default_and_rtx5090_environments():
-    pixi = _pixi()
-    assert set(pixi["environments"]) == {"default", "rtx5090"}
-    assert "onnxruntime-gpu" in pixi["feature"]["rtx5090"]["pypi-dependencies"]
-    assert "onnxruntime" in pixi["feature"]["cpu"]["pypi-dependencies"]
-    assert pixi["dependencies"]["python"].startswith("3.11")
+# Environments, ONNX Runtime / torch per environment and pins: tests/test_pixi_manifest.py.
 
 
 @pytest.mark.parametrize("task", sorted(_pixi()["tasks"]))
@@ -46,16 +32,6 @@ def test_runner_and_training_subcommands_are_pixi_tasks():
     tasks = _pixi()["tasks"]
     assert "run_yolov10m_scratch_fp16_vs_w4a16_qat.sh" in tasks["run-yolov10m-scratch"]
     assert tasks["fp16"].endswith(" fp16") and tasks["qat-w4a16"].endswith(" qat-w4a16")
-
-
-def test_pixi_and_requirements_pin_the_same_stack():
-    pins = _requirement_pins()
-    pixi = _pixi()
-    declared = {**pixi["pypi-dependencies"], **pixi["feature"]["cpu"]["pypi-dependencies"]}
-    for name in ("torch", "torchvision", "ultralytics", "brevitas", "onnx", "onnxruntime", "onnxoptimizer",
-                 "pycocotools", "tensorboard", "matplotlib", "pandas", "cloudpickle"):
-        assert declared[name] == f"=={pins[name]}", name
-    assert pixi["feature"]["rtx5090"]["pypi-dependencies"]["onnxruntime-gpu"] == f"=={pins['onnxruntime']}"
 
 
 def test_ci_runs_the_readme_test_command():

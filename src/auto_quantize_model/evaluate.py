@@ -59,6 +59,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from auto_quantize_model.env_check import require_single_onnxruntime
 from auto_quantize_model.io_utils import sha256_file, write_json_atomic, write_text_atomic
 from auto_quantize_model.preprocess import LetterboxInfo, as_hw, boxes_to_original, letterbox
 
@@ -227,6 +228,7 @@ def _usable_providers(requested: Sequence[str]) -> list[str]:
 
 def open_session(onnx_path: Path, providers: Sequence[str]) -> Any:
     """Create an onnxruntime session on the first usable providers; a provider that fails to start falls back to CPU."""
+    require_single_onnxruntime()  # both ONNX Runtime wheels installed: the providers would be whichever came last
     import onnxruntime as ort
 
     chosen = _usable_providers(providers)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from auto_quantize_model.env_check import require_single_onnxruntime
 from auto_quantize_model.io_utils import atomic_output, read_json, sha256_file, write_json_atomic
 from auto_quantize_model.provenance import command_line, git_state, package_versions, utc_now
 
@@ -136,6 +137,7 @@ def export_onnx(
     """
     weights, out = Path(weights), Path(out)
     _check_request(weights, out, output_format, overwrite, val_max_images)
+    require_single_onnxruntime()  # before the export: its contract check and validation run onnxruntime
     model, ckpt = load_detection_checkpoint(weights)
     kind = KIND_QCDQ if _is_quantized(model) else KIND_FP
     settings = _resolve_settings(model, imgsz, output_format, opset, dynamic_batch, half, kind)
