@@ -22,7 +22,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from auto_quantize_model.evaluate import EvaluationInputError, evaluate_onnx_coco
+from auto_quantize_model import metrics_keys as K
+from auto_quantize_model.evaluate import (
+    DEFAULT_COCO_BACKEND,
+    EvaluationInputError,
+    SessionSettings,
+    evaluate_onnx_coco,
+)
 from auto_quantize_model.preprocess import boxes_to_input, letterbox_image
 
 CODE_BASE = 20  # red value of image index 0; index i is painted CODE_BASE + i
@@ -335,6 +341,20 @@ def test_metrics_json_schema(tmp_path, dataset):
     assert set(on_disk["latency_ms"]) == {"per_batch", "per_image"}
     assert set(on_disk["per_class"]) == set(NAMES.values())
     assert on_disk["thresholds"] == {"conf": 0.001, "iou": 0.7, "max_dets": 300, "conf_prod": 0.25}
+    assert on_disk[K.IMAGE_IDS] == sorted(dataset.image_ids) and on_disk[K.WARNINGS] == []
+    assert on_disk[K.COCO_BACKEND] == DEFAULT_COCO_BACKEND and on_disk[K.SCHEMA_VERSION] == 2
+    assert set(on_disk[K.SESSION]) >= {"intra_op_threads", "parallel_runs", "graph_optimization", "fold_weights"}
+    assert on_disk[K.SESSION]["parallel_runs"] >= 1 and on_disk[K.SESSION]["intra_op_threads"] >= 1
+    assert "faster-coco-eval" in on_disk[K.VERSIONS] and "onnxruntime" in on_disk[K.VERSIONS]
+
+
+def test_metrics_keys_are_the_written_keys(tmp_path, dataset):
+    """Every top-level key of metrics.json is a constant of metrics_keys, so readers can use the constants only."""
+    table = detections_table(dataset, gt_detections(dataset), (128, 128), "e2e")
+    model = build_table_model(tmp_path / "k.onnx", table, (128, 128))
+    on_disk = json.loads(_evaluate(tmp_path, dataset, model, "out").metrics_path.read_text())
+    constants = {v for name, v in vars(K).items() if name.isupper() and isinstance(v, str)}
+    assert set(on_disk) <= constants, set(on_disk) - constants
 
 
 def test_detections_json_reproduces_metrics_exactly(tmp_path, dataset):
@@ -415,6 +435,10 @@ def test_missing_and_corrupt_images_are_counted_skips(tmp_path, tmp_path_factory
     assert reasons[ds.image_ids[1]] == "missing file" and "cannot decode" in reasons[ds.image_ids[4]]
     assert "differs from annotation" in reasons[ds.image_ids[6]]
     assert m["mAP50_95"] == pytest.approx(1.0, abs=1e-12)
+    on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())  # the warnings reach the file
+    assert len(on_disk[K.WARNINGS]) == 3 and on_disk[K.NUM_IMAGES_SKIPPED] == 3
+    assert any(f"{ds.image_ids[4]}.png" in line and "cannot decode" in line for line in on_disk[K.WARNINGS])
+    assert on_disk[K.IMAGE_IDS] == sorted(set(ds.image_ids) - {ds.image_ids[i] for i in (1, 4, 6)})
 
 
 def test_all_images_skipped_or_empty_list_is_an_error(tmp_path, tmp_path_factory):
@@ -543,9 +567,11 @@ def test_agreement_with_ultralytics_validator(tmp_path, big_dataset, fmt):
 
     coco = load_coco_annotations(ds.ann_file)
     remapped = [{**d, "category_id": CAT_IDS[d["category_id"] - 1]} for d in their_dets]
-    assert run_cocoeval(coco, remapped, ds.image_ids).stats[0] == pytest.approx(ours["mAP50_95"], abs=1e-4)
+    rescored = run_cocoeval(coco, remapped, ds.image_ids, "pycocotools")
+    assert rescored.stats[0] == pytest.approx(ours["mAP50_95"], abs=1e-4)
 
-    ap = ultralytics_ap_from_coco_matches(run_cocoeval(coco, our_dets, ds.image_ids))
+    # evalImgs (the per-image matches) exist in pycocotools only; faster-coco-eval keeps them in C++.
+    ap = ultralytics_ap_from_coco_matches(run_cocoeval(coco, our_dets, ds.image_ids, "pycocotools"))
     assert ap.mean() == pytest.approx(theirs.box.map, abs=1e-9)
     assert ap[:, 0].mean() == pytest.approx(theirs.box.map50, abs=1e-9)
     print(
@@ -604,10 +630,27 @@ def test_cli_runs_and_writes_metrics(tmp_path, dataset, capsys):
         "raw",
         "--conf-prod",
         "0.5",
+        "--coco-backend",
+        "pycocotools",
+        "--fold-weights",
+        "--parallel-runs",
+        "2",
+        "--intra-op-threads",
+        "1",
+        "--graph-optimization",
+        "extended",
     ]
     assert _cli_main()(args) == 0
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["num_images"] == 4 and metrics["thresholds"]["conf_prod"] == 0.5
+    assert metrics[K.COCO_BACKEND] == "pycocotools"
+    assert metrics[K.SESSION] == {
+        "intra_op_threads": 1,
+        "parallel_runs": 2,
+        "graph_optimization": "extended",
+        "fold_weights": True,
+        "allow_spinning": False,
+    }
     assert metrics["mAP50_95"] == pytest.approx(1.0, abs=1e-12)
     assert "mAP50-95 1.0" in capsys.readouterr().out
 
@@ -643,3 +686,163 @@ def test_nonfinite_predictions_are_dropped_and_counted(tmp_path, dataset):
     m = _evaluate(tmp_path, dataset, model, "out").metrics
     assert m["num_nonfinite_predictions"] == 2
     assert m["mAP50_95"] == pytest.approx(1.0, abs=1e-12) and m["num_detections"] == sum(map(len, dataset.gt.values()))
+
+
+# --- COCOeval backends ----------------------------------------------------------------------------
+
+
+def test_coco_backends_agree_on_real_detections(tmp_path, big_dataset):
+    """faster-coco-eval and pycocotools give the same 12 stats and per-class APs (1e-4) on imperfect detections.
+
+    The detections are the evaluator's own output for jittered ground truth plus false positives (24 images,
+    small and medium boxes); a crowd region is added so its ignore rule is exercised too.
+    """
+    from auto_quantize_model.evaluate import COCO_STAT_KEYS, load_coco_annotations, run_cocoeval
+
+    ds = big_dataset
+    table = detections_table(ds, perturbed_detections(ds, seed=5), (128, 128), "e2e")
+    model = build_table_model(tmp_path / "p.onnx", table, (128, 128))
+    ref = _evaluate(tmp_path, ds, model, "ref", coco_backend="pycocotools").metrics
+    fast = _evaluate(tmp_path, ds, model, "fast", coco_backend="faster-coco-eval").metrics
+    assert (ref[K.COCO_BACKEND], fast[K.COCO_BACKEND]) == ("pycocotools", "faster-coco-eval")
+    assert 0.2 < ref[K.MAP50_95] < 0.9  # a real, imperfect score
+    for key in COCO_STAT_KEYS:
+        assert (ref[key] is None) == (fast[key] is None), key
+        if ref[key] is not None:
+            assert fast[key] == pytest.approx(ref[key], abs=1e-4), key
+    for name, row in ref[K.PER_CLASS].items():
+        assert fast[K.PER_CLASS][name]["AP50_95"] == pytest.approx(row["AP50_95"], abs=1e-4), name
+
+    data = json.loads(ds.ann_file.read_text())
+    first = data["images"][0]
+    crowd = {"id": 10**6, "image_id": first["id"], "category_id": CAT_IDS[0], "iscrowd": 1,
+             "bbox": [0, 0, first["width"] / 2, first["height"] / 2], "area": first["width"] * first["height"] / 4}
+    crowd_file = tmp_path / "crowd.json"
+    crowd_file.write_text(json.dumps({**data, "annotations": [*data["annotations"], crowd]}))
+    coco = load_coco_annotations(crowd_file)
+    dets = json.loads((tmp_path / "ref" / "detections.json").read_text())
+    ref_stats = run_cocoeval(coco, dets, ds.image_ids, "pycocotools").stats
+    fast_stats = run_cocoeval(coco, dets, ds.image_ids, "faster-coco-eval").stats
+    np.testing.assert_allclose(fast_stats, ref_stats, atol=1e-4)
+
+
+def test_unknown_coco_backend_is_refused_before_running(tmp_path, dataset):
+    table = detections_table(dataset, gt_detections(dataset), (128, 128), "e2e")
+    model = build_table_model(tmp_path / "g.onnx", table, (128, 128))
+    with pytest.raises(EvaluationInputError, match="coco_backend='cocoapi' must be one of"):
+        _evaluate(tmp_path, dataset, model, "out", coco_backend="cocoapi")
+    assert not (tmp_path / "out").exists()
+
+
+# --- session options ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("parallel_runs", "batch"), [(1, 1), (3, 1), (2, 3)])
+def test_parallel_runs_give_the_same_detections(tmp_path, dataset, parallel_runs, batch):
+    """Batches run concurrently, yet detections.json is in image order and identical to one run at a time."""
+    table = detections_table(dataset, perturbed_detections(dataset), (128, 128), "e2e")
+    model = build_table_model(tmp_path / "p.onnx", table, (128, 128), batch=None)
+    one = _evaluate(tmp_path, dataset, model, "one", session_settings=SessionSettings(1, 1))
+    many = _evaluate(tmp_path, dataset, model, "many", batch=batch, session_settings=SessionSettings(1, parallel_runs))
+    assert many.metrics[K.SESSION]["parallel_runs"] == parallel_runs
+    assert many.detections_path.read_text() == one.detections_path.read_text()
+    assert many.metrics[K.MAP50_95] == one.metrics[K.MAP50_95]
+
+
+def test_bad_session_settings_are_refused(tmp_path, dataset):
+    table = detections_table(dataset, gt_detections(dataset), (128, 128), "e2e")
+    model = build_table_model(tmp_path / "g.onnx", table, (128, 128))
+    with pytest.raises(EvaluationInputError, match="graph_optimization='fast' must be one of"):
+        _evaluate(tmp_path, dataset, model, "out", session_settings=SessionSettings(graph_optimization="fast"))
+    with pytest.raises(EvaluationInputError, match="must be >= 0"):
+        _evaluate(tmp_path, dataset, model, "out", session_settings=SessionSettings(parallel_runs=-1))
+
+
+def build_qcdq_conv_model(path: Path, seed: int = 0) -> Path:
+    """Brevitas' QCDQ weight pattern on a 3->8 3x3 conv: int8 codes -> Clip[-7, 7] -> DequantizeLinear(axis 0)."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(-7, 8, (8, 3, 3, 3)).astype(np.int8)
+    scales = rng.uniform(0.01, 0.05, 8).astype(np.float32)
+    nodes = [
+        helper.make_node("Clip", ["w_codes", "lo", "hi"], ["w_clipped"]),
+        helper.make_node("DequantizeLinear", ["w_clipped", "w_scale", "w_zero"], ["w"], axis=0),
+        helper.make_node("Conv", ["images", "w", "bias"], ["output0"], pads=[1, 1, 1, 1]),
+    ]
+    inits = [
+        numpy_helper.from_array(codes, "w_codes"),
+        numpy_helper.from_array(np.array(-7, np.int8), "lo"),
+        numpy_helper.from_array(np.array(7, np.int8), "hi"),
+        numpy_helper.from_array(scales, "w_scale"),
+        numpy_helper.from_array(np.zeros(8, np.int8), "w_zero"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "bias"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "qcdq_conv",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 8, 32, 32])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def _optimized_graph_ops(tmp_path: Path, model: Path, settings: SessionSettings) -> tuple[np.ndarray, list[str]]:
+    """Output on a fixed input and the op types of the graph onnxruntime actually runs under ``settings``."""
+    import onnxruntime as ort
+
+    from auto_quantize_model.evaluate import resolve_session_settings, session_options
+
+    options = session_options(resolve_session_settings(settings, ["CPUExecutionProvider"]))
+    optimized = tmp_path / f"optimized-{settings.fold_weights}.onnx"
+    options.optimized_model_filepath = str(optimized)
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).uniform(0, 1, (1, 3, 32, 32)).astype(np.float32)
+    return session.run(None, {"images": x})[0], [n.op_type for n in onnx.load(str(optimized)).graph.node]
+
+
+@pytest.mark.parametrize("level", ["extended", "all"])
+def test_fold_weights_folds_dequantize_and_keeps_outputs_identical(tmp_path, level):
+    """session.disable_quant_qdq folds the constant DequantizeLinear away at load; the outputs stay the same.
+
+    Up to "extended" they are bit-identical. At "all" (the default) the folded weight is a constant, so
+    onnxruntime also moves the conv to its NCHWc kernel (as for a float model), whose summation order differs
+    in the last float32 bit: measured 4.8e-7 on outputs of magnitude ~0.5, hence rtol 1e-6 there.
+    """
+    model = build_qcdq_conv_model(tmp_path / "qcdq.onnx")
+    default_out, default_ops = _optimized_graph_ops(tmp_path, model, SessionSettings(1, 1, level))
+    folded_out, folded_ops = _optimized_graph_ops(tmp_path, model, SessionSettings(1, 1, level, fold_weights=True))
+    assert "DequantizeLinear" in default_ops  # re-run on every session.run by default
+    assert "DequantizeLinear" not in folded_ops and "Clip" not in folded_ops
+    if level == "extended":
+        assert np.array_equal(default_out, folded_out)
+    else:
+        np.testing.assert_allclose(folded_out, default_out, rtol=1e-6, atol=1e-6)
+
+
+def test_fold_weights_is_recorded_in_metrics(tmp_path, dataset):
+    table = detections_table(dataset, gt_detections(dataset), (128, 128), "e2e")
+    model = build_table_model(tmp_path / "g.onnx", table, (128, 128))
+    m = _evaluate(tmp_path, dataset, model, "out", session_settings=SessionSettings(fold_weights=True)).metrics
+    assert m[K.SESSION]["fold_weights"] is True and m[K.MAP50_95] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_raw_candidates_keep_the_best_30000_in_ultralytics_order():
+    """Over the cap, the kept (anchor, class) pairs are the 30000 best scores, listed in torch.where's order."""
+    import torch
+
+    from auto_quantize_model.evaluate import MAX_NMS_CANDIDATES, raw_candidates
+
+    rng = np.random.default_rng(0)
+    pred = np.concatenate([rng.uniform(0, 50, (4, 600)), rng.permutation(600 * 80).reshape(80, 600) / 48000.0])
+    anchors, classes, scores = raw_candidates(pred.astype(np.float32), 0.1)
+    x = torch.from_numpy(pred.T.astype(np.float32))
+    box_idx, cls_idx = torch.where(x[:, 4:] > 0.1)  # Ultralytics: candidates, then the best max_nms by score
+    top = x[box_idx, 4 + cls_idx].argsort(descending=True)[:MAX_NMS_CANDIDATES].sort().values
+    assert len(anchors) == MAX_NMS_CANDIDATES
+    np.testing.assert_array_equal(anchors, box_idx[top].numpy())
+    np.testing.assert_array_equal(classes, cls_idx[top].numpy())
+    np.testing.assert_array_equal(scores, x[box_idx[top], 4 + cls_idx[top]].numpy())

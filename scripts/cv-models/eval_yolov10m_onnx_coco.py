@@ -18,7 +18,16 @@ import sys
 from pathlib import Path
 
 import auto_quantize_model  # noqa: F401  (offline Ultralytics settings before anything imports it)
-from auto_quantize_model.evaluate import OUTPUT_FORMATS, EvaluationInputError, evaluate_onnx_coco
+from auto_quantize_model import metrics_keys as K
+from auto_quantize_model.evaluate import (
+    COCO_BACKENDS,
+    DEFAULT_COCO_BACKEND,
+    GRAPH_OPTIMIZATIONS,
+    OUTPUT_FORMATS,
+    EvaluationInputError,
+    SessionSettings,
+    evaluate_onnx_coco,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-dets", type=int, default=300, help="detections kept per image")
     parser.add_argument("--conf-prod", type=float, default=0.25, help="operating point for precision/recall/F1")
     parser.add_argument("--output-format", choices=OUTPUT_FORMATS, default=None, help="override layout detection")
+    parser.add_argument(
+        "--coco-backend",
+        choices=COCO_BACKENDS,
+        default=DEFAULT_COCO_BACKEND,
+        help="COCOeval implementation: faster-coco-eval (C++, same stats, default) or pycocotools (the reference)",
+    )
+    parser.add_argument(
+        "--fold-weights",
+        action="store_true",
+        help="session.disable_quant_qdq=1: fold constant DequantizeLinear weights once at load (QCDQ/INT4 models)",
+    )
+    parser.add_argument("--intra-op-threads", type=int, default=0, help="threads per session.run (0 = auto)")
+    parser.add_argument("--parallel-runs", type=int, default=0, help="batches run at once (0 = auto: CPUs on CPU)")
+    parser.add_argument("--graph-optimization", choices=GRAPH_OPTIMIZATIONS, default="all")
+    parser.add_argument("--workers", type=int, default=2, help="image decode threads")
     return parser
 
 
@@ -63,14 +87,20 @@ def main(argv: list[str] | None = None) -> int:
             max_dets=args.max_dets,
             conf_prod=args.conf_prod,
             output_format=args.output_format,
+            workers=args.workers,
+            coco_backend=args.coco_backend,
+            session_settings=SessionSettings(
+                args.intra_op_threads, args.parallel_runs, args.graph_optimization, args.fold_weights
+            ),
         )
     except EvaluationInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     m = result.metrics
     print(
-        f"mAP50-95 {m['mAP50_95']}  mAP50 {m['mAP50']}  images {m['num_images']} "
-        f"(skipped {m['num_images_skipped']})  {m['images_per_s']:.1f} img/s  -> {result.metrics_path}"
+        f"mAP50-95 {m[K.MAP50_95]}  mAP50 {m[K.MAP50]}  images {m[K.NUM_IMAGES]} "
+        f"(skipped {m[K.NUM_IMAGES_SKIPPED]})  {m[K.IMAGES_PER_S]:.1f} img/s  [{m[K.COCO_BACKEND]}] "
+        f"-> {result.metrics_path}"
     )
     return 0
 

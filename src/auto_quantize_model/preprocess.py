@@ -8,13 +8,16 @@ Ultralytics 8.4.190 prepares a fixed-size input in two slightly different ways:
     Boxes go back with ``scale_boxes(..., ratio_pad=None)`` (``ultralytics/utils/ops.py``), whose gains are
     the per-axis ratios of the resized size to the original size.
 
-``mode="val"`` -- ``DetectionValidator``'s dataset: ``BaseDataset.load_image`` first resizes the long side
-    to ``max(H, W)`` with ``ceil`` (not ``round``) per side, then ``LetterBox(new_shape, scaleup=False)``
-    pads it. Boxes go back with the ``ratio_pad`` the dataset records: gains ``(h1/h0 * r2, w1/w0 * r2)``
-    with ``r2`` the (usually 1.0) second LetterBox ratio, and pads ``(left, top)``.
+``mode="val"`` -- the validator's dataset as ``YOLO(onnx).val()`` builds it for a fixed-size model:
+    ``BaseDataset.load_image`` first resizes the long side to ``max(H, W)`` with ``ceil`` (not ``round``)
+    per side, then ``LetterBox(new_shape, scaleup=False)`` pads it to the square input. Boxes go back with
+    the ``ratio_pad`` the dataset records: gains ``(h1/h0 * r2, w1/w0 * r2)`` with ``r2`` the (usually 1.0)
+    second LetterBox ratio, and pads ``(left, top)``.
 
 Both use ``cv2.INTER_LINEAR`` and pad with 114. The two modes differ by at most one resized pixel per
-side; the evaluator uses ``"val"`` so its preprocessing is identical to Ultralytics' validator.
+side; the evaluator uses ``"val"``, so its inputs equal those of ``YOLO(onnx).val()``. In-training
+validation is different again: it pads rectangular batches (``rect=True``), so a PyTorch model validated
+during training sees other input sizes than the fixed-size ONNX model does.
 """
 
 from __future__ import annotations
@@ -44,7 +47,6 @@ class LetterboxInfo:
     input_shape: tuple[int, int]
     gain: tuple[float, float]
     pad: tuple[int, int]
-    mode: str = "predict"
 
 
 def as_hw(new_shape: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -124,7 +126,7 @@ def letterbox_image(
         padded, r2, _, pad = _letterbox_pad(resized, new_hw, scaleup=False)
         h1, w1 = resized.shape[:2]
         gain = (w1 / w0 * r2, h1 / h0 * r2)  # the ratio_pad the validator's dataset records
-    info = LetterboxInfo(orig_shape=(h0, w0), input_shape=new_hw, gain=gain, pad=pad, mode=mode)
+    info = LetterboxInfo(orig_shape=(h0, w0), input_shape=new_hw, gain=gain, pad=pad)
     return padded, info
 
 
