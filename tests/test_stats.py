@@ -23,6 +23,7 @@ from auto_quantize_model.stats import (
     mean_and_std,
     paired_bootstrap_map,
     resample_weights,
+    results_coco,
     verdict,
 )
 
@@ -34,6 +35,38 @@ def val_set(tmp_path_factory) -> tuple[Path, dict]:
     """A 40-image synthetic val set (annotation file path and its parsed content)."""
     result = generate_synthetic_coco(tmp_path_factory.mktemp("stats") / "coco", 1, 40, imgsz=96, seed=3)
     return result.val_annotations, json.loads(result.val_annotations.read_text())
+
+
+@pytest.fixture(scope="module", params=["plain", "crowd"])
+def scored_set(request, val_set, tmp_path_factory) -> tuple[Path, dict]:
+    """The val set as is, and with every 4th box marked iscrowd (COCO val has crowds): detections on a crowd
+    box are ignored by COCOeval, neither true nor false positives, which the accumulation must skip."""
+    if request.param == "plain":
+        return val_set
+    gt = json.loads(val_set[0].read_text())
+    for index, ann in enumerate(gt["annotations"]):
+        ann["iscrowd"] = int(index % 4 == 0)
+    path = tmp_path_factory.mktemp("crowd") / "instances_val_crowd.json"
+    path.write_text(json.dumps(gt))
+    return path, gt
+
+
+def pycocotools_stats(ann_file: Path, detections: list[dict], image_ids: list[int]) -> np.ndarray:
+    """Plain pycocotools bbox COCOeval on ``image_ids``: the reference the accumulation must reproduce."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    coco_gt = COCO(str(ann_file))
+    evaluator = COCOeval(coco_gt, results_coco(coco_gt, detections), "bbox")
+    evaluator.params.imgIds = sorted(image_ids)
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return evaluator.stats
+
+
+def count_ignored(evals) -> int:
+    return sum(positions.size for category in evals.categories for positions in category.ignored)
 
 
 def noisy_detections(gt: dict, seed: int, *, jitter: float, drop: float, extra: float = 1.0) -> list[dict]:
@@ -75,24 +108,36 @@ def model_dets(val_set) -> list[dict]:
     return noisy_detections(val_set[1], seed=0, jitter=0.05, drop=0.1)
 
 
-def test_identity_resample_equals_evaluator_cocoeval_exactly(val_set, model_dets):
+def test_identity_resample_equals_cocoeval_exactly(scored_set, model_dets):
+    ann_file, gt = scored_set
+    image_ids = [im["id"] for im in gt["images"]]
+    reference = pycocotools_stats(ann_file, model_dets, image_ids)
+    evals = image_evals(load_ground_truth(ann_file), model_dets, image_ids)
+    assert (count_ignored(evals) > 0) == any(a["iscrowd"] for a in gt["annotations"])
+    ours = accumulate_map(evals, np.ones((1, len(image_ids)), dtype=np.int64))
+    assert 0.1 < reference[0] < 0.9  # informative, neither trivial nor empty
+    assert abs(ours["mAP50_95"][0] - reference[0]) <= EXACT
+    assert abs(ours["mAP50"][0] - reference[1]) <= EXACT
+
+
+def test_identity_resample_equals_the_evaluators_scoring(val_set, model_dets):
+    """The evaluator's own scoring function (whatever COCO backend it defaults to) gives the same numbers, so the
+    bootstrap's point estimate is the mAP in metrics.json."""
     ann_file, gt = val_set
     image_ids = [im["id"] for im in gt["images"]]
-    reference = run_cocoeval(load_coco_annotations(ann_file), model_dets, image_ids)  # the evaluator's scoring
-    evals = image_evals(load_ground_truth(ann_file), model_dets, image_ids)
-    ours = accumulate_map(evals, np.ones((1, len(image_ids)), dtype=np.int64))
-    assert 0.1 < reference.stats[0] < 0.9  # informative, neither trivial nor empty
-    assert abs(ours["mAP50_95"][0] - reference.stats[0]) <= EXACT
-    assert abs(ours["mAP50"][0] - reference.stats[1]) <= EXACT
+    evaluator = run_cocoeval(load_coco_annotations(ann_file), model_dets, image_ids)
+    ours = accumulate_map(image_evals(load_ground_truth(ann_file), model_dets, image_ids), np.ones((1, 40), int))
+    assert abs(ours["mAP50_95"][0] - evaluator.stats[0]) <= EXACT, "evaluator's COCO backend differs from pycocotools"
+    assert abs(ours["mAP50"][0] - evaluator.stats[1]) <= EXACT
 
 
 def test_identity_resample_on_a_subset_of_images(val_set, model_dets):
     ann_file, gt = val_set
     image_ids = [im["id"] for im in gt["images"]][5:25]  # the evaluator scores only the evaluated images
-    reference = run_cocoeval(load_coco_annotations(ann_file), model_dets, image_ids)
+    reference = pycocotools_stats(ann_file, model_dets, image_ids)
     ours = accumulate_map(image_evals(load_ground_truth(ann_file), model_dets, image_ids), np.ones((1, 20), int))
-    assert abs(ours["mAP50_95"][0] - reference.stats[0]) <= EXACT
-    assert abs(ours["mAP50"][0] - reference.stats[1]) <= EXACT
+    assert abs(ours["mAP50_95"][0] - reference[0]) <= EXACT
+    assert abs(ours["mAP50"][0] - reference[1]) <= EXACT
 
 
 def duplicated_set(gt: dict, dets: list[dict], counts: dict[int, int], tmp: Path) -> tuple[Path, list[int], list]:
@@ -114,8 +159,8 @@ def duplicated_set(gt: dict, dets: list[dict], counts: dict[int, int], tmp: Path
     return path, ids, new_dets
 
 
-def test_image_drawn_k_times_counts_k_times(val_set, model_dets, tmp_path):
-    ann_file, gt = val_set
+def test_image_drawn_k_times_counts_k_times(scored_set, model_dets, tmp_path):
+    ann_file, gt = scored_set
     image_ids = sorted(im["id"] for im in gt["images"])
     evals = image_evals(load_ground_truth(ann_file), model_dets, image_ids)
     weights = resample_weights(len(image_ids), 3, seed=11)
@@ -124,9 +169,9 @@ def test_image_drawn_k_times_counts_k_times(val_set, model_dets, tmp_path):
     for row in range(weights.shape[0]):
         counts = dict(zip(image_ids, weights[row].tolist()))
         dup_ann, dup_ids, dup_dets = duplicated_set(gt, model_dets, counts, tmp_path)
-        literal = run_cocoeval(load_coco_annotations(dup_ann), dup_dets, dup_ids)
-        assert abs(ours["mAP50_95"][row] - literal.stats[0]) <= EXACT, row
-        assert abs(ours["mAP50"][row] - literal.stats[1]) <= EXACT, row
+        literal = pycocotools_stats(dup_ann, dup_dets, dup_ids)
+        assert abs(ours["mAP50_95"][row] - literal[0]) <= EXACT, row
+        assert abs(ours["mAP50"][row] - literal[1]) <= EXACT, row
     identity = accumulate_map(evals, np.ones((1, len(image_ids)), int))["mAP50_95"][0]
     assert not np.allclose(ours["mAP50_95"], identity)  # the resamples really changed the score
 
@@ -187,3 +232,25 @@ def test_mean_and_sample_std():
     stats = mean_and_std([0.1, 0.2, 0.3])
     assert stats.mean == pytest.approx(0.2) and stats.std == pytest.approx(0.1) and stats.n == 3
     assert mean_and_std([0.5]).std is None
+
+
+def test_from_eval_dirs_reads_ids_and_refuses_different_image_sets(val_set, model_dets, tmp_path):
+    keys = pytest.importorskip("auto_quantize_model.metrics_keys")
+    from auto_quantize_model.stats import paired_bootstrap_from_eval_dirs
+
+    ann_file, gt = val_set
+    ids = sorted(im["id"] for im in gt["images"])
+
+    def eval_dir(name: str, dets: list[dict], image_ids: list[int]) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / keys.DETECTIONS_FILE).write_text(json.dumps(dets))
+        (folder / keys.METRICS_FILE).write_text(json.dumps({keys.IMAGE_IDS: image_ids}))
+        return folder
+
+    fp, quant = eval_dir("fp", model_dets, ids), eval_dir("quant", model_dets, ids)
+    result = paired_bootstrap_from_eval_dirs(ann_file, [(fp, quant)], n_resamples=50)
+    assert result.n_images == 40 and result.diff_ci == (0.0, 0.0)
+    short = eval_dir("short", model_dets, ids[:-1])
+    with pytest.raises(StatsInputError, match="short: scored 39 images"):
+        paired_bootstrap_from_eval_dirs(ann_file, [(fp, short)])

@@ -14,11 +14,13 @@ times, exactly as if it were duplicated in the annotation file (with its copies 
 order). With every weight 1 the result equals ``COCOeval.stats[0]`` and ``stats[1]``.
 
 Why weighting instead of repeating is exact: in ``accumulate`` the interpolated precision at recall ``r`` is the
-highest precision at any point with recall ``>= r``. A run of ``k`` copies of a true positive raises precision
-along the run, so only its last point can be that maximum; ``k`` copies of a false positive keep recall and lower
-precision, so the point before the run dominates them. The points of a weighted cumulative sum are exactly the
-run ends. (Detections of one image with exactly equal scores are the one case where the copy order could
-matter; COCO's own answer then depends on image-id order too.)
+highest precision at any point with recall ``>= r``. A false positive keeps recall and lowers precision, so that
+maximum is always reached at a true positive, and a run of ``k`` copies of one true positive raises precision
+along the run, so only its last copy can reach it. Hence only true-positive points are evaluated, at weighted
+counts: true positives so far, and false positives = weighted detections so far - true positives - ignored
+(crowd) detections. That costs ``O(detections + IoU thresholds x true positives)`` per replicate instead of
+``O(IoU thresholds x detections)``. (Detections of one image with exactly equal scores are the one case where
+the copy order could matter; COCO's own answer then depends on image-id order too.)
 
 The confidence interval covers val-image sampling only. With several seeds the statistic is the mean over seeds
 of each seed's difference, but the spread between training seeds is not resampled: report it separately
@@ -44,6 +46,7 @@ import numpy as np
 
 METRICS = ("mAP50_95", "mAP50")
 DEFAULT_RESAMPLES = 1000
+_SELF_CHECK_TOLERANCE = 1e-9  # tests pin 1e-12; this guard only has to catch a changed pycocotools
 _MAX_CHUNK_ELEMENTS = 4_000_000  # replicate x threshold x detection cells per numpy pass (~32 MB per float array)
 
 Detections = str | Path | Sequence[dict[str, Any]]
@@ -55,11 +58,15 @@ class StatsInputError(ValueError):
 
 @dataclass(frozen=True)
 class _CategoryEvals:
-    """One category's matched detections over all evaluated images, in COCOeval's accumulate order."""
+    """One category's matched detections over all evaluated images, in COCOeval's accumulate order.
+
+    Detections after the last true positive of every IoU threshold are cut: they can never raise an
+    interpolated precision (see :func:`_interpolated_precision`).
+    """
 
     image_index: np.ndarray  # [D] int: position of each detection's image in the sorted image ids
-    true_pos: np.ndarray  # [T, D] bool: matched and not ignored, per IoU threshold
-    false_pos: np.ndarray  # [T, D] bool: unmatched and not ignored
+    true_pos: tuple[np.ndarray, ...]  # per IoU threshold: ascending detection positions that are true positives
+    ignored: tuple[np.ndarray, ...]  # per IoU threshold: ascending positions that are ignored (neither TP nor FP)
     gt_per_image: np.ndarray  # [I] int: non-ignored ground-truth boxes of this category per image
 
 
@@ -228,16 +235,18 @@ def _category_evals(per_image: Sequence[dict[str, Any] | None], max_det: int, nu
         ignored.append(np.asarray(entry["dtIgnore"])[:, :max_det].reshape(num_iou, -1))
         owners.append(np.full(det_scores.size, i, dtype=np.int64))
     if not scores:
-        empty = np.zeros((num_iou, 0), dtype=bool)
-        return _CategoryEvals(np.zeros(0, dtype=np.int64), empty, empty, gt_per_image)
+        none = tuple(np.zeros(0, dtype=np.int64) for _ in range(num_iou))
+        return _CategoryEvals(np.zeros(0, dtype=np.int64), none, none, gt_per_image)
     # mergesort = stable, COCOeval's choice: ties keep image-id order, then the per-image score order.
     order = np.argsort(-np.concatenate(scores), kind="mergesort")
     dt_matched = np.concatenate(matched, axis=1)[:, order] != 0
     dt_ignored = np.concatenate(ignored, axis=1)[:, order] != 0
+    true_pos = dt_matched & ~dt_ignored
+    cut = int(np.flatnonzero(true_pos.any(axis=0)).max(initial=-1)) + 1
     return _CategoryEvals(
-        image_index=np.concatenate(owners)[order],
-        true_pos=dt_matched & ~dt_ignored,
-        false_pos=~dt_matched & ~dt_ignored,
+        image_index=np.concatenate(owners)[order][:cut],
+        true_pos=tuple(np.flatnonzero(row[:cut]) for row in true_pos),
+        ignored=tuple(np.flatnonzero(row[:cut]) for row in dt_ignored),
         gt_per_image=gt_per_image,
     )
 
@@ -258,6 +267,7 @@ def accumulate_map(evals: ImageEvals, weights: np.ndarray) -> dict[str, np.ndarr
         )
     if not np.issubdtype(weights.dtype, np.integer) or (weights < 0).any():
         raise StatsInputError("weights must be non-negative integers (how often each image is drawn)")
+    weights = weights.astype(np.int64)
     num_rows, num_iou = weights.shape[0], len(evals.iou_thresholds)
     sum_all = np.zeros(num_rows)
     sum_50 = np.zeros(num_rows)
@@ -265,7 +275,8 @@ def accumulate_map(evals: ImageEvals, weights: np.ndarray) -> dict[str, np.ndarr
     for category in evals.categories:
         num_gt = weights @ category.gt_per_image  # [B]: COCOeval's npig
         precision = np.zeros((num_rows, num_iou, len(evals.recall_thresholds)))
-        for rows in _row_chunks(num_rows, num_iou * max(category.image_index.size, 1)):
+        cells = category.image_index.size + sum(p.size for p in category.true_pos)
+        for rows in _row_chunks(num_rows, cells):
             precision[rows] = _interpolated_precision(category, weights[rows], num_gt[rows], evals.recall_thresholds)
         has_gt = num_gt > 0  # COCOeval leaves precision -1 (excluded from the mean) for categories without GT
         sum_all += np.where(has_gt, precision.mean(axis=(1, 2)), 0.0)
@@ -288,29 +299,52 @@ def _row_chunks(num_rows: int, cells_per_row: int) -> Iterable[slice]:
 def _interpolated_precision(
     category: _CategoryEvals, weights: np.ndarray, num_gt: np.ndarray, recall_thresholds: np.ndarray
 ) -> np.ndarray:
-    """COCOeval's 101-point interpolated precision ``[B, T, R]`` of one category under image weights."""
-    num_rows, num_iou = weights.shape[0], category.true_pos.shape[0]
-    num_dets = category.image_index.size
-    if num_dets == 0:
-        return np.zeros((num_rows, num_iou, recall_thresholds.size))
-    det_weight = weights[:, category.image_index][:, None, :]  # [B, 1, D]
-    tp = np.cumsum(det_weight * category.true_pos, axis=2)  # integer counts, as COCOeval's cumsum of bools
-    fp = np.cumsum(det_weight * category.false_pos, axis=2)
-    tp_f = tp.astype(float)
-    precision = tp_f / (fp.astype(float) + tp_f + np.spacing(1))  # same expression and order as COCOeval
-    envelope = np.maximum.accumulate(precision[:, :, ::-1], axis=2)[:, :, ::-1]  # best precision from here on
-    # First point whose recall tp/npig reaches each threshold, found on the integer tp counts: one global
-    # searchsorted over all rows, each row shifted into its own integer band so the bands never overlap.
+    """COCOeval's 101-point interpolated precision ``[B, T, R]`` of one category under image weights.
+
+    COCOeval takes, for recall threshold ``r``, the highest precision at any point whose recall reaches ``r``. A
+    false positive keeps recall and lowers precision, so that maximum is always reached at a true positive: only
+    true-positive points are evaluated, their false-positive counts taken from a running count of all detections.
+    """
+    num_rows, num_iou = weights.shape[0], len(category.true_pos)
+    precision = np.zeros((num_rows, num_iou, recall_thresholds.size))
+    if category.image_index.size == 0:
+        return precision
+    det_weight = weights[:, category.image_index]  # [B, D]
+    seen = np.cumsum(det_weight, axis=1)  # weighted detections up to and including each position
     needed = _tp_needed(num_gt, recall_thresholds)  # [B, R]
+    for t, (tp_pos, ignored_pos) in enumerate(zip(category.true_pos, category.ignored)):
+        if tp_pos.size == 0:  # recall stays 0 at this IoU: COCOeval's precision is 0 at every recall point
+            continue
+        tp = np.cumsum(det_weight[:, tp_pos], axis=1)  # [B, J] integer counts, as COCOeval's cumsum of bools
+        fp = seen[:, tp_pos] - tp - _ignored_up_to(det_weight, ignored_pos, tp_pos)
+        tp_f = tp.astype(float)
+        point_precision = tp_f / (fp.astype(float) + tp_f + np.spacing(1))  # COCOeval's expression and order
+        envelope = np.maximum.accumulate(point_precision[:, ::-1], axis=1)[:, ::-1]  # best precision from here on
+        precision[:, t, :] = _at_first_reaching(tp, envelope, needed)
+    return np.where((num_gt > 0)[:, None, None], precision, 0.0)
+
+
+def _ignored_up_to(det_weight: np.ndarray, ignored_pos: np.ndarray, tp_pos: np.ndarray) -> np.ndarray | int:
+    """Weighted count of ignored detections before each true positive (0 when none is ignored)."""
+    if ignored_pos.size == 0:
+        return 0
+    running = np.cumsum(det_weight[:, ignored_pos], axis=1)
+    running = np.concatenate([np.zeros((running.shape[0], 1), dtype=running.dtype), running], axis=1)
+    return running[:, np.searchsorted(ignored_pos, tp_pos, side="right")]
+
+
+def _at_first_reaching(tp: np.ndarray, envelope: np.ndarray, needed: np.ndarray) -> np.ndarray:
+    """``envelope`` at the first point whose true-positive count reaches ``needed``, per row; 0 where none does.
+
+    One global searchsorted over all rows: each row's (non-decreasing) counts are shifted into their own integer
+    band, so the bands never overlap and a query can only land in its own row or at the next row's start.
+    """
+    num_rows, num_points = tp.shape
     band = int(tp.max(initial=0)) + int(needed.max(initial=0)) + 2
-    offsets = (np.arange(num_rows * num_iou, dtype=np.int64) * band).reshape(num_rows, num_iou, 1)
-    keys = (tp + offsets).ravel()
-    queries = needed[:, None, :] + offsets  # [B, T, R]
-    found = np.searchsorted(keys, queries.ravel(), side="left").reshape(queries.shape)
-    row_end = (np.arange(1, num_rows * num_iou + 1) * num_dets).reshape(num_rows, num_iou, 1)
-    in_row = found < row_end  # past the row end: recall never reaches the threshold, COCOeval leaves 0
-    values = envelope.ravel()[np.minimum(found, envelope.size - 1)]
-    return np.where(in_row & (num_gt > 0)[:, None, None], values, 0.0)
+    offsets = (np.arange(num_rows, dtype=np.int64) * band)[:, None]
+    found = np.searchsorted((tp + offsets).ravel(), (needed + offsets).ravel(), side="left").reshape(needed.shape)
+    in_row = found < (np.arange(1, num_rows + 1) * num_points)[:, None]  # else recall never reaches it: 0
+    return np.where(in_row, envelope.ravel()[np.minimum(found, envelope.size - 1)], 0.0)
 
 
 def _tp_needed(num_gt: np.ndarray, recall_thresholds: np.ndarray) -> np.ndarray:
@@ -360,7 +394,7 @@ def paired_bootstrap_map(
     for fp_dets, quant_dets in pairs:
         for dets, points, reps in ((fp_dets, fp_points, fp_reps), (quant_dets, quant_points, quant_reps)):
             evals = image_evals(coco_gt, dets, ids)
-            points.append(float(accumulate_map(evals, identity)[metric][0]))
+            points.append(_checked_point_estimate(evals, identity, metric))
             reps.append(accumulate_map(evals, weights)[metric])
     return _summarise(
         metric,
@@ -372,6 +406,57 @@ def paired_bootstrap_map(
         n_images=len(ids),
         seed=seed,
     )
+
+
+def evaluated_image_ids(metrics_json: str | Path) -> list[int]:
+    """The image ids an evaluator run scored, from its ``metrics.json`` (written since the ``image_ids`` key)."""
+    from auto_quantize_model import metrics_keys as K  # lazy: the reading side only needs it here
+
+    path = Path(metrics_json)
+    if not path.is_file():
+        raise StatsInputError(f"{path}: metrics.json not found; run the ONNX evaluator first")
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    if K.IMAGE_IDS not in metrics:
+        raise StatsInputError(f"{path}: no {K.IMAGE_IDS!r} (written by an older evaluator); re-run the evaluation")
+    return [int(i) for i in metrics[K.IMAGE_IDS]]
+
+
+def paired_bootstrap_from_eval_dirs(
+    ann_file: str | Path, pairs: Sequence[tuple[str | Path, str | Path]], **options: Any
+) -> PairedBootstrapResult:
+    """:func:`paired_bootstrap_map` over evaluator output folders: one ``(fp_dir, quant_dir)`` per training seed.
+
+    Every folder must have scored the same image ids (a pairing over different images is no pairing); the
+    message names the folder that differs.
+    """
+    from auto_quantize_model import metrics_keys as K
+
+    folders = [Path(folder) for pair in pairs for folder in pair]
+    if not folders:
+        raise StatsInputError("pairs is empty; pass one (fp_eval_dir, quant_eval_dir) pair per training seed")
+    ids = evaluated_image_ids(folders[0] / K.METRICS_FILE)
+    for folder in folders[1:]:
+        other = evaluated_image_ids(folder / K.METRICS_FILE)
+        if other != ids:
+            raise StatsInputError(
+                f"{folder}: scored {len(other)} images, {folders[0]} scored {len(ids)} (or other ids); a paired "
+                "bootstrap needs every model evaluated on the same images: re-evaluate with the same settings"
+            )
+    detection_pairs = [(Path(fp) / K.DETECTIONS_FILE, Path(quant) / K.DETECTIONS_FILE) for fp, quant in pairs]
+    return paired_bootstrap_map(ann_file, ids, detection_pairs, **options)
+
+
+def _checked_point_estimate(evals: ImageEvals, identity: np.ndarray, metric: str) -> float:
+    """The identity-resample score, checked against pycocotools' own stats (guards against a pycocotools change)."""
+    ours = accumulate_map(evals, identity)
+    for key, reference in zip(METRICS, evals.reference_stats):
+        value = float(ours[key][0])
+        if not (reference < 0 and math.isnan(value)) and abs(value - reference) > _SELF_CHECK_TOLERANCE:
+            raise RuntimeError(
+                f"weighted accumulation gives {key}={value!r} but COCOeval gives {reference!r}; the pycocotools "
+                "accumulate logic this module reproduces has changed: pin pycocotools or update stats.py"
+            )
+    return float(ours[metric][0])
 
 
 def _check_bootstrap_arguments(pairs: Sequence[Any], n_resamples: int, confidence: float, metric: str) -> None:
