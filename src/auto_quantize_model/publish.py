@@ -38,7 +38,8 @@ from typing import Any
 import yaml
 
 from auto_quantize_model.io_utils import read_json, sha256_file, write_text_atomic
-from auto_quantize_model.run_root import EVAL_DETECTIONS_FILE, FP16_STAGE, RunRoot
+from auto_quantize_model.metrics_keys import DETECTIONS_FILE
+from auto_quantize_model.run_root import FP16_STAGE, RunRoot
 
 # Relative to the repository root. Reports sit with the model's other documents (ONNX contract, README);
 # models/cv-models/yolov10m/README.md says why this and not the plan's models/yolo10/reports/.
@@ -141,7 +142,7 @@ def classify(relative: str) -> str | None:
     if relative.split("/", 1)[0] == "logs":
         # Full stage output: a long training's progress lines run to megabytes and would eat the cap.
         return "log"
-    if name == EVAL_DETECTIONS_FILE:
+    if name == DETECTIONS_FILE:
         return "detections"
     if name.startswith("instances_") and suffix == ".json":
         return "annotations"  # COCO ground truth: up to tens of MB, pinned by its sha256 here
