@@ -1,292 +1,58 @@
-"""Run profiles and stage tracking for the FP16-vs-W4A16-QAT pipeline.
+"""The experiment pipeline: a resolved run config -> an ordered list of tracked stages -> run them.
 
-Two jobs, both keyed on a :class:`~auto_quantize_model.run_root.RunRoot`:
+:func:`plan_stages` turns the config into :class:`StageSpec` s, each one CLI call with the files it
+must produce and the stages it depends on:
 
-* **Run profiles** (``conf/cv-models/yolov10m/profiles/<name>.yaml``): a flat mapping of every
-  setting the runner needs. :func:`resolve_run_config` applies CLI overrides and validates
-  every key; :func:`save_or_check_run_config` saves the result as ``RunRoot.run_config`` and,
-  on a rerun, refuses when the resolved config differs from the saved one, so that a resumed
-  run is the same experiment.
-* **Stage tracking** in ``RunRoot.run_json``: :func:`run_stage` runs one command with its
-  output teed to ``RunRoot.stage_log(stage)``, records status, times, exit code and command,
-  skips a stage that is already ``done`` and propagates a failing exit code.
+    [check-env] [make-synthetic-data] prepare-data
+    for each seed k, for each variant V (fp16 first):
+        s<k>-train-V  (or s<k>-quantize-V for ptq-*)    -> R/seed-k/V/weights/best.pt
+        s<k>-export-V-F, s<k>-eval-V-F  for each weight format F of V
+    summary [publish]
 
-``run.json`` schema (``schema_version`` 1)::
-
-    {"schema_version": 1, "run_root": "/abs/R", "created_at": ISO, "updated_at": ISO,
-     "stages": {"<stage>": {"status": "running|done|failed", "attempts": 2,
-                            "started_at": ISO, "ended_at": ISO|null, "duration_s": float|null,
-                            "exit_code": int|null, "command": [argv...],
-                            "log": "logs/<stage>.log", "pid": int, "host": str,
-                            "error": str|null (set when it exited 0 without its outputs)}}}
+:func:`run_pipeline` runs them in order through :func:`~auto_quantize_model.stages.run_stage`
+(``run.json`` tracking, one log per stage). A rerun skips stages that are done and whose recorded
+outputs are still there with the same sha256; a stage whose outputs went missing or changed is
+redone together with every stage downstream of it, and ``redo`` asks for that on purpose. Work
+that is redone is set aside (renamed ``*.stale-<time>``), never deleted.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import shlex
+import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from auto_quantize_model.io_utils import write_text_atomic
-from auto_quantize_model.run_root import FP16_STAGE, RunRoot, qat_stage_name
+from auto_quantize_model.io_utils import sha256_file
+from auto_quantize_model.provenance import utc_now
+from auto_quantize_model.run_root import RunRoot, SeedRoot
+from auto_quantize_model.stages import StageResult, load_run_state, run_stage, update_stage_record
 from auto_quantize_model.ultralytics_ext.env import project_root
+from auto_quantize_model.variants import Variant, parse_variants
 
-PROFILES_DIR = project_root() / "conf" / "cv-models" / "yolov10m" / "profiles"
-SUMMARY_STAGE = "summary"  # the last stage; it runs auto_quantize_model.report
-
-
-class RunConfigError(ValueError):
-    """A profile or override is invalid (unknown key, wrong type, inconsistent settings)."""
-
-
-class RunConfigMismatch(RunConfigError):
-    """The resolved config differs from the one saved in the run root."""
-
-    def __init__(self, path: Path, differences: dict[str, tuple[Any, Any]]):
-        self.path = path
-        self.differences = differences
-        lines = [f"  {key}: saved {saved!r}, now {now!r}" for key, (saved, now) in differences.items()]
-        super().__init__(
-            f"{path} was written by an earlier run with different settings; refusing so that a "
-            f"resumed run stays the same experiment. Differing keys ({', '.join(differences)}):\n"
-            + "\n".join(lines)
-            + "\nRerun with the saved settings, or use a new --run-root."
-        )
+SCRIPTS_DIR = project_root() / "scripts" / "cv-models"
+CHECK_ENV_SCRIPT = project_root() / "scripts" / "check_env.py"
+SUMMARY_STAGE = "summary"
+PUBLISH_STAGE = "publish"
+CHECK_ENV_STAGE = "check-env"
+PREPARE_STAGE = "prepare-data"
+SYNTHETIC_STAGE = "make-synthetic-data"
 
 
-# --------------------------------------------------------------------------------------------
-# Value checks: each takes (key, value) and returns the normalized value or raises.
-# --------------------------------------------------------------------------------------------
-def _int(minimum: int | None = None, optional: bool = False, multiple_of: int | None = None) -> Callable:
-    def check(key: str, value: Any) -> int | None:
-        if value is None and optional:
-            return None
-        # bool is an int subclass; `epochs: true` is a typo, not 1.
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RunConfigError(f"{key}: expected an integer{' or null' if optional else ''}, got {value!r}")
-        if minimum is not None and value < minimum:
-            raise RunConfigError(f"{key}: must be >= {minimum}, got {value}")
-        if multiple_of and value % multiple_of:
-            raise RunConfigError(f"{key}: must be a multiple of {multiple_of} (the model stride), got {value}")
-        return value
-
-    return check
+class PipelineError(RuntimeError):
+    """A stage failed or a request names no stage of this run; the message says which and what to do."""
 
 
-def _fraction(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise RunConfigError(f"{key}: expected a number in (0, 1], got {value!r}")
-    return float(value)
-
-
-def _str(pattern: str | None = None, optional: bool = False, suffix: str | None = None) -> Callable:
-    def check(key: str, value: Any) -> str | None:
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value).strip() == "":
-            raise RunConfigError(f"{key}: expected a non-empty string, got {value!r}")
-        text = str(value).strip()  # YAML reads `device: 0` as an int; Ultralytics wants "0".
-        if pattern and not re.fullmatch(pattern, text):
-            raise RunConfigError(f"{key}: {text!r} does not match {pattern}")
-        if suffix and not text.endswith(suffix):
-            raise RunConfigError(f"{key}: expected a {suffix} file, got {text!r}")
-        return text
-
-    return check
-
-
-def _choice(*choices: str) -> Callable:
-    def check(key: str, value: Any) -> str:
-        if value not in choices:
-            raise RunConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    return check
-
-
-def _bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise RunConfigError(f"{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _str_list(key: str, value: Any) -> list[str]:
-    # Accept "A B" or "A,B" from a --set override as well as a YAML list.
-    items = re.split(r"[\s,]+", value.strip()) if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or not all(isinstance(i, str) and i for i in items):
-        raise RunConfigError(f"{key}: expected a non-empty list of strings, got {value!r}")
-    return list(items)
-
-
-def _key_value_list(key: str, value: Any) -> list[str]:
-    # Ultralytics arguments for both trainings, passed on as `--set KEY=VALUE`; the trainer checks the keys.
-    if not isinstance(value, list) or not all(isinstance(i, str) and re.fullmatch(r"\w+=\S.*", i) for i in value):
-        raise RunConfigError(f"{key}: expected a list of 'KEY=VALUE' strings (may be empty), got {value!r}")
-    return list(value)
-
-
-# Every key a profile must define, in the order they are saved. No hidden defaults: a profile
-# names each setting, so the saved run config documents the whole experiment.
-PROFILE_SCHEMA: dict[str, Callable[[str, Any], Any]] = {
-    "model": _str(suffix=".yaml"),
-    "epochs": _int(1),
-    "imgsz": _int(32, multiple_of=32),
-    "batch": _int(1),
-    "device": _str(),
-    "workers": _int(0),
-    "seed": _int(0),
-    "fraction": _fraction,
-    "hyp": _str(suffix=".yaml"),
-    "quant_scheme": _str(pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]*"),
-    "train_overrides": _key_value_list,
-    "data_source": _choice("coco", "synthetic"),
-    "source_root": _str(optional=True),
-    "max_train_images": _int(1, optional=True),
-    "max_val_images": _int(1, optional=True),
-    "data_seed": _int(0),
-    "synthetic_train": _int(1, optional=True),
-    "synthetic_val": _int(1, optional=True),
-    "synthetic_imgsz": _int(32, optional=True),
-    "export_format": _choice("e2e", "raw"),
-    "export_opset": _int(7, optional=True),
-    "export_dynamic_batch": _bool,
-    "eval_batch": _int(1),
-    "eval_providers": _str_list,
-    "eval_max_images": _int(1, optional=True),
-}
-# Keys the resolver adds; they are saved and compared but never come from a profile file.
-DERIVED_KEYS = ("profile",)
-# The runner's named CLI overrides (the rest go through --set KEY=VALUE).
-CLI_OVERRIDE_KEYS = ("model", "epochs", "imgsz", "batch", "device", "workers", "seed", "fraction", "quant_scheme")
-
-
-# --------------------------------------------------------------------------------------------
-# Profiles
-# --------------------------------------------------------------------------------------------
-def profile_path(profile: str | os.PathLike, profiles_dir: Path = PROFILES_DIR) -> Path:
-    """A profile given by name (``demo``) lives in ``profiles_dir``; a ``.yaml`` path is used as is."""
-    text = str(profile)
-    if text.endswith((".yaml", ".yml")) or os.sep in text:
-        return Path(text)
-    return Path(profiles_dir) / f"{text}.yaml"
-
-
-def load_profile(profile: str | os.PathLike, profiles_dir: Path = PROFILES_DIR) -> dict[str, Any]:
-    """Read a profile YAML; unknown and missing keys are errors that name the file."""
-    path = profile_path(profile, profiles_dir)
-    if not path.is_file():
-        known = sorted(p.stem for p in Path(profiles_dir).glob("*.yaml"))
-        raise RunConfigError(f"profile not found: {path} (known profiles: {', '.join(known) or 'none'})")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise RunConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(PROFILE_SCHEMA))
-    if unknown:
-        raise RunConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(PROFILE_SCHEMA)}")
-    missing = [key for key in PROFILE_SCHEMA if key not in data]
-    if missing:
-        raise RunConfigError(f"{path}: missing key(s) {', '.join(missing)}")
-    return data
-
-
-def parse_set_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """Turn ``["eval_max_images=50", ...]`` into a dict; values are parsed as YAML scalars/lists."""
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise RunConfigError(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-    return overrides
-
-
-def validate_run_config(config: Mapping[str, Any], origin: str) -> dict[str, Any]:
-    """Check every key's type and the cross-key rules; ``origin`` names the source in errors."""
-    resolved = {}
-    for key, check in PROFILE_SCHEMA.items():
-        try:
-            resolved[key] = check(key, config[key])
-        except RunConfigError as error:
-            raise RunConfigError(f"{origin}: {error}") from None
-    _check_consistency(resolved, origin)
-    return resolved
-
-
-def _check_consistency(config: Mapping[str, Any], origin: str) -> None:
-    """Rules across keys, so a bad combination fails before hours of training, not after."""
-    if config["data_source"] == "coco" and not config["source_root"]:
-        raise RunConfigError(f"{origin}: data_source coco needs source_root")
-    if config["data_source"] == "synthetic":
-        absent = [k for k in ("synthetic_train", "synthetic_val", "synthetic_imgsz") if config[k] is None]
-        if absent:
-            raise RunConfigError(f"{origin}: data_source synthetic needs {', '.join(absent)}")
-    # A fixed-batch ONNX graph cannot take batched inputs.
-    if config["eval_batch"] > 1 and not config["export_dynamic_batch"]:
-        raise RunConfigError(f"{origin}: eval_batch > 1 needs export_dynamic_batch: true")
-
-
-def resolve_run_config(
-    profile: str | os.PathLike, overrides: Mapping[str, Any] | None = None, profiles_dir: Path = PROFILES_DIR
-) -> dict[str, Any]:
-    """Profile + overrides (``None`` values are ignored) -> validated config with ``profile`` first."""
-    path = profile_path(profile, profiles_dir)
-    data = load_profile(path, profiles_dir)
-    given = {key: value for key, value in (overrides or {}).items() if value is not None}
-    unknown = sorted(set(given) - set(PROFILE_SCHEMA))
-    if unknown:
-        raise RunConfigError(f"override(s) {', '.join(unknown)} are not profile keys; allowed: {', '.join(PROFILE_SCHEMA)}")
-    data.update(given)
-    origin = f"{path}" + (f" with overrides {sorted(given)}" if given else "")
-    return {"profile": path.stem, **validate_run_config(data, origin)}
-
-
-# --------------------------------------------------------------------------------------------
-# Saved run config
-# --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class RunConfigCheck:
-    """Outcome of :func:`save_or_check_run_config`."""
+class StageSpec:
+    """One tracked stage: the CLI call, the files it must produce, what it needs, what a redo sets aside."""
 
-    path: Path
-    created: bool  # False: an identical config was already saved (a resumed run)
-
-
-def load_run_config(run_root: RunRoot) -> dict[str, Any] | None:
-    """The saved run config, or ``None`` before the first run."""
-    if not run_root.run_config.is_file():
-        return None
-    data = yaml.safe_load(run_root.run_config.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise RunConfigError(f"{run_root.run_config}: not a mapping; delete or repair the file")
-    return data
-
-
-def config_differences(saved: Mapping[str, Any], resolved: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """``{key: (saved, resolved)}`` for every key whose value differs (absent keys read as ``None``)."""
-    keys = list(resolved) + [key for key in saved if key not in resolved]
-    return {key: (saved.get(key), resolved.get(key)) for key in keys if saved.get(key) != resolved.get(key)}
-
-
-def save_or_check_run_config(run_root: RunRoot, config: Mapping[str, Any]) -> RunConfigCheck:
-    """Save ``config`` as the run config, or refuse (:class:`RunConfigMismatch`) if a different one exists."""
-    saved = load_run_config(run_root)
-    if saved is not None:
-        differences = config_differences(saved, config)
-        if differences:
-            raise RunConfigMismatch(run_root.run_config, differences)
-        return RunConfigCheck(run_root.run_config, created=False)
-    header = (
-        f"# Resolved run config of {run_root.root} (profile {config.get('profile')} + CLI overrides).\n"
-        "# Written once; a rerun on this run root must resolve to exactly these values.\n"
-    )
-    write_text_atomic(run_root.run_config, header + yaml.safe_dump(dict(config), sort_keys=False))
-    return RunConfigCheck(run_root.run_config, created=True)
+    name: str
+    argv: tuple[str, ...]
+    outputs: tuple[Path, ...]
+    needs: tuple[str, ...] = ()
+    workdir: Path | None = None  # set aside (renamed) before the stage is redone
 
 
 def model_name(config: Mapping[str, Any]) -> str:
@@ -294,62 +60,264 @@ def model_name(config: Mapping[str, Any]) -> str:
     return Path(str(config["model"])).stem
 
 
-def artifact_paths(run_root: RunRoot, config: Mapping[str, Any]) -> dict[str, Path]:
-    """Every path the shell runner needs, all from :class:`RunRoot` (the runner builds none itself)."""
-    name, qat = model_name(config), qat_stage_name(str(config["quant_scheme"]))
-    return {
-        "run_root": run_root.root,
-        "run_config": run_root.run_config,
-        "run_json": run_root.run_json,
-        "logs_dir": run_root.logs_dir,
-        "synthetic_dir": run_root.synthetic_source_dir,
-        "dataset_dir": run_root.dataset_dir,
-        "dataset_yaml": run_root.dataset_yaml,
-        "val_annotations": run_root.val_annotations,
-        "val_images": run_root.val_images_dir,
-        "fp16_best": run_root.fp16.best,
-        "qat_best": run_root.train_run(qat).best,
-        "onnx_fp16": run_root.onnx_model(name, FP16_STAGE),
-        "onnx_qat": run_root.onnx_model(name, qat),
-        "eval_fp16_metrics": run_root.eval_dir(FP16_STAGE) / "metrics.json",
-        "eval_qat_metrics": run_root.eval_dir(qat) / "metrics.json",
-        "eval_fp16_dir": run_root.eval_dir(FP16_STAGE),
-        "eval_qat_dir": run_root.eval_dir(qat),
-        "summary_md": run_root.summary_md,
-    }
+def needs_gpu(config: Mapping[str, Any]) -> bool:
+    """A profile that trains on a CUDA device or evaluates with a GPU provider gets the preflight."""
+    return config["device"] not in ("cpu", "mps") or any("CUDA" in p or "Tensorrt" in p for p in config["eval_providers"])
 
 
-def pipeline_stages(config: Mapping[str, Any]) -> list[str]:
-    """Stage names in run order; the demo's synthetic data gets its own stage before prepare-data."""
-    qat = qat_stage_name(str(config["quant_scheme"]))
-    data = ["make-synthetic-data"] if config["data_source"] == "synthetic" else []
-    return [*data, "prepare-data", "train-fp16", "export-fp16", f"train-{qat}", f"export-{qat}",
-            "eval-fp16", f"eval-{qat}", SUMMARY_STAGE]  # fmt: skip
+def train_stage_name(seed: int, variant: Variant) -> str:
+    action = "quantize" if variant.kind == "ptq" else "train"
+    return f"s{seed}-{action}-{variant.name}"
 
 
-def _shell_value(value: Any) -> str:
-    """One shell word (or a bash array for lists); ``None`` becomes the empty string."""
-    if isinstance(value, list):
-        return "(" + " ".join(shlex.quote(str(item)) for item in value) + ")"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return shlex.quote("" if value is None else str(value))
+def export_stage_name(seed: int, variant: Variant, weights_format: str) -> str:
+    return f"s{seed}-export-{variant.name}-{weights_format}"
 
 
-def shell_assignments(run_root: RunRoot, config: Mapping[str, Any]) -> list[str]:
-    """``CFG_<KEY>=value`` for each config key, ``ART_<NAME>=path`` for each artifact, all quoted.
-
-    Extra derived names: ``CFG_MODEL_NAME``, ``CFG_QAT_STAGE``, the bash array ``PIPELINE_STAGES``
-    and the associative array ``STAGE_LOGS`` (stage -> log path).
-    """
-    lines = [f"CFG_{key.upper()}={_shell_value(value)}" for key, value in config.items()]
-    lines.append(f"CFG_MODEL_NAME={_shell_value(model_name(config))}")
-    lines.append(f"CFG_QAT_STAGE={_shell_value(qat_stage_name(str(config['quant_scheme'])))}")
-    lines += [f"ART_{name.upper()}={_shell_value(str(path))}" for name, path in artifact_paths(run_root, config).items()]
-    stages = pipeline_stages(config)
-    lines.append(f"PIPELINE_STAGES={_shell_value(stages)}")
-    logs = " ".join(f"[{shlex.quote(s)}]={shlex.quote(str(run_root.stage_log(s)))}" for s in stages)
-    lines.append(f"declare -A STAGE_LOGS=({logs})")
-    return lines
+def eval_stage_name(seed: int, variant: Variant, weights_format: str) -> str:
+    return f"s{seed}-eval-{variant.name}-{weights_format}"
 
 
+# --------------------------------------------------------------------------------------------
+# The plan
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Context:
+    run_root: RunRoot
+    config: Mapping[str, Any]
+    python: str
+    tools: Path
+
+
+def plan_stages(
+    run_root: RunRoot, config: Mapping[str, Any], *, publish: bool = False, python: str | None = None,
+    tools: Path = SCRIPTS_DIR,
+) -> list[StageSpec]:  # fmt: skip
+    """Every stage of the run, in order (``python`` runs the CLIs; default: this interpreter)."""
+    ctx = _Context(run_root, config, python or sys.executable, Path(tools))
+    stages = _setup_stages(ctx)
+    variants = parse_variants(list(config["variants"]))
+    for seed in config["seeds"]:
+        for variant in variants:
+            stages += _variant_stages(ctx, seed, variant)
+    evals = tuple(s.name for s in stages if "-eval-" in s.name)
+    summary = (ctx.python, str(ctx.tools / "write_yolov10m_scratch_train_summary.py"), "--run-root", str(run_root.root))
+    stages.append(StageSpec(SUMMARY_STAGE, summary, (run_root.summary_md, run_root.summary_csv), evals))
+    if publish:
+        argv = (ctx.python, str(ctx.tools / "publish_run_report.py"), "--run-root", str(run_root.root))
+        stages.append(StageSpec(PUBLISH_STAGE, argv, (), (SUMMARY_STAGE,)))
+    return stages
+
+
+def _setup_stages(ctx: _Context) -> list[StageSpec]:
+    config, root, py, tools = ctx.config, ctx.run_root, ctx.python, ctx.tools
+    stages = []
+    if needs_gpu(config):
+        argv = (py, str(CHECK_ENV_SCRIPT), "--device", str(config["device"]), "--providers", *config["eval_providers"])
+        stages.append(StageSpec(CHECK_ENV_STAGE, argv, ()))
+    source_root, prepare_needs = str(config["source_root"] or ""), ()
+    if config["data_source"] == "synthetic":
+        out = root.synthetic_source_dir
+        argv = (py, str(tools / "make_synthetic_coco.py"), "--out", str(out), "--train", str(config["synthetic_train"]),
+                "--val", str(config["synthetic_val"]), "--imgsz", str(config["synthetic_imgsz"]),
+                "--seed", str(config["data_seed"]), "--overwrite")  # fmt: skip
+        stages.append(StageSpec(SYNTHETIC_STAGE, argv, (out,), (), out))
+        source_root, prepare_needs = str(out), (SYNTHETIC_STAGE,)
+    caps = []
+    for key, flag in (("max_train_images", "--max-train-images"), ("max_val_images", "--max-val-images")):
+        if config[key] is not None:
+            caps += [flag, str(config[key])]
+    # --overwrite: a data stage only runs while it is not done, so its folder holds a failed attempt of this run.
+    argv = (py, str(tools / "prepare_coco_dataset.py"), "--source-root", source_root, "--out-dir", str(root.dataset_dir),
+            *caps, "--seed", str(config["data_seed"]), "--overwrite")  # fmt: skip
+    outputs = (root.dataset_yaml, root.val_annotations)
+    stages.append(StageSpec(PREPARE_STAGE, argv, outputs, prepare_needs, root.dataset_dir))
+    return stages
+
+
+def _variant_stages(ctx: _Context, seed: int, variant: Variant) -> list[StageSpec]:
+    seed_root = ctx.run_root.seed(seed)
+    make = _quantize_stage(ctx, seed_root, variant) if variant.kind == "ptq" else _train_stage(ctx, seed_root, variant)
+    stages = [make]
+    for weights_format in variant.weight_formats:
+        export = _export_stage(ctx, seed_root, variant, weights_format, make.name)
+        stages += [export, _eval_stage(ctx, seed_root, variant, weights_format, export)]
+    return stages
+
+
+def _fp_best(seed_root: SeedRoot) -> Path:
+    return seed_root.train_run("fp16").best
+
+
+def _train_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageSpec:
+    config, paths = ctx.config, seed_root.train_run(variant.name)
+    fine_tune = variant.kind == "qat-ft"
+    argv = [ctx.python, str(ctx.tools / "train_yolov10m_scratch_fp16_vs_w4a16_qat_brevitas.py"),
+            "qat-w4a16" if variant.quantized else "fp16", "--run-root", str(ctx.run_root.root),
+            "--data", str(ctx.run_root.dataset_yaml), "--model", str(config["model"]),
+            "--epochs", str(config["ft_epochs"] if fine_tune else config["epochs"]), "--imgsz", str(config["imgsz"]),
+            "--batch", str(config["batch"]), "--device", str(config["device"]),
+            "--hyp", str(config["ft_hyp"] if fine_tune else config["hyp"]), "--seed", str(seed_root.seed),
+            "--workers", str(config["workers"]), "--fraction", str(config["fraction"]), "--resume"]  # fmt: skip
+    for pair in config["train_overrides"]:
+        argv += ["--train-arg", pair]
+    needs = [PREPARE_STAGE]
+    if variant.quantized:
+        argv += ["--quant-scheme", variant.scheme_spec]
+    if fine_tune:
+        argv += ["--init-from", str(_fp_best(seed_root))]
+        needs.append(train_stage_name(seed_root.seed, Variant("fp")))
+    return StageSpec(train_stage_name(seed_root.seed, variant), tuple(argv), (paths.best,), tuple(needs), paths.dir)
+
+
+def _quantize_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageSpec:
+    config, paths = ctx.config, seed_root.train_run(variant.name)
+    argv = (ctx.python, str(ctx.tools / "ptq.py"), "--weights", str(_fp_best(seed_root)),
+            "--quant-scheme", variant.scheme_spec, "--out", str(paths.best), "--data", str(ctx.run_root.dataset_yaml),
+            "--bn-recalib-batches", str(config["ptq_bn_recalib_batches"]), "--imgsz", str(config["imgsz"]),
+            "--batch", str(config["batch"]), "--device", str(config["device"]))  # fmt: skip
+    needs = (PREPARE_STAGE, train_stage_name(seed_root.seed, Variant("fp")))
+    return StageSpec(train_stage_name(seed_root.seed, variant), argv, (paths.best,), needs, paths.dir)
+
+
+def _export_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant, weights_format: str, needs: str) -> StageSpec:
+    config = ctx.config
+    out = seed_root.onnx_model(model_name(config), variant.name, weights_format)
+    argv = [ctx.python, str(ctx.tools / "export_onnx.py"), "--weights", str(seed_root.train_run(variant.name).best),
+            "--out", str(out), "--imgsz", str(config["imgsz"]), "--format", str(config["export_format"]),
+            "--validate"]  # fmt: skip
+    if config["export_opset"] is not None:
+        argv += ["--opset", str(config["export_opset"])]
+    if config["export_dynamic_batch"]:
+        argv.append("--dynamic-batch")
+    if weights_format == "float16":
+        argv.append("--half")
+    if weights_format == "int4":
+        argv += ["--weights-format", "int4"]
+    return StageSpec(export_stage_name(seed_root.seed, variant, weights_format), tuple(argv), (out,), (needs,), out)
+
+
+def _eval_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant, weights_format: str, export: StageSpec) -> StageSpec:
+    config, root = ctx.config, ctx.run_root
+    out_dir = seed_root.eval_dir(variant.name, weights_format)
+    argv = [ctx.python, str(ctx.tools / "eval_yolov10m_onnx_coco.py"), "--onnx", str(export.outputs[0]),
+            "--ann-file", str(root.val_annotations), "--images-dir", str(root.val_images_dir),
+            "--out-dir", str(out_dir), "--imgsz", str(config["imgsz"]), "--batch", str(config["eval_batch"]),
+            "--providers", *config["eval_providers"]]  # fmt: skip
+    if config["eval_max_images"] is not None:
+        argv += ["--max-images", str(config["eval_max_images"])]
+    if config["eval_fold_weights"]:
+        argv.append("--fold-weights")
+    outputs = (seed_root.eval_metrics(variant.name, weights_format),)
+    name = eval_stage_name(seed_root.seed, variant, weights_format)
+    return StageSpec(name, tuple(argv), outputs, (export.name, PREPARE_STAGE), out_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# Running the plan
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PipelineOutcome:
+    """What one call of :func:`run_pipeline` did."""
+
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    redone: list[str] = field(default_factory=list)  # done stages rerun (missing/changed outputs, or asked)
+    stopped_after: str | None = None
+
+
+def stages_to_redo(run_root: RunRoot, stages: Sequence[StageSpec], redo: Sequence[str] = ()) -> dict[str, str]:
+    """``{stage: reason}`` for done stages to rerun: asked for, outputs missing or changed, or downstream of one."""
+    names = [stage.name for stage in stages]
+    unknown = [name for name in redo if name not in names]
+    if unknown:
+        raise PipelineError(f"--redo {', '.join(unknown)}: not a stage of this run; its stages are: {' '.join(names)}")
+    records = load_run_state(run_root)["stages"]
+    reasons = {name: "asked with --redo" for name in redo}
+    for stage in stages:
+        record = records.get(stage.name) or {}
+        if stage.name in reasons or record.get("status") != "done":
+            continue
+        problem = _output_problem(stage, record)
+        if problem:
+            reasons[stage.name] = problem
+        elif any(need in reasons for need in stage.needs):
+            reasons[stage.name] = f"downstream of {next(need for need in stage.needs if need in reasons)}"
+    return reasons
+
+
+def _output_problem(stage: StageSpec, record: Mapping[str, Any]) -> str | None:
+    recorded = record.get("outputs_sha256") or {}
+    for path in stage.outputs:
+        if not path.exists():
+            return f"output missing: {path}"
+        want = recorded.get(str(path))
+        if want and path.is_file() and sha256_file(path) != want:
+            return f"output changed since the stage finished: {path}"
+    return None
+
+
+def run_pipeline(
+    run_root: RunRoot, stages: Sequence[StageSpec], *, redo: Sequence[str] = (), stop_after: str | None = None,
+    say: Callable[[str], None] = print,
+) -> PipelineOutcome:  # fmt: skip
+    """Run ``stages`` in order; raise :class:`PipelineError` naming the stage and its log when one fails."""
+    if stop_after is not None and stop_after not in [stage.name for stage in stages]:
+        raise PipelineError(f"--stop-after {stop_after}: not a stage of this run ({' '.join(s.name for s in stages)})")
+    to_redo = stages_to_redo(run_root, stages, redo)
+    outcome = PipelineOutcome()
+    for stage in stages:
+        upstream = next((need for need in stage.needs if need in outcome.ran), None)
+        if stage.name not in to_redo and upstream and _is_done(run_root, stage.name):
+            to_redo[stage.name] = f"its input stage {upstream} ran again"  # e.g. the summary after an added seed
+        if stage.name in to_redo:
+            say(f"redo: stage {stage.name} ({to_redo[stage.name]})")
+            _set_aside(run_root, stage, say)
+            outcome.redone.append(stage.name)
+        result = run_stage(run_root, stage.name, list(stage.argv), outputs=list(stage.outputs))
+        if not result.ok:
+            raise PipelineError(_failure_message(run_root, stage, result))
+        if result.status == "skipped":
+            outcome.skipped.append(stage.name)
+        else:
+            outcome.ran.append(stage.name)
+            _record_output_hashes(run_root, stage)
+        if stage.name == stop_after:
+            outcome.stopped_after = stage.name
+            say(f"stopping after stage {stage.name} as asked (--stop-after); rerun without it to continue")
+            break
+    return outcome
+
+
+def _is_done(run_root: RunRoot, stage: str) -> bool:
+    return (load_run_state(run_root)["stages"].get(stage) or {}).get("status") == "done"
+
+
+def _set_aside(run_root: RunRoot, stage: StageSpec, say: Callable[[str], None]) -> None:
+    """Rename the stage's work (folder or file + its metadata) out of the way and forget its done record."""
+    stamp = utc_now().replace(":", "").replace("+00:00", "Z").replace("+0000", "Z")
+    targets = [stage.workdir] if stage.workdir is not None else []
+    if stage.workdir is not None and stage.workdir.suffix == ".onnx":
+        targets.append(stage.workdir.with_suffix(".json"))
+    for target in targets:
+        if target.exists():
+            moved = target.with_name(f"{target.name}.stale-{stamp}")
+            target.rename(moved)
+            say(f"  set aside {target} -> {moved.name}")
+    update_stage_record(run_root, stage.name, status="failed", error=f"set aside for a redo at {stamp}")
+
+
+def _record_output_hashes(run_root: RunRoot, stage: StageSpec) -> None:
+    """Remember each output file's sha256, so a later rerun notices a deleted or replaced artifact."""
+    hashes = {str(path): sha256_file(path) for path in stage.outputs if path.is_file()}
+    if hashes:
+        update_stage_record(run_root, stage.name, outputs_sha256=hashes)
+
+
+def _failure_message(run_root: RunRoot, stage: StageSpec, result: StageResult) -> str:
+    detail = f" ({result.message})" if result.message else ""
+    return (
+        f"pipeline stopped: stage {stage.name} failed with exit code {result.exit_code}{detail}. "
+        f"Log: {run_root.stage_log(stage.name)}\n"
+        "Fix the cause and rerun the same command: finished stages are kept and the run continues at this stage."
+    )

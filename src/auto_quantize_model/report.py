@@ -1,14 +1,21 @@
-"""``summary.md`` of a run root: FP16/AMP baseline vs W4A16 QAT.
+"""The summary of a run root: ``summary.md`` (for people), ``summary.csv`` and ``summary.json`` (for tools).
 
-Everything is read defensively from the run root's artifacts; a half-finished run root gives a
-summary that names what is missing instead of failing. Numbers from the Ultralytics validator
-(in-training val, ``results.csv``) and from the shared ONNX COCO evaluator (``metrics.json``)
-are kept in separate tables, because the two use different pipelines (PyTorch + Ultralytics
-metrics vs onnxruntime + pycocotools) and are not comparable cell by cell.
+``summary.md`` opens with the headline: per variant and seed, the ONNX-evaluator mAP50-95, mean ± std
+over seeds, the ratio of means to the FP baseline, a paired bootstrap 95% CI of the difference
+(same val-image resample for both models, from the saved detections), size and latency ratios, and
+one verdict line per quantized variant that does not claim more than the interval supports.
+
+Numbers of the shared ONNX evaluator (``metrics.json``) and of Ultralytics' in-training validator
+(``results.csv``) are kept in separate tables: different pipelines, not comparable cell by cell.
+Everything is read from the run root through :class:`~auto_quantize_model.run_root.RunRoot` and the
+producers' key constants (:mod:`metrics_keys`, :mod:`summary_schema`); a half-finished run root gives
+a summary that names what is missing, and ``summary.json`` says ``complete: false`` then.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,66 +25,105 @@ from typing import Any
 
 import yaml
 
-from auto_quantize_model import loss_curves
-from auto_quantize_model.export import metadata_path_for
-from auto_quantize_model.io_utils import atomic_output, read_json, write_text_atomic
-from auto_quantize_model.pipeline import SUMMARY_STAGE, pipeline_stages
+from auto_quantize_model import loss_curves, metrics_keys as mk, summary_schema as ss
+from auto_quantize_model.config import load_run_config
+from auto_quantize_model.io_utils import atomic_output, read_json, write_json_atomic, write_text_atomic
+from auto_quantize_model.pipeline import SUMMARY_STAGE, model_name, plan_stages
 from auto_quantize_model.provenance import utc_now
-from auto_quantize_model.run_root import FP16_STAGE, RunRoot, TrainRunPaths, qat_stage_name
+from auto_quantize_model.run_root import RunRoot, SeedRoot, TrainRunPaths, export_metadata_path
+from auto_quantize_model.stages import load_run_state
+from auto_quantize_model.variants import FP_VARIANT, Variant, VariantError, parse_variants
 
 MAP_COLUMN = "metrics/mAP50-95(B)"
 MAP50_COLUMN = "metrics/mAP50(B)"
-
-# (row label, keys tried in metrics.json in order). The first key is the evaluator's name
-# (auto_quantize_model.evaluate.COCO_STAT_KEYS); the others are common spellings.
-ONNX_METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("mAP50-95", ("mAP50_95", "mAP50-95", "map", "AP")),
-    ("mAP50", ("mAP50", "map50", "AP50")),
-    ("mAP75", ("mAP75", "map75", "AP75")),
-    ("APs (mAP_small)", ("mAP_small", "APs", "map_small")),
-    ("APm (mAP_medium)", ("mAP_medium", "APm", "map_medium")),
-    ("APl (mAP_large)", ("mAP_large", "APl", "map_large")),
-    ("AR100", ("AR100", "AR@100", "ar100", "AR_100")),
+BOOTSTRAP_RESAMPLES = 1000
+ORT_NOTE = (
+    "ONNX Runtime dequantizes the 4-bit/8-bit weights and runs each conv in float: the gain of QCDQ/INT4 "
+    "is file size and memory bandwidth, not integer math."
 )
-# Flattened metrics.json keys shown as evaluation settings (whichever exist).
-EVAL_SETTING_KEYS = (
-    "onnx.path", "onnx.sha256", "annotations.path", "images_dir", "num_images", "num_images_skipped",
-    "imgsz", "batch", "output_format", "providers_requested", "images_per_s",
-)  # fmt: skip
-HYP_KEYS = (
-    "model", "data", "epochs", "batch", "imgsz", "optimizer", "lr0", "lrf", "cos_lr", "momentum",
-    "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr", "seed", "deterministic",
-    "amp", "device", "workers", "fraction", "close_mosaic", "mosaic",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class SummaryResult:
-    """Where the summary went, what it found missing, and the plot it wrote (if any)."""
+    """Where the summary went and what it found missing (``complete`` iff nothing is)."""
 
     path: Path
     missing: list[str]
-    plot: Path | None
+    csv_path: Path
+    json_path: Path
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
 
 
 @dataclass
-class TrainSide:
-    """One side of the comparison (FP16 baseline or QAT): its artifacts, loaded defensively."""
+class Cell:
+    """One evaluated ONNX file: (seed, variant, weight format)."""
 
-    label: str
-    stage: str
-    paths: TrainRunPaths
-    args: dict[str, Any] | None = None
-    quant: dict[str, Any] | None = None
-    results: list[dict[str, Any]] | None = None
+    seed: int
+    variant: Variant
+    weights_format: str
+    onnx: Path
     metrics: dict[str, Any] | None = None
-    onnx: Path | None = None
-    problems: list[str] = field(default_factory=list)  # unreadable files, named in the summary
+    export: dict[str, Any] | None = None
+
+    @property
+    def map50_95(self) -> float | None:
+        return _number((self.metrics or {}).get(mk.MAP50_95))
+
+    @property
+    def onnx_bytes(self) -> int | None:
+        return self.onnx.stat().st_size if self.onnx.is_file() else None
+
+    @property
+    def latency_p50(self) -> float | None:
+        latency = (self.metrics or {}).get(mk.LATENCY_MS) or {}
+        return _number((latency.get(mk.LATENCY_PER_IMAGE) or {}).get(mk.LATENCY_STAT_P50))
+
+
+@dataclass
+class Training:
+    """One training (or PTQ) folder of one seed and variant."""
+
+    seed: int
+    variant: Variant
+    paths: TrainRunPaths
+    results: list[dict[str, Any]] | None = None
+    metadata: dict[str, Any] | None = None
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return best_epoch(self.results)
+
+
+@dataclass
+class RunView:
+    """Everything the summary shows, loaded once."""
+
+    run_root: RunRoot
+    config: dict[str, Any] | None
+    variants: list[Variant]
+    seeds: list[int]
+    model: str | None
+    cells: list[Cell] = field(default_factory=list)
+    trainings: list[Training] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def cell(self, seed: int, variant: str, weights_format: str) -> Cell | None:
+        return next((c for c in self.cells if (c.seed, c.variant.name, c.weights_format) == (seed, variant, weights_format)), None)
+
+    def training(self, seed: int, variant: str) -> Training | None:
+        return next((t for t in self.trainings if (t.seed, t.variant.name) == (seed, variant)), None)
 
 
 # --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+
+
 def _load(path: Path, problems: list[str], root: Path) -> Any:
     """YAML/JSON file contents, or ``None`` if absent; an unreadable file is noted, not fatal."""
     if not path.is_file():
@@ -99,57 +145,96 @@ def read_results_csv(path: Path) -> list[dict[str, Any]]:
     return frame.astype(object).where(frame.notna(), None).to_dict("records")
 
 
+def best_epoch(results: Sequence[Mapping[str, Any]] | None) -> dict[str, Any] | None:
+    """Epoch with the highest val mAP50-95 in ``results.csv``, with its mAP50 and the last epoch's mAP."""
+    rows = [r for r in results or [] if _number(r.get(MAP_COLUMN)) is not None]
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: r[MAP_COLUMN])
+    epoch = best.get("epoch")
+    return {"epochs": len(results), "best_epoch": int(epoch) if isinstance(epoch, float) else epoch,
+            "map": best[MAP_COLUMN], "map50": best.get(MAP50_COLUMN), "last_map": rows[-1][MAP_COLUMN]}  # fmt: skip
+
+
 def _rel(path: Path, root: Path) -> str:
     """Path relative to the run root, with forward slashes (markdown links)."""
     return Path(os.path.relpath(path, root)).as_posix()
 
 
-def detect_qat_stage(run_root: RunRoot, config: Mapping[str, Any] | None) -> str | None:
-    """``qat-<scheme>`` from the run config, else from a ``qat-*`` training folder present."""
-    if config and config.get("quant_scheme"):
-        return qat_stage_name(str(config["quant_scheme"]))
-    if not run_root.root.is_dir():
-        return None
-    # A QAT training folder holds its quant_scheme.json; eval folders (``qat-<scheme>-coco``) and
-    # set-aside attempts (``qat-<scheme>.incomplete-*``) are not stages.
-    found = sorted(
-        p.name for p in run_root.root.glob("qat-*")
-        if run_root.train_run(p.name).quant_scheme_json.is_file() and ".incomplete-" not in p.name
-    )
-    if found:
-        return found[0]
-    evals = sorted(p.name[: -len("-coco")] for p in run_root.root.glob("qat-*-coco") if p.is_dir())
-    return evals[0] if evals else None
+def load_view(run_root: RunRoot) -> RunView:
+    """Read the run config, every training and every evaluation the config expects."""
+    problems: list[str] = []
+    config = None
+    try:
+        config = load_run_config(run_root)
+    except ValueError as error:
+        problems.append(str(error))
+    variants, seeds = _expected(run_root, config, problems)
+    model = model_name(config) if config else None
+    view = RunView(run_root, config, variants, seeds, model, problems=problems)
+    for seed in seeds:
+        seed_root = run_root.seed(seed)
+        for variant in variants:
+            view.trainings.append(_load_training(seed_root, variant, problems, run_root.root))
+            for weights_format in variant.weight_formats:
+                view.cells.append(_load_cell(seed_root, variant, weights_format, model, problems, run_root.root))
+    return view
 
 
-def detect_model_name(run_root: RunRoot, config: Mapping[str, Any] | None, sides: Sequence[TrainSide]) -> str | None:
-    """Model cfg stem (``yolov10n``): run config, else args.yaml ``model``, else the ONNX listing."""
-    if config and config.get("model"):
-        return Path(str(config["model"])).stem
-    for side in sides:
-        if side.args and side.args.get("model"):
-            return Path(str(side.args["model"])).stem
-    fp16_onnx = sorted(run_root.onnx_dir.glob(f"*-{FP16_STAGE}.onnx")) if run_root.onnx_dir.is_dir() else []
-    return fp16_onnx[0].name[: -len(f"-{FP16_STAGE}.onnx")] if fp16_onnx else None
+def _expected(run_root: RunRoot, config: Mapping[str, Any] | None, problems: list[str]) -> tuple[list[Variant], list[int]]:
+    if not config:
+        problems.append(f"run config missing: {_rel(run_root.run_config, run_root.root)}")
+        return [Variant("fp")], run_root.seeds_present() or [0]
+    try:
+        return parse_variants(list(config["variants"])), list(config["seeds"])
+    except (KeyError, VariantError) as error:
+        problems.append(f"run config {_rel(run_root.run_config, run_root.root)} has no valid variants/seeds: {error}")
+        return [Variant("fp")], run_root.seeds_present() or [0]
 
 
-def _side_label(stage: str) -> str:
-    return "FP16/AMP baseline" if stage == FP16_STAGE else f"{stage[len('qat-'):].upper()} QAT ({stage})"
-
-
-def load_side(run_root: RunRoot, stage: str) -> TrainSide:
-    """Load one training stage's args, quant scheme, results and ONNX metrics (``onnx`` is set later)."""
-    side = TrainSide(_side_label(stage), stage, run_root.train_run(stage))
-    root = run_root.root
-    side.args = _load(side.paths.args_yaml, side.problems, root)
-    side.quant = _load(side.paths.quant_scheme_json, side.problems, root)
-    side.metrics = _load(run_root.eval_dir(stage) / "metrics.json", side.problems, root)
-    if side.paths.results_csv.is_file():
+def _load_training(seed_root: SeedRoot, variant: Variant, problems: list[str], root: Path) -> Training:
+    paths = seed_root.train_run(variant.name)
+    training = Training(seed_root.seed, variant, paths)
+    training.metadata = _load(paths.metadata_json, problems, root)
+    if paths.results_csv.is_file():
         try:
-            side.results = read_results_csv(side.paths.results_csv)
+            training.results = read_results_csv(paths.results_csv)
         except (OSError, ValueError) as error:  # pandas' parser errors are ValueErrors
-            side.problems.append(f"unreadable {_rel(side.paths.results_csv, root)}: {error}")
-    return side
+            problems.append(f"unreadable {_rel(paths.results_csv, root)}: {error}")
+    return training
+
+
+def _load_cell(seed_root: SeedRoot, variant: Variant, fmt: str, model: str | None, problems: list[str], root: Path) -> Cell:
+    onnx = seed_root.onnx_model(model or "model", variant.name, fmt)
+    cell = Cell(seed_root.seed, variant, fmt, onnx)
+    cell.metrics = _load(seed_root.eval_metrics(variant.name, fmt), problems, root)
+    cell.export = _load(export_metadata_path(onnx), problems, root)
+    return cell
+
+
+# --------------------------------------------------------------------------------------------
+# What is missing
+# --------------------------------------------------------------------------------------------
+def missing_items(view: RunView, state: Mapping[str, Any]) -> list[str]:
+    """Everything the summary could not show, most upstream first; empty means complete."""
+    root = view.run_root.root
+    missing = list(view.problems)
+    for name, record in state.get("stages", {}).items():
+        if record.get("status") == "failed":
+            missing.append(f"stage {name} failed (exit code {record.get('exit_code')}): see {record.get('log')}")
+        elif record.get("status") == "running" and name != SUMMARY_STAGE:  # the summary stage is us
+            missing.append(f"stage {name} is running or was interrupted: see {record.get('log')}")
+    if not view.run_root.dataset_provenance.is_file():
+        missing.append(f"dataset provenance missing: {_rel(view.run_root.dataset_provenance, root)}")
+    for training in view.trainings:
+        if not training.paths.best.is_file():
+            missing.append(f"seed {training.seed} {training.variant.name}: no {_rel(training.paths.best, root)}")
+    for cell in view.cells:
+        if not cell.onnx.is_file():
+            missing.append(f"seed {cell.seed} {cell.variant.name} {cell.weights_format}: no ONNX {_rel(cell.onnx, root)}")
+        if cell.metrics is None:
+            missing.append(f"seed {cell.seed} {cell.variant.name} {cell.weights_format}: not evaluated")
+    return missing
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,6 +261,27 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], digits: int | N
     return lines + [""]
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _mean_std(values: Sequence[float | None]) -> str:
+    from auto_quantize_model.stats import mean_and_std
+
+    present = [v for v in values if v is not None]
+    if not present:
+        return "—"
+    result = mean_and_std(present)
+    spread = f" ± {result.std:.4f}" if result.std is not None else " (1 seed)"
+    missing = f" ({len(present)} of {len(values)} seeds)" if len(present) < len(values) else ""
+    return f"{result.mean:.4f}{spread}{missing}"
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
 def _duration(seconds: Any) -> str:
     if not isinstance(seconds, (int, float)):
         return "—"
@@ -184,323 +290,240 @@ def _duration(seconds: Any) -> str:
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
 
 
-def _flatten(data: Any, prefix: str = "", limit: int = 12) -> dict[str, Any]:
-    """Nested dicts -> ``{"a.b": value}``; lists or dicts longer than ``limit`` show only their length."""
-    if not isinstance(data, Mapping):
-        return {prefix or "value": data}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, (Mapping, list)) and len(value) > limit:
-            flat[name] = f"[{len(value)} entries]"  # e.g. 80 per-class counts: not for a summary table
-        elif isinstance(value, Mapping):
-            flat.update(_flatten(value, name, limit))
-        else:
-            flat[name] = value
-    return flat
-
-
-def metric_value(metrics: Mapping[str, Any] | None, keys: Sequence[str]) -> float | None:
-    """First of ``keys`` found at the top level of ``metrics`` or under ``metrics``/``coco``."""
-    if not metrics:
-        return None
-    scopes = [metrics] + [metrics[k] for k in ("metrics", "coco") if isinstance(metrics.get(k), Mapping)]
-    for scope in scopes:
-        for key in keys:
-            if isinstance(scope.get(key), (int, float)) and not isinstance(scope.get(key), bool):
-                return float(scope[key])
-    return None
-
-
-def _latency(metrics: Mapping[str, Any] | None, stat: str) -> float | None:
-    """Per-image latency ``stat`` in ms: ``latency_ms.per_image.<stat>``, else ``latency_ms.<stat>``."""
-    flat = _flatten(metrics or {})
-    for key in (f"latency_ms.per_image.{stat}", f"latency_ms.{stat}"):
-        value = flat.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# What is missing
-# --------------------------------------------------------------------------------------------
-def _short(side: TrainSide) -> str:
-    return "FP16" if side.stage == FP16_STAGE else f"QAT ({side.stage})"
-
-
-def missing_training(side: TrainSide, root: Path) -> list[str]:
-    """Training artifacts of one side that are absent, phrased for a reader of the summary."""
-    paths, who = side.paths, _short(side)
-    if not paths.dir.is_dir():
-        return [f"{who} training not started: no {_rel(paths.dir, root)}/"]
-    missing = []
-    if not paths.best.is_file():
-        missing.append(f"{who} training not finished: no best.pt ({_rel(paths.best, root)})")
-    elif not paths.is_finished():
-        missing.append(f"{who} training not finished: {_rel(paths.metadata_json, root)} does not record status finished")
-    for path, what in ((paths.args_yaml, "args.yaml"), (paths.results_csv, "results.csv"), (paths.loss_curves_png, "loss curves PNG")):
-        if not path.is_file():
-            missing.append(f"{who} {what} missing: {_rel(path, root)}")
-    if not paths.tensorboard_dir.is_dir():
-        missing.append(f"{who} TensorBoard logs missing: {_rel(paths.tensorboard_dir, root)}/")
-    return missing
-
-
-def missing_onnx(side: TrainSide, run_root: RunRoot) -> list[str]:
-    """ONNX export and ONNX evaluation of one side, if absent."""
-    who, root, missing = _short(side), run_root.root, []
-    if side.onnx is None:
-        missing.append(f"{who} ONNX export unknown: model name not found (no run config, args.yaml or ONNX file)")
-    elif not side.onnx.is_file():
-        missing.append(f"{who} ONNX export missing: {_rel(side.onnx, root)}")
-    if side.metrics is None:
-        missing.append(f"{who} ONNX evaluation missing: {_rel(run_root.eval_dir(side.stage) / 'metrics.json', root)}")
-    return missing
-
-
-def missing_items(run_root: RunRoot, state: Mapping[str, Any] | None, config: Any, sides: Sequence[TrainSide]) -> list[str]:
-    """Everything the summary could not show, most upstream first."""
-    root = run_root.root
-    missing = [] if config else [f"run config missing: {_rel(run_root.run_config, root)}"]
-    missing += [] if state else [f"stage record missing: {_rel(run_root.run_json, root)} (stages not run through run_stage.py)"]
-    for name, record in (state or {}).get("stages", {}).items():
-        if record.get("status") == "failed":
-            missing.append(f"stage {name} failed (exit code {record.get('exit_code')}): see {record.get('log')}")
-        elif record.get("status") == "running" and name != SUMMARY_STAGE:  # the summary stage is us
-            missing.append(f"stage {name} is running or was interrupted: see {record.get('log')}")
-    if not run_root.dataset_provenance.is_file():
-        missing.append(f"dataset provenance missing: {_rel(run_root.dataset_provenance, root)} (prepare-data not finished?)")
-    for side in sides:
-        missing += missing_training(side, root)
-    for side in sides:
-        missing += missing_onnx(side, run_root)
-    for side in sides:
-        missing += side.problems
-    return missing
+def precision_label(training: Training | None) -> str:
+    """What actually trained, from ``train_metadata.json``: e.g. "FP32 (AMP off: cpu)" or "FP16/AMP (cuda:0)"."""
+    if training is not None and training.variant.kind == "ptq":
+        return "post-training quantization of the fp16 model (no training)"
+    precision = ((training.metadata if training else None) or {}).get("precision") or {}
+    if precision.get("amp") is None:
+        return "unknown (no effective AMP recorded)"
+    if precision["amp"]:
+        return f"FP16/AMP ({precision.get('device')})"
+    return f"FP32 (AMP off: {precision.get('device')})"
 
 
 # --------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------
-def section_header(run_root: RunRoot, config: Mapping[str, Any] | None) -> list[str]:
-    profile = (config or {}).get("profile", "unknown")
-    return [
-        "# YOLOv10 from scratch: FP16/AMP baseline vs Brevitas W4A16 QAT",
+def section_header(view: RunView, missing: Sequence[str]) -> list[str]:
+    root, config = view.run_root.root, view.config or {}
+    lines = [
+        "# YOLOv10: FP baseline vs quantized variants (shared ONNX COCO evaluator)",
         "",
-        f"- Run root: `{run_root.root}`",
-        f"- Profile: `{profile}`; resolved config: [{_rel(run_root.run_config, run_root.root)}]"
-        f"({_rel(run_root.run_config, run_root.root)})",
+        f"- Run root: `{root}`",
+        f"- Profile: `{config.get('profile', 'unknown')}`; model `{config.get('model')}`; seeds {view.seeds}; "
+        f"variants {[v.name for v in view.variants]}; resolved config: [run_config.yaml](run_config.yaml)",
         f"- Generated: {utc_now()} by `scripts/cv-models/write_yolov10m_scratch_train_summary.py`",
+        "- Machine-readable: [summary.csv](summary.csv) (one row per variant, seed and weight format), "
+        "[summary.json](summary.json)",
         "",
     ]
+    status = "Complete: every expected artifact is present." if not missing else f"Incomplete: {len(missing)} item(s) missing (see the end)."
+    return lines + [f"**Status:** {status}", ""]
 
 
-def section_missing(missing: Sequence[str]) -> list[str]:
-    if not missing:
-        return ["## Status", "", "Complete: every expected artifact is present.", ""]
-    return ["## Status: incomplete", "", "Missing or not finished:", ""] + [f"- {item}" for item in missing] + [""]
+def _fp_cells(view: RunView) -> dict[int, Cell]:
+    return {c.seed: c for c in view.cells if c.variant.name == FP_VARIANT and c.weights_format == "float32"}
 
 
-def section_stages(state: Mapping[str, Any] | None, expected: Sequence[str]) -> list[str]:
+def _bootstrap(view: RunView, variant: Variant) -> Any:
+    """Paired bootstrap of the variant's headline format against FP float32 over every seed with both."""
+    from auto_quantize_model.stats import paired_bootstrap_map
+
+    fp_cells, pairs, image_ids = _fp_cells(view), [], None
+    for seed in view.seeds:
+        fp, quant = fp_cells.get(seed), view.cell(seed, variant.name, variant.headline_format)
+        if not (fp and quant and fp.metrics and quant.metrics):
+            continue
+        ids = fp.metrics.get(mk.IMAGE_IDS)
+        if ids is None or ids != quant.metrics.get(mk.IMAGE_IDS):
+            continue
+        seed_root = view.run_root.seed(seed)
+        pairs.append((seed_root.eval_detections(FP_VARIANT, "float32"), seed_root.eval_detections(variant.name, variant.headline_format)))
+        image_ids = ids
+    if not pairs:
+        return None
+    return paired_bootstrap_map(view.run_root.val_annotations, image_ids, pairs, n_resamples=BOOTSTRAP_RESAMPLES, seed=0)
+
+
+def section_headline(view: RunView) -> tuple[list[str], dict[str, Any]]:
+    """The comparison table and verdicts; returns the lines and the bootstrap result per variant."""
+    from auto_quantize_model.stats import format_ci, verdict
+
+    fp_cells = _fp_cells(view)
+    fp_map = _mean(c.map50_95 for c in fp_cells.values())
+    fp_bytes = _mean(c.onnx_bytes for c in fp_cells.values())
+    fp_latency = _mean(c.latency_p50 for c in fp_cells.values())
+    header = ["variant (ONNX scored)", *[f"seed {s}" for s in view.seeds], "mean ± std", "ratio of means to FP",
+              "diff 95% CI (paired bootstrap)", "ratio 95% CI", "ONNX size ratio", "latency p50 ratio"]  # fmt: skip
+    rows, results, verdicts = [], {}, []
+    for variant in view.variants:
+        cells = [view.cell(s, variant.name, variant.headline_format) for s in view.seeds]
+        maps = [c.map50_95 if c else None for c in cells]
+        result = _bootstrap(view, variant) if variant.quantized else None
+        results[variant.name] = result
+        mean = _mean(maps)
+        rows.append([f"{variant.name} ({variant.headline_format})", *[_fmt(m, 4) for m in maps], _mean_std(maps),
+                     _fmt(_ratio(mean, fp_map), 3) if variant.quantized else "1 (baseline)",
+                     format_ci(result.diff_ci) if result else "—", format_ci(result.ratio_ci, 3) if result else "—",
+                     _fmt(_ratio(_mean(c.onnx_bytes for c in cells if c), fp_bytes), 3),
+                     _fmt(_ratio(_mean(c.latency_p50 for c in cells if c), fp_latency), 2)])  # fmt: skip
+        if result:
+            verdicts.append(f"- **{variant.name}:** {verdict(result, quant_label=variant.name, fp_label='FP')}")
+    lines = ["## Headline: ONNX-evaluator mAP50-95 per seed", ""]
+    lines += ["Every model is scored by the same ONNX evaluator (onnxruntime + COCOeval) on the same val images. "
+              "Ratios are against the FP baseline's float32 ONNX; CIs resample val images with the same "
+              f"resample for both models ({BOOTSTRAP_RESAMPLES} resamples, from the saved detections); they do not "
+              "include the spread between training seeds, which the ± std shows.", ""]  # fmt: skip
+    lines += _table(header, rows) + (verdicts or ["- No quantized variant has been evaluated against the baseline yet."]) + [""]
+    return lines, results
+
+
+def section_precision(view: RunView) -> list[str]:
+    """What actually ran, per variant: training precision and how each ONNX stores its weights."""
+    rows = []
+    for variant in view.variants:
+        seed = view.seeds[0]
+        training = view.training(seed, variant.name)
+        formats = ", ".join(f"{fmt}: {_weights_description(view.cell(seed, variant.name, fmt))}" for fmt in variant.weight_formats)
+        rows.append([variant.name, precision_label(training), formats])
+    lines = ["## What ran", ""]
+    lines += ["The folder and stage names follow the spec (`fp16`, `qat-w4a16`); this table says what really ran "
+              f"(seed {view.seeds[0]}; from `train_metadata.json` and the export metadata).", ""]  # fmt: skip
+    return lines + _table(["variant", "training precision", "ONNX weights"], rows)
+
+
+def _weights_description(cell: Cell | None) -> str:
+    export = (cell.export if cell else None) or {}
+    described = export.get("weights_format") or export.get("kind")
+    return str(described) if described else "not exported"
+
+
+def section_onnx(view: RunView) -> list[str]:
+    """Every exported file: size, ratios to float32 and float16, mAP, latency."""
+    seed = view.seeds[0]
+    fp32 = view.cell(seed, FP_VARIANT, "float32")
+    fp16 = view.cell(seed, FP_VARIANT, "float16")
+    base32, base16 = (fp32.onnx_bytes if fp32 else None), (fp16.onnx_bytes if fp16 else None)
+    rows = []
+    for cell in (c for c in view.cells if c.seed == seed):
+        size = cell.onnx_bytes
+        session = (cell.metrics or {}).get(mk.SESSION) or {}
+        rows.append([cell.variant.name, cell.weights_format, f"`{_rel(cell.onnx, view.run_root.root)}`",
+                     _fmt(size / 1e6, 2) if size else "—", _fmt(_ratio(size, base32), 3), _fmt(_ratio(size, base16), 3),
+                     _fmt(cell.map50_95, 4), _fmt(cell.latency_p50, 2), session.get("fold_weights")])  # fmt: skip
+    header = ["variant", "weights", "ONNX file", "MB", "x float32", "x float16", "mAP50-95", "latency p50 (ms/img)",
+              "folded DQ"]  # fmt: skip
+    lines = [f"## ONNX artifacts (seed {seed})", ""] + _table(header, rows)
+    lines += [f"{ORT_NOTE} Latency: the evaluator's per-image `session.run` median on the providers it records; "
+              "\"folded DQ\" true means constant DequantizeLinear was folded at session load "
+              "(`session.disable_quant_qdq=1`), what a deployment would do. INT4 and QCDQ hold the same codes, so "
+              "their mAP must be equal.", ""]  # fmt: skip
+    return lines
+
+
+def section_validator(view: RunView) -> list[str]:
+    """Ultralytics' in-training validation, per seed and variant, kept apart from the ONNX numbers."""
+    rows = []
+    for training in view.trainings:
+        info = training.best or {}
+        cell = view.cell(training.seed, training.variant.name, training.variant.headline_format)
+        onnx_map = cell.map50_95 if cell else None
+        rows.append([training.variant.name, training.seed, info.get("epochs"), info.get("best_epoch"), info.get("map"),
+                     info.get("last_map"), onnx_map, _ratio(onnx_map, info.get("map"))])  # fmt: skip
+    lines = ["## In-training validation (Ultralytics validator)", ""]
+    lines += ["From `results.csv` of each training (PyTorch model, Ultralytics metrics), not from the ONNX evaluator. "
+              "Validation during training uses square letterboxed batches (`rect=False`), the inputs the fixed-size "
+              "ONNX model sees; the remaining difference to the ONNX column is AP integration (Ultralytics' own AP vs "
+              "COCOeval), the fp16-saved checkpoint and export error.", ""]  # fmt: skip
+    header = ["variant", "seed", "epochs", "best epoch", "val mAP50-95 (best)", "val mAP50-95 (last)",
+              "ONNX mAP50-95", "ONNX / val"]  # fmt: skip
+    return lines + _table(header, rows, digits=4)
+
+
+def section_detail(view: RunView) -> list[str]:
+    """Per-class AP and the production operating point (P/R/F1 at conf_prod) of each headline ONNX."""
+    seed = view.seeds[0]
+    cells = [view.cell(seed, v.name, v.headline_format) for v in view.variants]
+    cells = [c for c in cells if c and c.metrics]
+    if not cells:
+        return []
+    classes = list(dict.fromkeys(name for c in cells for name in (c.metrics.get(mk.PER_CLASS) or {})))
+    rows = [[name] + [((c.metrics.get(mk.PER_CLASS) or {}).get(name) or {}).get("AP50_95") for c in cells] for name in classes]
+    lines = [f"## Per-class AP50-95 and operating point (ONNX evaluator, seed {seed})", ""]
+    lines += _table(["class", *[c.variant.name for c in cells]], rows, digits=4)
+    point_rows = []
+    for c in cells:
+        point = c.metrics.get(mk.AT_CONF_PROD) or {}
+        point_rows.append([c.variant.name, point.get("conf"), point.get("precision"), point.get("recall"), point.get("f1")])
+    lines += ["At the production confidence threshold (`--conf-prod`):", ""]
+    return lines + _table(["variant", "conf", "precision", "recall", "F1"], point_rows, digits=3)
+
+
+def section_training(view: RunView, plot: Path | None) -> list[str]:
+    root = view.run_root.root
+    lines = ["## Training curves", ""]
+    if plot is not None:
+        lines += [f"![val mAP50-95 per epoch]({_rel(plot, root)})", ""]
+    lines += [f"TensorBoard: `tensorboard --logdir {root}` (every seed and variant; `seed-<k>/<variant>/tensorboard/`).", ""]
+    for training in view.trainings:
+        png = training.paths.loss_curves_png
+        if png.is_file():
+            lines += [f"- seed {training.seed} {training.variant.name}: [loss curves]({_rel(png, root)}), "
+                      f"[training config]({_rel(training.paths.config_yaml, root)})"]  # fmt: skip
+    return lines + [""]
+
+
+def section_stages(view: RunView, state: Mapping[str, Any]) -> list[str]:
     """Stage table from ``run.json``; expected stages that never ran are listed as ``not run``."""
-    lines = ["## Pipeline stages (run.json)", ""]
-    stages = dict((state or {}).get("stages", {}))
-    if not stages and not expected:
-        return lines + ["No run.json: no stage was run through `run_stage.py`.", ""]
-    names = list(stages) + [name for name in expected if name not in stages]
+    stages = dict(state.get("stages", {}))
+    try:
+        expected = [s.name for s in plan_stages(view.run_root, view.config)] if view.config else []
+    except (KeyError, ValueError):
+        expected = []
+    names = list(dict.fromkeys([*expected, *stages]))
     rows = []
     for name in names:
         rec = stages.get(name, {})
         status = rec.get("status", "not run")
         status = "running (writing this summary)" if name == SUMMARY_STAGE and status == "running" else status
-        log = f"[{rec['log']}]({rec['log']})" if rec.get("log") else "—"
-        rows.append([name, status, rec.get("attempts"), rec.get("started_at"),
-                     rec.get("ended_at"), _duration(rec.get("duration_s")), rec.get("exit_code"), log])  # fmt: skip
+        rows.append([name, status, rec.get("attempts"), _duration(rec.get("duration_s")), rec.get("exit_code"),
+                     f"[log]({rec['log']})" if rec.get("log") else "—"])  # fmt: skip
     total = sum(r.get("duration_s") or 0 for r in stages.values() if isinstance(r.get("duration_s"), (int, float)))
-    header = ["stage", "status", "attempts", "started (UTC)", "ended (UTC)", "duration", "exit code", "log"]
-    return lines + _table(header, rows) + [f"Total recorded stage time (last attempts): {_duration(total)}", ""]
+    lines = ["## Pipeline stages (run.json)", ""]
+    lines += _table(["stage", "status", "attempts", "duration", "exit code", "log"], rows)
+    return lines + [f"Total recorded stage time (last attempts): {_duration(total)}", ""]
 
 
-def section_config(config: Mapping[str, Any] | None) -> list[str]:
-    if not config:
-        return []
-    return ["## Run config", ""] + _table(["key", "value"], config.items())
-
-
-def section_dataset(run_root: RunRoot, problems: list[str]) -> list[str]:
-    """Source, paths and per-split counts from ``dataset/provenance.json``, whatever keys it has."""
-    lines = ["## Dataset", ""]
-    provenance = _load(run_root.dataset_provenance, problems, run_root.root)
+def section_dataset(view: RunView) -> list[str]:
+    root = view.run_root
+    provenance = _load(root.dataset_provenance, view.problems, root.root)
     if not isinstance(provenance, Mapping):
-        return lines + [f"No dataset provenance ({_rel(run_root.dataset_provenance, run_root.root)} missing).", ""]
-    about = {k: v for k, v in provenance.items() if k != "splits"}
-    lines += [f"From `{_rel(run_root.dataset_provenance, run_root.root)}`:", ""]
-    lines += [f"- {key}: `{_fmt(value)}`" for key, value in _flatten(about).items()] + [""]
-    splits = provenance.get("splits")
-    if not isinstance(splits, Mapping) or not splits:
-        return lines + ["No per-split paths or counts recorded (`splits` absent).", ""]
-    flat = {name: _flatten(info) for name, info in splits.items()}
-    keys = list(dict.fromkeys(k for info in flat.values() for k in info))
-    lines += ["Splits (train: training; val: Ultralytics in-training val and the ONNX evaluation):", ""]
-    lines += _table(["field", *flat], [[key] + [info.get(key) for info in flat.values()] for key in keys])
-    lines += [f"Dataset YAML: `{_rel(run_root.dataset_yaml, run_root.root)}`; "
-              f"val annotations: `{_rel(run_root.val_annotations, run_root.root)}`", ""]  # fmt: skip
-    return lines
-
-
-def _lr_schedule(args: Mapping[str, Any] | None) -> str | None:
-    if not args or args.get("lr0") is None or args.get("lrf") is None:
-        return None
-    kind = "cosine" if args.get("cos_lr") else "linear"
-    final = float(args["lr0"]) * float(args["lrf"])
-    return f"{kind} lr0 {args['lr0']} -> {final:g} (lr0*lrf) over {args.get('epochs')} epochs, warmup {args.get('warmup_epochs')} epochs"
-
-
-def section_hyperparameters(sides: Sequence[TrainSide]) -> list[str]:
-    """Training args per side (Ultralytics ``args.yaml``) plus the quant scheme."""
-    lines = ["## Training hyperparameters (Ultralytics args.yaml)", ""]
-    if not any(side.args for side in sides):
-        return lines + ["No args.yaml found for any training stage.", ""]
-    rows = [[key] + [(side.args or {}).get(key) for side in sides] for key in HYP_KEYS]
-    rows.append(["lr schedule"] + [_lr_schedule(side.args) for side in sides])
-    rows.append(["quant scheme"] + [_scheme_name(side) for side in sides])
-    lines += _table(["parameter", *[side.label for side in sides]], rows)
-    configs = [f"[{_rel(side.paths.config_yaml, side.paths.dir.parent)}]({_rel(side.paths.config_yaml, side.paths.dir.parent)})"
-               for side in sides if side.paths.config_yaml.is_file()]  # fmt: skip
-    if configs:
-        lines += [f"Full resolved training configs: {', '.join(configs)}.", ""]
-    for side in sides:
-        if side.quant:
-            details = ", ".join(f"{k}={_fmt(v)}" for k, v in _flatten(side.quant).items())
-            lines += [f"Quant scheme of {side.stage} (`{_rel(side.paths.quant_scheme_json, side.paths.dir.parent)}`): {details}", ""]
-    return lines
-
-
-def _scheme_name(side: TrainSide) -> str:
-    if side.stage == FP16_STAGE:
-        return "none (FP16/AMP)"
-    if isinstance(side.quant, Mapping):
-        return str(side.quant.get("name") or side.quant.get("scheme") or side.stage[len("qat-") :])
-    return f"{side.stage[len('qat-'):]} (no quant_scheme.json)"
-
-
-def best_epoch(results: Sequence[Mapping[str, Any]] | None) -> dict[str, Any] | None:
-    """Epoch with the highest val mAP50-95 in ``results.csv``, with its mAP50 and the last epoch's mAP."""
-    rows = [r for r in results or [] if isinstance(r.get(MAP_COLUMN), float) and math.isfinite(r[MAP_COLUMN])]
-    if not rows:
-        return None
-    best = max(rows, key=lambda r: r[MAP_COLUMN])
-    return {"epochs": len(results), "best_epoch": best.get("epoch"), "map": best[MAP_COLUMN],
-            "map50": best.get(MAP50_COLUMN), "last_map": rows[-1][MAP_COLUMN]}  # fmt: skip
-
-
-def section_training(run_root: RunRoot, sides: Sequence[TrainSide], plot: Path | None) -> list[str]:
-    """Ultralytics-validator numbers, TensorBoard pointers, loss curves and the mAP plot."""
-    root = run_root.root
-    lines = ["## Training curves and in-training validation (Ultralytics validator)", ""]
-    lines += ["Numbers in this section come from Ultralytics' own validator during training "
-              "(PyTorch model, `results.csv`), not from the ONNX evaluator.", ""]  # fmt: skip
-    rows = []
-    for side in sides:
-        info = best_epoch(side.results) or {}
-        epoch = info.get("best_epoch")
-        rows.append([side.label, info.get("epochs"), int(epoch) if isinstance(epoch, float) else epoch,
-                     info.get("map"), info.get("map50"), info.get("last_map")])  # fmt: skip
-    header = ["run", "epochs in results.csv", "best epoch (by val mAP50-95)", "val mAP50-95 (best)", "val mAP50 (same epoch)", "val mAP50-95 (last epoch)"]
-    lines += _table(header, rows, digits=4)
-    if plot is not None:
-        lines += [f"![val mAP50-95 per epoch]({_rel(plot, root)})", ""]
-    lines += ["TensorBoard logs:", ""]
-    lines += [f"- {side.label}: `{_rel(side.paths.tensorboard_dir, root)}/`"
-              + ("" if side.paths.tensorboard_dir.is_dir() else " (missing)") for side in sides]  # fmt: skip
-    lines += ["", f"View both: `tensorboard --logdir {root}`", ""]
-    for side in sides:
-        png = side.paths.loss_curves_png
-        lines += [f"### Loss curves: {side.label}", ""]
-        lines += [f"![{side.label} loss curves]({_rel(png, root)})" if png.is_file() else f"Missing: `{_rel(png, root)}`", ""]
-    return lines
-
-
-def section_onnx_eval(sides: Sequence[TrainSide]) -> list[str]:
-    """COCO metrics of both ONNX models from the shared evaluator, with delta and ratio."""
-    lines = ["## ONNX COCO evaluation (shared ONNX evaluator)", ""]
-    lines += ["Numbers in this section come from `scripts/cv-models/eval_yolov10m_onnx_coco.py` "
-              "(onnxruntime + pycocotools on the exported models), not from the Ultralytics validator.", ""]  # fmt: skip
-    if len(sides) < 2 or not all(side.metrics for side in sides):
-        lines += ["Incomplete: metrics.json is missing for at least one model (see Status).", ""]
-    base, qat = sides[0], sides[-1]
-    rows = []
-    for label, keys in ONNX_METRICS:
-        a, b = metric_value(base.metrics, keys), metric_value(qat.metrics, keys)
-        both = a is not None and b is not None and len(sides) > 1
-        delta = b - a if both else None
-        ratio = b / a if both and a > 0 and b >= 0 else None
-        rows.append([label, a, b if len(sides) > 1 else None, delta, ratio])
-    lines += _table(["metric", base.label, qat.label if len(sides) > 1 else "QAT", "delta (QAT - FP16)", "ratio (QAT / FP16)"], rows, digits=4)
-    lines += ["Empty or -1: the val set has no ground truth in that range (COCOeval); no ratio is computed then.", ""]
-    return lines + _eval_settings(sides)
-
-
-def _eval_settings(sides: Sequence[TrainSide]) -> list[str]:
-    flat = [_flatten(side.metrics or {}) for side in sides]
-    rows = [[key] + [_short_sha(key, f.get(key)) for f in flat] for key in EVAL_SETTING_KEYS]
-    rows = [row for row in rows if any(cell is not None for cell in row[1:])]
-    if not rows:
         return []
-    return ["Evaluation settings (from metrics.json):", ""] + _table(["setting", *[s.label for s in sides]], rows)
+    splits = provenance.get("splits") or {}
+    rows = [[name, (info or {}).get("images"), (info or {}).get("annotations")] for name, info in splits.items()]
+    lines = ["## Dataset", "", f"Source `{provenance.get('source_root', provenance.get('source'))}`; "
+             f"details in `{_rel(root.dataset_provenance, root.root)}`.", ""]  # fmt: skip
+    return lines + _table(["split", "images", "annotations"], rows)
 
 
-def _short_sha(key: str, value: Any) -> Any:
-    return value[:12] if key.endswith("sha256") and isinstance(value, str) else value
-
-
-def _two_decimals(value: float | None) -> str | None:
-    return None if value is None else f"{value:.2f}"
-
-
-def section_onnx_models(run_root: RunRoot, sides: Sequence[TrainSide]) -> list[str]:
-    """ONNX file sizes and evaluator latency per model."""
-    rows, sizes = [], []
-    for side in sides:
-        exists = side.onnx is not None and side.onnx.is_file()
-        sizes.append(side.onnx.stat().st_size / 1e6 if exists else None)
-        name = f"`{_rel(side.onnx, run_root.root)}`" + ("" if exists else " (missing)") if side.onnx else None
-        latency = [_two_decimals(_latency(side.metrics, stat)) for stat in ("mean", "p95")]
-        weights = _onnx_weights(side.onnx) if exists else None
-        rows.append([side.label, name, weights, _two_decimals(sizes[-1]), *latency, (side.metrics or {}).get("providers")])
-    header = ["model", "ONNX file", "weights", "size (MB)", "latency mean (ms/image)", "latency p95 (ms/image)",
-              "providers"]
-    lines = ["## ONNX models: size and latency (ONNX evaluator)", ""] + _table(header, rows)
-    if len(sizes) == 2 and all(sizes):
-        lines += [f"Baseline / QAT ONNX size ratio: {sizes[0] / sizes[1]:.2f}x (MB = 10^6 bytes).", ""]
-    return lines
-
-
-def _onnx_weights(onnx_path: Path) -> str | None:
-    """How the weights are stored, from the export metadata JSON beside the ONNX file."""
-    metadata_path = metadata_path_for(onnx_path)
-    if not metadata_path.is_file():
-        return None
-    metadata = read_json(metadata_path)
-    if metadata.get("kind") != "qat-qcdq":
-        return f"{metadata.get('onnx', {}).get('precision', '?')}"
-    by_bits = metadata.get("graph", {}).get("weight_qdq_by_bit_width", {})
-    layers = ", ".join(f"{count} convs int{bits}" for bits, count in sorted(by_bits.items()))
-    return f"QCDQ ({layers}; int8 containers), float activations"
+def section_missing(missing: Sequence[str]) -> list[str]:
+    if not missing:
+        return []
+    return ["## Missing or not finished", ""] + [f"- {item}" for item in missing] + [""]
 
 
 # --------------------------------------------------------------------------------------------
-# Plot and entry point
+# Plot, CSV, JSON and the entry point
 # --------------------------------------------------------------------------------------------
-def write_map_comparison_plot(sides: Sequence[TrainSide], out_png: Path) -> Path | None:
-    """Val mAP50-95 per epoch of every side with a ``results.csv``; ``None`` when there is nothing to plot."""
+def write_map_comparison_plot(view: RunView, out_png: Path) -> Path | None:
+    """Val mAP50-95 per epoch of every training (one colour per variant, one line style per seed)."""
     curves = []
-    for side in sides:
-        points = [(r.get("epoch"), r.get(MAP_COLUMN)) for r in side.results or []]
-        points = [(x, y) for x, y in points if isinstance(x, float) and isinstance(y, float)]
+    for training in view.trainings:
+        points = [(r.get("epoch"), r.get(MAP_COLUMN)) for r in training.results or []]
+        points = [(x, y) for x, y in points if _number(x) is not None and _number(y) is not None]
         if points:
-            curves.append((side.label, points))
+            curves.append((training, points))
     if not curves:
         return None
     import matplotlib
@@ -508,48 +531,64 @@ def write_map_comparison_plot(sides: Sequence[TrainSide], out_png: Path) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colours = {v.name: f"C{i}" for i, v in enumerate(view.variants)}
+    styles = ["-", "--", ":", "-."]
     fig, axis = plt.subplots(figsize=(7, 4), constrained_layout=True)
-    for label, points in curves:
-        axis.plot([x for x, _ in points], [y for _, y in points], "-o", markersize=3, label=label)
+    for training, points in curves:
+        style = styles[view.seeds.index(training.seed) % len(styles)] if training.seed in view.seeds else "-"
+        axis.plot([x for x, _ in points], [y for _, y in points], style, color=colours.get(training.variant.name),
+                  label=f"{training.variant.name} s{training.seed}")  # fmt: skip
     axis.set(xlabel="epoch", ylabel="val mAP50-95 (Ultralytics validator)", title="In-training val mAP50-95")
     axis.grid(alpha=0.3)
-    axis.legend()
+    axis.legend(fontsize=7)
     with atomic_output(out_png) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return Path(out_png)
 
 
-def build_summary(run_root: RunRoot) -> tuple[str, list[str], Path | None]:
-    """Render ``summary.md`` text; returns (text, missing items, plot path or None). Writes the plot."""
-    problems: list[str] = []
-    config = _load(run_root.run_config, problems, run_root.root)
-    config = config if isinstance(config, Mapping) else None
-    state = _load(run_root.run_json, problems, run_root.root)
-    state = state if isinstance(state, Mapping) and isinstance(state.get("stages"), Mapping) else None
-    qat_stage = detect_qat_stage(run_root, config)
-    stages = [FP16_STAGE] + ([qat_stage] if qat_stage else [])
-    sides = [load_side(run_root, stage) for stage in stages]
-    model = detect_model_name(run_root, config, sides)
-    for side in sides:
-        side.onnx = run_root.onnx_model(model, side.stage) if model else None
-    missing = missing_items(run_root, state, config, sides) + problems
-    if qat_stage is None:
-        missing.insert(0, "QAT stage unknown: no run config and no qat-* folder (QAT never started?)")
-    plot = write_map_comparison_plot(sides, run_root.map_comparison_png)
-    try:
-        expected = pipeline_stages(config) if config else []
-    except (KeyError, TypeError):
-        expected = []
-    dataset = section_dataset(run_root, missing)
-    body = (section_header(run_root, config) + section_missing(missing) + section_stages(state, expected)
-            + dataset + section_hyperparameters(sides) + section_training(run_root, sides, plot)
-            + section_onnx_eval(sides) + section_onnx_models(run_root, sides) + section_config(config))  # fmt: skip
-    return "\n".join(body).rstrip() + "\n", missing, plot
+def summary_rows(view: RunView) -> list[dict[str, Any]]:
+    """One ``summary.csv`` row per (variant, seed, weights_format), columns from :mod:`summary_schema`."""
+    sha = None
+    rows = []
+    for cell in view.cells:
+        training = view.training(cell.seed, cell.variant.name)
+        best = training.best if training else None
+        annotations = (cell.metrics or {}).get(mk.ANNOTATIONS) or {}
+        sha = annotations.get(mk.SHA256) or sha
+        rows.append({
+            ss.VARIANT: cell.variant.name, ss.SEED: cell.seed, ss.WEIGHTS_FORMAT: cell.weights_format,
+            ss.MAP50_95: cell.map50_95, ss.MAP50: _number((cell.metrics or {}).get(mk.MAP50)),
+            ss.VAL_MAP50_95_BEST: (best or {}).get("map"), ss.ONNX: _rel(cell.onnx, view.run_root.root),
+            ss.ONNX_BYTES: cell.onnx_bytes, ss.LATENCY_MS_P50: cell.latency_p50,
+            ss.VAL_ANN_SHA256: annotations.get(mk.SHA256),
+        })  # fmt: skip
+    return rows
+
+
+def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=ss.SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({key: ("" if value is None else value) for key, value in row.items()} for row in rows)
+    return buffer.getvalue()
 
 
 def write_summary(run_root: RunRoot) -> SummaryResult:
-    """Write ``RunRoot.summary_md`` (atomically) and the mAP comparison plot; return what was missing."""
-    text, missing, plot = build_summary(run_root)
-    write_text_atomic(run_root.summary_md, text)
-    return SummaryResult(run_root.summary_md, missing, plot)
+    """Write ``summary.md``, ``summary.csv``, ``summary.json`` and the mAP plot (each atomically)."""
+    view = load_view(run_root)
+    state = load_run_state(run_root)
+    plot = write_map_comparison_plot(view, run_root.map_comparison_png)
+    headline, _ = section_headline(view)
+    sections = (section_precision(view) + section_onnx(view) + section_validator(view) + section_detail(view)
+                + section_training(view, plot) + section_dataset(view) + section_stages(view, state))  # fmt: skip
+    missing = missing_items(view, state)
+    text = "\n".join(section_header(view, missing) + headline + sections + section_missing(missing)).rstrip() + "\n"
+    write_text_atomic(run_root.summary_csv, _csv_text(summary_rows(view)))
+    config = view.config or {}
+    write_json_atomic(run_root.summary_json, {
+        "complete": not missing, "missing": missing, "generated_at": utc_now(), "profile": config.get("profile"),
+        "model": config.get("model"), "variants": [v.name for v in view.variants], "seeds": view.seeds,
+    })  # fmt: skip
+    write_text_atomic(run_root.summary_md, text)  # last: its presence means the other two are current
+    return SummaryResult(run_root.summary_md, missing, run_root.summary_csv, run_root.summary_json)

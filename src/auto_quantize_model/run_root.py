@@ -1,17 +1,18 @@
-"""The run root: one object owns every artifact path of an experiment.
+"""The run root: one object owns every artifact path and file name of an experiment.
 
-Layout (``R`` is the run root)::
+Layout (``R`` is the run root, ``k`` a training seed, ``V`` a variant name such as ``fp16``,
+``qat-w4a16``, ``qat-w4a16-ft`` or ``ptq-w4a16``, ``F`` a weight format: float32, float16, qcdq, int4)::
 
-    R/run.json, R/run_config.yaml, R/summary.md, R/logs/<stage>.log
+    R/run.json, R/run_config.yaml, R/logs/<stage>.log
+    R/summary.md, R/summary.csv, R/summary.json, R/*.png       (the summary stage)
     R/dataset/{dataset.yaml, provenance.json, instances_val.json, images/, labels/}
-    R/fp16/                 Ultralytics save_dir of the FP16/AMP baseline
-    R/qat-<scheme>/         Ultralytics save_dir of the QAT run (scheme name in the folder)
+    R/seed-k/V/             Ultralytics save_dir of a training (PTQ: weights/best.pt + ptq_metadata.json)
         args.yaml results.csv weights/{best,last}.pt tensorboard/ loss_curves.{csv,png}
         train_metadata.json train_config.yaml [quant_scheme.json]
-    R/onnx/<model>-fp16.onnx (+ .json), R/onnx/<model>-qat-<scheme>-qcdq.onnx (+ .json)
-    R/baseline-coco/{metrics.json, detections.json}, R/qat-<scheme>-coco/...
+    R/seed-k/onnx/<model>-V-F.onnx (+ <model>-V-F.json export metadata)
+    R/seed-k/eval/V-F/{metrics.json, detections.json}
 
-No other module builds these paths by hand.
+No other module builds these paths or spells these file names.
 """
 
 from __future__ import annotations
@@ -20,13 +21,22 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from auto_quantize_model.metrics_keys import DETECTIONS_FILE, METRICS_FILE
+from auto_quantize_model.summary_schema import SUMMARY_CSV
+
 FP16_STAGE = "fp16"
 DEFAULT_RUN_PARENT = Path("tmp") / "yolov10m_scratch_fp16_vs_w4a16_qat"
+SEED_DIR_PREFIX = "seed-"
 
 
-def qat_stage_name(scheme_name: str) -> str:
-    """Stage (and folder) name of a QAT run: ``qat-<scheme>``, e.g. ``qat-w4a16``."""
-    return f"qat-{scheme_name}"
+def qat_stage_name(scheme_name: str, fine_tune: bool = False) -> str:
+    """Folder name of a QAT run: ``qat-<scheme>``, ``qat-<scheme>-ft`` when initialised from FP weights."""
+    return f"qat-{scheme_name}" + ("-ft" if fine_tune else "")
+
+
+def export_metadata_path(onnx_path: str | os.PathLike) -> Path:
+    """The export metadata JSON beside an ONNX file: ``<model>-V-F.onnx`` -> ``<model>-V-F.json``."""
+    return Path(onnx_path).with_suffix(".json")
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,16 @@ class RunRoot:
         return self.root / "summary.md"
 
     @property
+    def summary_csv(self) -> Path:
+        """One row per (variant, seed, weights_format); written by the summary stage."""
+        return self.root / SUMMARY_CSV
+
+    @property
+    def summary_json(self) -> Path:
+        """``{"complete": bool, "missing": [...], ...}``: the run root is complete iff this says so."""
+        return self.root / "summary.json"
+
+    @property
     def map_comparison_png(self) -> Path:
         return self.root / "val_map_comparison.png"
 
@@ -168,28 +188,41 @@ class RunRoot:
         """Where the demo profile generates its synthetic COCO-layout source data."""
         return self.root / "synthetic-coco"
 
-    # --- training ------------------------------------------------------------------------
-    def train_run(self, stage: str) -> TrainRunPaths:
-        """Paths of the training stage ``stage`` (``fp16`` or ``qat-<scheme>``)."""
-        return TrainRunPaths(self.root / stage)
+    # --- per training seed ----------------------------------------------------------------
+    def seed(self, seed: int) -> SeedRoot:
+        """Everything one training seed produces: ``R/seed-<k>/``."""
+        return SeedRoot(self.root / f"{SEED_DIR_PREFIX}{int(seed)}", int(seed))
 
-    @property
-    def fp16(self) -> TrainRunPaths:
-        return self.train_run(FP16_STAGE)
+    def seeds_present(self) -> list[int]:
+        """Seeds that have a folder in this run root, sorted."""
+        found = (p.name[len(SEED_DIR_PREFIX) :] for p in self.root.glob(f"{SEED_DIR_PREFIX}*") if p.is_dir())
+        return sorted(int(s) for s in found if s.isdigit())
 
-    def qat(self, scheme_name: str) -> TrainRunPaths:
-        return self.train_run(qat_stage_name(scheme_name))
 
-    # --- export and evaluation -------------------------------------------------------------
+@dataclass(frozen=True)
+class SeedRoot:
+    """Paths of one training seed: training folders, ONNX files and evaluations of every variant."""
+
+    dir: Path
+    seed: int
+
+    def train_run(self, variant: str) -> TrainRunPaths:
+        """The Ultralytics save_dir (or PTQ folder) of ``variant`` (``fp16``, ``qat-w4a16``, ...)."""
+        return TrainRunPaths(self.dir / variant)
+
     @property
     def onnx_dir(self) -> Path:
-        return self.root / "onnx"
+        return self.dir / "onnx"
 
-    def onnx_model(self, model_name: str, stage: str) -> Path:
-        """ONNX file of a stage: ``<model>-fp16.onnx`` or ``<model>-qat-<scheme>-qcdq.onnx``."""
-        suffix = "" if stage == FP16_STAGE else "-qcdq"
-        return self.onnx_dir / f"{model_name}-{stage}{suffix}.onnx"
+    def onnx_model(self, model_name: str, variant: str, weights_format: str) -> Path:
+        """``<model>-<variant>-<format>.onnx``, e.g. ``yolov10m-qat-w4a16-int4.onnx``."""
+        return self.onnx_dir / f"{model_name}-{variant}-{weights_format}.onnx"
 
-    def eval_dir(self, stage: str) -> Path:
-        """COCO evaluation folder: ``baseline-coco`` for FP16, ``<stage>-coco`` for QAT."""
-        return self.root / ("baseline-coco" if stage == FP16_STAGE else f"{stage}-coco")
+    def eval_dir(self, variant: str, weights_format: str) -> Path:
+        return self.dir / "eval" / f"{variant}-{weights_format}"
+
+    def eval_metrics(self, variant: str, weights_format: str) -> Path:
+        return self.eval_dir(variant, weights_format) / METRICS_FILE
+
+    def eval_detections(self, variant: str, weights_format: str) -> Path:
+        return self.eval_dir(variant, weights_format) / DETECTIONS_FILE

@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Run the experiment: resolve the profile, check everything, then run (or resume) every stage.
+
+Usage::
+
+    run_pipeline.py --profile demo|dry-run|bench|coco2017|PATH.yaml [--run-root R]
+        [--seeds 0,1,2] [--variants fp16,qat-w4a16,ptq-w4a16,qat-w4a16-ft] [--epochs N] [--imgsz S]
+        [--batch B] [--device D] [--model CFG] [--workers W] [--fraction F]
+        [--set KEY=VALUE ...]        any profile key, e.g. --set eval_max_images=50
+        [--train-arg KEY=VALUE ...]  an Ultralytics argument for every training, e.g. --train-arg close_mosaic=10
+        [--stop-after STAGE] [--redo STAGE ...] [--publish] [--list-stages]
+
+The whole config (schemes, variants, seeds, opset, model YAML, recipes, data paths, device) is
+checked before anything is written; a refused config exits 2 and leaves the run root untouched.
+Rerunning the same command resumes: finished stages are skipped, an interrupted training resumes
+from its last.pt, a stage whose outputs went missing is redone with everything downstream.
+``--redo STAGE`` redoes one stage and its dependents on purpose (the old work is set aside).
+A rerun that adds seeds (``--seeds 0,1`` after ``--seeds 0``) runs only the new ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from auto_quantize_model.config import (
+    CLI_OVERRIDE_KEYS,
+    ConfigError,
+    parse_overrides,
+    resolve_run_config,
+    save_or_check_run_config,
+)
+from auto_quantize_model.pipeline import PipelineError, plan_stages, run_pipeline
+from auto_quantize_model.run_root import RunRoot
+from auto_quantize_model.stages import StageBusy
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", required=True, help="profile name (conf/cv-models/yolov10m/profiles) or YAML path")
+    parser.add_argument("--run-root", default=None, help="run root (default: $RUN_ROOT, else tmp/.../<profile>-<time>)")
+    parser.add_argument("--model", help="model cfg, e.g. yolov10m.yaml")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--imgsz", type=int)
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--device")
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--seeds", help="training seeds, e.g. 0,1,2 (each variant trains once per seed)")
+    parser.add_argument("--fraction", type=float)
+    parser.add_argument("--variants", help="e.g. fp16,qat-w4a16,ptq-w4a16,qat-w4a16-ft (see variants.py)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any profile key (value parsed as YAML)")  # fmt: skip
+    parser.add_argument("--train-arg", dest="train_args", action="append", default=[], metavar="KEY=VALUE",
+                        help="Ultralytics argument added to every training (profile key train_overrides)")  # fmt: skip
+    parser.add_argument("--stop-after", help="stop (exit 0) once this stage is done; a later call continues")
+    parser.add_argument("--redo", action="append", default=[], metavar="STAGE",
+                        help="rerun this done stage and every stage downstream of it (old outputs set aside)")  # fmt: skip
+    parser.add_argument("--publish", action="store_true", help="finally copy the report into the repository")
+    parser.add_argument("--list-stages", action="store_true", help="print the stages of this run and exit")
+    return parser.parse_args(argv)
+
+
+def resolve(args: argparse.Namespace) -> dict:
+    overrides = parse_overrides(args.sets)
+    overrides.update({key: getattr(args, key) for key in CLI_OVERRIDE_KEYS if getattr(args, key) is not None})
+    config = resolve_run_config(args.profile, overrides)
+    if args.train_args:  # appended to the profile's list; the trainer checks the Ultralytics keys
+        parse_overrides(args.train_args, flag="--train-arg")
+        overrides["train_overrides"] = [*config["train_overrides"], *args.train_args]
+        config = resolve_run_config(args.profile, overrides)
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = resolve(args)
+        run_id = f"{config['profile']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_root = RunRoot.from_env_or_default(args.run_root, run_id)
+        stages = plan_stages(run_root, config, publish=args.publish)
+        if args.list_stages:
+            print("\n".join(stage.name for stage in stages))
+            return 0
+        check = save_or_check_run_config(run_root, config)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    verb = "saved" if check.created else "matches the saved"
+    print(f"run root: {run_root.root} (profile {config['profile']}; run config {verb} {check.path})")
+    print(f"stages: {' '.join(stage.name for stage in stages)}", flush=True)
+    try:
+        outcome = run_pipeline(run_root, stages, redo=args.redo, stop_after=args.stop_after)
+    except StageBusy as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 75  # EX_TEMPFAIL: try again once the other run ends
+    except PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if outcome.stopped_after is None:
+        print(f"done: {run_root.summary_md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
