@@ -166,8 +166,10 @@ def test_fp_raw_export_layout_and_overwrite_refusal(fp16_run, export_dir, prepar
     assert _run_onnx(out, _blank()).shape == (1, 4 + nc, ANCHORS)
     assert json.loads(result.metadata_path.read_text())["output"]["shape"] == [1, 4 + nc, ANCHORS]
     before = sha256_file(out)
-    with pytest.raises(ex.ExportExistsError, match="--overwrite"):
-        ex.export_onnx(fp16_run.paths.best, out, imgsz=IMGSZ, output_format="raw")
+    same = ex.export_onnx(fp16_run.paths.best, out, imgsz=IMGSZ, output_format="raw")  # a rerun: verified, kept
+    assert same.already_exported and sha256_file(out) == before
+    with pytest.raises(ex.ExportExistsError, match=r"other settings \(format\).*--overwrite"):
+        ex.export_onnx(fp16_run.paths.best, out, imgsz=IMGSZ, output_format="e2e")
     assert sha256_file(out) == before
     again = ex.export_onnx(fp16_run.paths.best, out, imgsz=IMGSZ, output_format="e2e", overwrite=True)
     assert _run_onnx(again.onnx_path, _blank()).shape == (1, ANCHORS, 6)

@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     except ExportValidationError as error:
         print(f"validation failed: {error}", file=sys.stderr)
         return 1
+    if result.already_exported:
+        print(f"already exported, verified: {result.onnx_path} (same checkpoint sha256 and settings; ONNX loads)")
+        return 0
     print(_summary(result))
     return 0
 

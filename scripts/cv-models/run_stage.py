@@ -13,11 +13,14 @@ exits with the command's exit code (1 if it exited 0 without writing an ``--outp
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 from pathlib import Path
 
-from auto_quantize_model.stages import StageBusy, run_stage
 from auto_quantize_model.run_root import RunRoot
+from auto_quantize_model.stages import StageBusy, run_stage
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -36,19 +39,43 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _say(line: str) -> None:
+    """One line on stderr; a closed stderr is no reason for a traceback."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
+
+
+def _silence_broken_stdout() -> None:
+    """Python flushes stdout at exit; a closed pipe there would print 'Exception ignored ... BrokenPipeError'."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # Under a file-size limit a write past it raises SIGXFSZ, whose default action kills this wrapper with
+    # run.json at "running"; ignored, the write fails with EFBIG and is handled like a full disk.
+    # (subprocess restores the default in the stage's own process.)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         result = run_stage(RunRoot(args.run_root), args.stage, args.command, outputs=args.output)
     except StageBusy as error:
-        print(f"error: {error}", file=sys.stderr)
+        _say(f"error: {error}")
         return 75  # EX_TEMPFAIL: try again once the other run ends
     except ValueError as error:  # bad stage name, unreadable run.json
-        print(f"error: {error}", file=sys.stderr)
+        _say(f"error: {error}")
         return 2
+    except OSError as error:  # e.g. a full disk before the stage could start or be recorded
+        where = getattr(error, "filename", None) or args.run_root
+        _say(f"FAILED: stage {args.stage}: {error.strerror or error} ({where})")
+        return 1
+    finally:
+        _silence_broken_stdout()
     if not result.ok:
         detail = f": {result.message}" if result.message else ""
-        print(f"FAILED: stage {args.stage} (exit code {result.exit_code}){detail}; log: {result.log}", file=sys.stderr)
+        _say(f"FAILED: stage {args.stage} (exit code {result.exit_code}){detail}; log: {result.log}")
     return result.exit_code
 
 

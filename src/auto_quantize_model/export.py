@@ -92,6 +92,7 @@ class ExportResult:
     size_bytes: int
     validation: dict[str, Any] | None
     weights_format: str = WEIGHTS_QCDQ  # what the file stores: float32, float16, qcdq or int4 (onnx_size)
+    already_exported: bool = False  # out existed and was verified against this request (export_verify)
 
 
 @dataclass(frozen=True)
@@ -136,10 +137,17 @@ def export_onnx(
     ``weights_format="int4"`` (QAT only) converts the QCDQ graph to native INT4 weights (:mod:`~auto_quantize_model.onnx_int4`).
     """
     weights, out = Path(weights), Path(out)
+    if out.exists() and not overwrite and weights.is_file():  # published before; maybe its stage was never recorded
+        from auto_quantize_model.export_verify import existing_export
+
+        request = {"imgsz": imgsz, "output_format": output_format, "opset": opset, "dynamic_batch": dynamic_batch,
+                   "half": half, "weights_format": weights_format, "validate": validate}  # fmt: skip
+        return existing_export(weights, out, request)
     _check_request(weights, out, output_format, overwrite, val_max_images)
     require_single_onnxruntime()  # before the export: its contract check and validation run onnxruntime
     model, ckpt = load_detection_checkpoint(weights)
     kind = KIND_QCDQ if _is_quantized(model) else KIND_FP
+    _check_out_name(out, kind)
     settings = _resolve_settings(model, imgsz, output_format, opset, dynamic_batch, half, kind)
     settings = replace(settings, weights_format=_check_weights_format(weights_format, kind, weights))
     scheme = _scheme_dict(model) if kind == KIND_QCDQ else None
@@ -199,6 +207,12 @@ def _check_request(weights: Path, out: Path, output_format: str, overwrite: bool
         raise ExportInputError(f"val_max_images must be >= 1, got {val_max_images}")
     if out.exists() and not overwrite:
         raise ExportExistsError(f"{out}: already exists; pass --overwrite to replace it or choose another --out")
+
+
+def _check_out_name(out: Path, kind: str) -> None:
+    from auto_quantize_model.export_verify import check_out_name
+
+    check_out_name(out, kind)
 
 
 def _ensure_dir(folder: Path) -> Path:

@@ -127,29 +127,46 @@ def _relative(path: Path, root: Path) -> str:
 def _locked_log(log_path: Path, stage: str) -> Iterator[BinaryIO]:
     """Open the stage log for appending and hold an exclusive lock on it for the stage's lifetime."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    log = open(log_path, "ab")  # noqa: SIM115  (closed below, where a failing final flush must not raise)
+    try:
         try:
             fcntl.flock(log.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StageBusy(f"stage {stage} is already running for this run root (its log {log_path} is locked)") from None
         yield log
+    finally:
+        with contextlib.suppress(OSError):  # bytes a full disk refused are already reported by _tee
+            log.close()
 
 
-def _tee(source: BinaryIO, log: BinaryIO, out: BinaryIO | None) -> None:
+def _tee(source: BinaryIO, log: BinaryIO | None, out: BinaryIO | None) -> str | None:
     """Copy ``source`` to the log and to ``out`` as bytes arrive (``read1`` keeps progress bars live).
 
     A closed terminal (e.g. the runner piped into ``head``) must not kill the stage: ``out`` is
-    dropped on a write error and the log keeps everything.
+    dropped on a write error and the log keeps everything. A log that cannot be written (full
+    disk, file-size limit, a broken pipe) is dropped the same way and the child keeps running
+    (its checkpoints may still be fine); the one-line reason is returned so the stage is
+    recorded failed rather than done with an incomplete log.
     """
+    log_error = None
     while chunk := source.read1(65536):
-        log.write(chunk)
-        log.flush()
+        if log is not None:
+            try:
+                log.write(chunk)
+                log.flush()
+            except OSError as error:
+                log_error = (
+                    f"could not write its log {getattr(log, 'name', '?')} ({error.strerror or error}); "
+                    "output after that is not in the log"
+                )
+                log = None
         if out is not None:
             try:
                 out.write(chunk)
                 out.flush()
             except OSError:
                 out = None
+    return log_error
 
 
 def _exit_code(returncode: int) -> int:
@@ -157,18 +174,23 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _execute(argv: Sequence[str], log: BinaryIO, out: BinaryIO, env: Mapping[str, str] | None) -> int:
-    """Run ``argv`` with stdout+stderr teed into ``log`` and ``out``; return its exit code (127 if it cannot start)."""
+def _execute(
+    argv: Sequence[str], log: BinaryIO, out: BinaryIO, env: Mapping[str, str] | None
+) -> tuple[int, str | None]:
+    """Run ``argv`` with stdout+stderr teed into ``log`` and ``out``.
+
+    Return its exit code (127 if it cannot start) and why the log could not be written, if it could not.
+    """
     child_env = dict(os.environ if env is None else env)
     child_env.setdefault("PYTHONUNBUFFERED", "1")  # so the log follows the child in real time
     try:
         proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env)
     except OSError as error:
         _emit(f"cannot start {argv[0]!r}: {error}\n", log, out)
-        return 127
+        return 127, None
     try:
-        _tee(proc.stdout, log, out)
-        return _exit_code(proc.wait())
+        log_error = _tee(proc.stdout, log, out)
+        return _exit_code(proc.wait()), log_error
     except KeyboardInterrupt:
         # The child shares our process group and got the SIGINT too; give it time to stop cleanly.
         try:
@@ -176,7 +198,7 @@ def _execute(argv: Sequence[str], log: BinaryIO, out: BinaryIO, env: Mapping[str
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        return 128 + signal.SIGINT
+        return 128 + signal.SIGINT, None
     finally:
         proc.stdout.close()
 
@@ -237,8 +259,9 @@ def _run_locked(
         return _skip(run_root, stage, previous, outputs, out)
     attempt = _begin_attempt(run_root, stage, argv, previous, log, out)
     start = time.monotonic()
-    exit_code = _execute(argv, log, out, env)
-    return _finish_attempt(run_root, stage, attempt, exit_code, round(time.monotonic() - start, 3), outputs, log, out)
+    exit_code, log_error = _execute(argv, log, out, env)
+    duration = round(time.monotonic() - start, 3)
+    return _finish_attempt(run_root, stage, attempt, exit_code, duration, outputs, log, out, log_error)
 
 
 def _begin_attempt(run_root: RunRoot, stage: str, argv: list[str], previous: Mapping[str, Any], log, out) -> int:
@@ -258,16 +281,21 @@ def _begin_attempt(run_root: RunRoot, stage: str, argv: list[str], previous: Map
 
 
 def _finish_attempt(
-    run_root: RunRoot, stage: str, attempt: int, exit_code: int, duration: float, outputs: Sequence[Path], log, out
-) -> StageResult:
+    run_root: RunRoot, stage: str, attempt: int, exit_code: int, duration: float, outputs: Sequence[Path], log, out,
+    log_error: str | None = None,
+) -> StageResult:  # fmt: skip
     """Check the declared outputs, record done/failed, write the footer; return the result."""
     missing = [str(p) for p in outputs if not Path(p).exists()] if exit_code == 0 else []
-    error = f"exited 0 but did not write: {', '.join(missing)}" if missing else None
-    status = "done" if exit_code == 0 and not missing else "failed"
-    update_stage_record(
-        run_root, stage, status=status, ended_at=utc_now(), duration_s=duration, exit_code=exit_code, error=error
-    )
+    error = log_error or (f"exited 0 but did not write: {', '.join(missing)}" if missing else None)
+    status = "done" if exit_code == 0 and not error else "failed"
+    try:
+        update_stage_record(
+            run_root, stage, status=status, ended_at=utc_now(), duration_s=duration, exit_code=exit_code, error=error
+        )
+    except OSError as record_error:  # e.g. the same full disk: run.json keeps "running", read later as interrupted
+        status = "failed"
+        error = f"{error + '; ' if error else ''}run.json not updated ({record_error.strerror or record_error})"
     footer = f"===== stage {stage}, attempt {attempt}: {status}, exit code {exit_code} after {duration:.1f} s"
     _emit(footer + (f" ({error})" if error else "") + " =====\n", log, out)
-    returned = exit_code if exit_code else (1 if missing else 0)
+    returned = exit_code if exit_code else (0 if status == "done" else 1)
     return StageResult(stage, status, returned, run_root.stage_log(stage), attempt, duration, message=error or "")

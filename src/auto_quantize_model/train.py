@@ -2,21 +2,63 @@
 
 ``train_stage`` resolves the recipe (``conf/.../hyp.scratch.yaml``) plus command-line values
 into Ultralytics arguments, guards the stage folder (a finished run is never overwritten, an
-interrupted one resumes from ``last.pt`` only when asked), runs the trainer and records
-what is needed to reproduce the run.
+interrupted one resumes only when asked), runs the trainer and records what is needed to
+reproduce the run.
+
+A stage folder is in one of four states (:class:`StageState`, decided by :func:`plan_stage`):
+
+* ``fresh``: nothing to continue. No folder, or leftovers without an intact checkpoint (an
+  attempt killed before its first save), which are set aside as ``<stage>.incomplete-<time>/``.
+* ``interrupted``: an intact checkpoint that can resume (``last.pt``, else ``best.pt``):
+  Ultralytics continues from its next epoch.
+* ``last-epoch-saved``: the final epoch's checkpoint (or one ``strip_optimizer`` already ran on)
+  is saved but the stage was never recorded finished: the process died during the final strip,
+  the final validation or the metadata write. It is finished without training: checkpoints
+  stripped as ``final_eval`` does, final validation on ``best.pt``, outcome recorded from it.
+* ``finished``: ``train_metadata.json`` says finished and ``best.pt`` exists. Never redone.
+
+A torn checkpoint (fails to load) is renamed ``<name>.corrupt-<time>`` beside itself and the
+choice (which checkpoint, what was set aside) goes into the log and the attempt's record in
+``train_metadata.json``. Checkpoints are written atomically (:mod:`auto_quantize_model.checkpoints`),
+so a torn one only comes from outside (older code, a copy, a failing disk).
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
+import os
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from auto_quantize_model.config import ConfigError, check_keys, dump_yaml, load_yaml_mapping
+from auto_quantize_model.config import (
+    ConfigError,
+    check_keys,
+    dump_yaml,
+    load_yaml_mapping,
+)
 from auto_quantize_model.io_utils import read_json, write_json_atomic, write_text_atomic
-from auto_quantize_model.provenance import command_line, device_info, git_state, package_versions, utc_now
-from auto_quantize_model.run_root import FP16_STAGE, RunRoot, TrainRunPaths, qat_stage_name
-from auto_quantize_model.ultralytics_ext.env import pin_ultralytics_settings, project_root
+from auto_quantize_model.provenance import (
+    command_line,
+    device_info,
+    git_state,
+    package_versions,
+    utc_now,
+)
+from auto_quantize_model.run_root import (
+    FP16_STAGE,
+    RunRoot,
+    TrainRunPaths,
+    qat_stage_name,
+)
+from auto_quantize_model.train_checks import check_init_from, check_model, check_numbers
+from auto_quantize_model.ultralytics_ext.env import (
+    pin_ultralytics_settings,
+    project_root,
+)
 
 DEFAULT_HYP = Path("conf") / "cv-models" / "yolov10m" / "hyp.scratch.yaml"
 
@@ -26,6 +68,28 @@ CLI_OWNED_ARGS = ("model", "data", "project", "name", "exist_ok", "resume", "pre
 
 class RunExistsError(RuntimeError):
     """The stage folder holds a finished or interrupted run that this call must not overwrite."""
+
+
+class StageState(str, enum.Enum):
+    """Where a training stage's folder stands (see the module docstring)."""
+
+    FRESH = "fresh"
+    INTERRUPTED = "interrupted"
+    LAST_EPOCH_SAVED = "last-epoch-saved"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """What :func:`train_stage` does with a stage folder, and why."""
+
+    state: StageState
+    checkpoint: Path | None = None  # resume from (interrupted) or finish from (last-epoch-saved)
+    notes: tuple[str, ...] = ()  # what was set aside and why; logged and recorded in the attempt
+
+    def to_record(self) -> dict[str, Any]:
+        return {"state": self.state.value, "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                "notes": list(self.notes)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -100,6 +164,7 @@ def resolve_train_args(request: TrainRequest) -> dict[str, Any]:
 def train_stage(request: TrainRequest) -> TrainResult:
     """Train one stage into ``<run_root>/<stage>/``; resume or refuse as the folder demands."""
     pin_ultralytics_settings()
+    check_request(request)
     run_root = RunRoot(request.run_root)
     paths = run_root.train_run(request.stage)
     if paths.is_finished():
@@ -108,18 +173,43 @@ def train_stage(request: TrainRequest) -> TrainResult:
         return _result(request, paths, status="already-finished", resumed=False)
     if not Path(request.data).is_file():
         raise ConfigError(f"{request.data}: dataset YAML not found; run scripts/cv-models/prepare_coco_dataset.py")
-    resuming = _check_interrupted(paths, request)
-    args = _resume_args(request, paths) if resuming else resolve_train_args(request)
+    plan = plan_stage(paths, request)
+    if plan.state is StageState.LAST_EPOCH_SAVED:
+        return _finish_saved_stage(request, paths, plan)
+    resuming = plan.state is StageState.INTERRUPTED
+    if not resuming:
+        check_init_from(request.init_from)  # before the trainer creates the stage folder
+    args = _resume_args(request, paths, plan.checkpoint) if resuming else resolve_train_args(request)
+    if resuming:
+        _trim_results_csv(paths, plan.checkpoint)
     scheme = _quant_scheme(request)
     trainer = _make_trainer(args, scheme)
-    _write_start_records(request, paths, args, resuming, scheme)
-    try:
+    _write_start_records(request, paths, args, resuming, scheme, plan)
+    with _failure_recorded(paths):
         trainer.train()
-    except BaseException as error:
-        _update_metadata(paths, status="failed", error=f"{type(error).__name__}: {error}", failed_at=utc_now())
-        raise
     _update_metadata(paths, status="finished", finished_at=utc_now(), **_training_outcome(trainer))
     return _result(request, paths, status="finished", resumed=resuming)
+
+
+def check_request(request: TrainRequest) -> None:
+    """Flag values that are wrong whatever the folder holds; raised before anything is written."""
+    check_numbers(
+        epochs=request.epochs, imgsz=request.imgsz, batch=request.batch, workers=request.workers,
+        fraction=request.fraction, seed=request.seed,
+    )  # fmt: skip
+    check_model(request.model)
+
+
+@contextlib.contextmanager
+def _failure_recorded(paths: TrainRunPaths) -> Iterator[None]:
+    """Record ``failed`` with a one-line reason when the block raises (a kill -9 cannot be caught: see plan_stage)."""
+    try:
+        yield
+    except BaseException as error:
+        reason = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+        with contextlib.suppress(OSError):  # a full disk must not hide the original error
+            _update_metadata(paths, status="failed", error=reason, failed_at=utc_now())
+        raise
 
 
 def _resolve_path(path: Path) -> Path:
@@ -128,46 +218,203 @@ def _resolve_path(path: Path) -> Path:
     return path if path.is_absolute() or path.exists() else project_root() / path
 
 
-def _check_interrupted(paths: TrainRunPaths, request: TrainRequest) -> bool:
-    """True when an interrupted run should resume; refuse to overwrite one without ``--resume``."""
-    if paths.last.is_file():
-        if request.resume:
-            return True
-        raise RunExistsError(f"{paths.last}: an interrupted run is here; pass --resume to continue it")
-    leftovers = [p.name for p in paths.dir.iterdir()] if paths.dir.is_dir() else []
-    if leftovers and not request.resume:
-        raise RunExistsError(
-            f"{paths.dir}: folder exists without a checkpoint ({', '.join(sorted(leftovers)[:5])}); "
-            "pass --resume to restart this stage from scratch, or use a new --run-root"
-        )
-    if leftovers:
-        _set_aside(paths)
-    return False
+def plan_stage(paths: TrainRunPaths, request: TrainRequest) -> StagePlan:
+    """Decide the folder's :class:`StageState`; set aside torn checkpoints and checkpoint-less leftovers.
+
+    Anything but an empty folder needs ``--resume`` (the runner always passes it).
+    """
+    if paths.is_finished():
+        return StagePlan(StageState.FINISHED, paths.best)
+    _refuse_live_owner(paths)
+    leftovers = sorted(p.name for p in paths.dir.iterdir()) if paths.dir.is_dir() else []
+    if not leftovers:
+        return StagePlan(StageState.FRESH)
+    if not request.resume:
+        what = "an interrupted run is here" if paths.last.is_file() else f"folder exists ({', '.join(leftovers[:5])})"
+        raise RunExistsError(f"{paths.dir}: {what}; pass --resume to continue or finish it, or use a new --run-root")
+    plan = _plan_from_checkpoints(paths)
+    for note in plan.notes:
+        print(f"{paths.dir}: {note}")
+    return plan
 
 
-def _set_aside(paths: TrainRunPaths) -> None:
-    """Move an attempt that died before its first checkpoint out of the way (kept, not deleted).
+def _plan_from_checkpoints(paths: TrainRunPaths) -> StagePlan:
+    """The newest intact checkpoint decides: last.pt, else best.pt; torn ones are set aside first."""
+    from auto_quantize_model.checkpoints import inspect_checkpoint, set_aside
+
+    notes: list[str] = []
+    intact = []
+    for path in (paths.last, paths.best):
+        info = inspect_checkpoint(path)
+        if info.intact:
+            intact.append(info)
+        elif path.is_file():
+            moved = set_aside(path, _stamp())
+            notes.append(f"{path.name} does not load ({info.error}); set aside as {moved.name}")
+    for info in intact:
+        if info.final_epoch_saved:
+            notes.append(f"{info.path.name} holds the final epoch; finishing the stage without training")
+            return StagePlan(StageState.LAST_EPOCH_SAVED, info.path, tuple(notes))
+        if info.can_resume:
+            notes.append(f"resuming from {info.path.name} (epoch {info.epoch + 1} of {info.epochs} saved)")
+            return StagePlan(StageState.INTERRUPTED, info.path, tuple(notes))
+    target = _set_aside(paths)
+    notes.append(f"no checkpoint to resume from; moved the attempt to {target.name} and starting fresh")
+    return StagePlan(StageState.FRESH, None, tuple(notes))
+
+
+def _stamp() -> str:
+    return utc_now().replace(":", "").replace("+0000", "Z")
+
+
+def _refuse_live_owner(paths: TrainRunPaths) -> None:
+    """A ``running`` record whose process is alive on this host is another training; a dead one was interrupted."""
+    if not paths.metadata_json.is_file():
+        return
+    with contextlib.suppress(ValueError):  # a torn metadata file belongs to a dead process
+        metadata = read_json(paths.metadata_json)
+        last = (metadata.get("attempts") or [{}])[-1]
+        pid, host = last.get("pid"), last.get("host")
+        if metadata.get("status") == "running" and host == socket.gethostname() and _alive(pid):
+            raise RunExistsError(f"{paths.dir}: stage is being trained by process {pid} on this host; wait for it")
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _set_aside(paths: TrainRunPaths) -> Path:
+    """Move an attempt without a usable checkpoint out of the way (kept, not deleted).
 
     Ultralytics appends to an existing results.csv and TensorBoard would mix both attempts' events.
     """
-    target = paths.incomplete_dir(utc_now().replace(":", "").replace("+0000", "Z"))
+    target = paths.incomplete_dir(_stamp())
     paths.dir.rename(target)
-    print(f"{paths.dir}: an earlier attempt left no checkpoint; moved it to {target} and starting fresh")
+    return target
 
 
-def _resume_args(request: TrainRequest, paths: TrainRunPaths) -> dict[str, Any]:
-    """Resume from ``last.pt``; Ultralytics takes everything else from the checkpoint's args.
+def _resume_args(request: TrainRequest, paths: TrainRunPaths, checkpoint: Path) -> dict[str, Any]:
+    """Resume from ``checkpoint``; Ultralytics takes everything else from the checkpoint's args.
 
     Only what BaseTrainer.check_resume lets change: the dataset's location, device, workers,
     and the save dir (so a moved run root resumes in place).
     """
     return {
-        "resume": str(paths.last),
+        "resume": str(checkpoint),
         "data": str(Path(request.data).resolve()),
         "device": request.device,
         "workers": request.workers,
         "save_dir": str(paths.dir),
     }
+
+
+def _trim_results_csv(paths: TrainRunPaths, checkpoint: Path) -> None:
+    """Drop results.csv rows after the checkpoint's epoch: Ultralytics appends the redone epochs again."""
+    from auto_quantize_model.checkpoints import inspect_checkpoint
+
+    epoch = inspect_checkpoint(checkpoint).epoch
+    if epoch is None or epoch < 0 or not paths.results_csv.is_file():
+        return
+    header, *rows = paths.results_csv.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [row for row in rows if _csv_epoch(row) <= epoch + 1]  # the CSV counts epochs from 1
+    if len(kept) < len(rows):
+        write_text_atomic(paths.results_csv, header + "".join(kept))
+        print(f"{paths.results_csv}: dropped {len(rows) - len(kept)} row(s) after epoch {epoch + 1} (redone now)")
+
+
+def _csv_epoch(row: str) -> float:
+    try:
+        return float(row.split(",", 1)[0])
+    except ValueError:
+        return float("inf")
+
+
+def _finish_saved_stage(request: TrainRequest, paths: TrainRunPaths, plan: StagePlan) -> TrainResult:
+    """``last-epoch-saved``: strip the checkpoints as ``final_eval`` does, validate best.pt, record from best.pt."""
+    from auto_quantize_model.checkpoints import inspect_checkpoint
+
+    config = (read_json(paths.metadata_json) if paths.metadata_json.is_file() else {}).get("config", {})
+    _write_start_records(request, paths, config, True, _quant_scheme(request), plan)
+    with _failure_recorded(paths):
+        epochs_completed = _strip_like_final_eval(paths)
+        outcome = _validate_best(paths, request)
+    outcome["epochs_completed"] = epochs_completed or inspect_checkpoint(paths.best).epochs
+    _update_metadata(paths, status="finished", finished_at=utc_now(), **outcome)
+    return _result(request, paths, status="finished", resumed=True)
+
+
+def _strip_like_final_eval(paths: TrainRunPaths) -> int | None:
+    """What ``BaseTrainer.final_eval`` does to the checkpoints (atomically); return the epochs in results."""
+    import ultralytics.engine.trainer as trainer_module
+
+    from auto_quantize_model.checkpoints import atomic_strip_optimizer, publish_file
+
+    with atomic_strip_optimizer():
+        last = trainer_module.strip_optimizer(paths.last) if paths.last.is_file() else {}
+        if not paths.best.is_file():  # best.pt was torn: the final epoch's weights are all there is
+            tmp = paths.best.with_name(f".{paths.best.name}.tmp-{os.getpid()}")
+            tmp.write_bytes(paths.last.read_bytes())
+            publish_file(tmp, paths.best)
+            print(f"{paths.best}: missing; using the final epoch's last.pt as best.pt")
+        updates = {"train_results": last["train_results"]} if last.get("train_results") else None
+        best = trainer_module.strip_optimizer(paths.best, updates=updates)
+    epochs = (best.get("train_results") or {}).get("epoch") or []
+    return int(max(epochs)) if epochs else None
+
+
+def _validate_best(paths: TrainRunPaths, request: TrainRequest) -> dict[str, Any]:
+    """Ultralytics' final validation of best.pt, with the validator settings ``final_eval`` uses."""
+    from ultralytics.models.yolo.detect import DetectionValidator
+    from ultralytics.utils.patches import torch_load
+
+    ckpt = torch_load(paths.best, map_location="cpu")
+    train_args = dict(ckpt.get("train_args") or {})
+    batch = int(train_args.get("batch") or 16)
+    args = {
+        **train_args, "mode": "val", "data": str(Path(request.data).resolve()), "device": request.device,
+        "workers": request.workers, "save_dir": str(paths.dir), "compile": False,
+        "batch": max(batch, 1) * 2,  # the trainer's test loader: twice the training batch
+    }  # fmt: skip  (rect comes from train_args: square val batches unless rect=True, as the trainer builds them)
+    print(f"Validating {paths.best} (final validation of a stage whose last epoch was saved)...")
+    metrics = DetectionValidator(args=args, save_dir=paths.dir)(model=str(paths.best))
+    metrics.pop("fitness", None)
+    fitness = (ckpt.get("train_metrics") or {}).get("fitness")
+    return {
+        "quantization": _quantization_record(paths),
+        "best_fitness": float(fitness) if fitness is not None else None,
+        "nonfinite_losses": _count_lines(paths.nonfinite_log),
+        "final_metrics": {key: float(value) for key, value in metrics.items()},
+        "finished_from": "best.pt after the process died with its final epoch saved",
+    }
+
+
+def _quantization_record(paths: TrainRunPaths) -> dict[str, Any] | None:
+    """The QAT report rebuilt from best.pt (``None`` for a float model)."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from auto_quantize_model.quant.yolov10 import (
+        QuantizationReport,
+        layer_bit_widths,
+        quant_scheme_of,
+    )
+
+    model, _ = load_checkpoint(str(paths.best))
+    scheme = quant_scheme_of(model)
+    if scheme is None:
+        return None
+    return QuantizationReport(scheme.name, tuple(layer_bit_widths(model, scheme).items())).to_dict()
+
+
+def _count_lines(path: Path) -> int:
+    return sum(1 for _ in path.open(encoding="utf-8")) if path.is_file() else 0
 
 
 def _quant_scheme(request: TrainRequest):
@@ -178,7 +425,10 @@ def _quant_scheme(request: TrainRequest):
 
 
 def _make_trainer(args: dict[str, Any], scheme):
-    from auto_quantize_model.ultralytics_ext.trainers import QATDetectionTrainer, ScratchDetectionTrainer
+    from auto_quantize_model.ultralytics_ext.trainers import (
+        QATDetectionTrainer,
+        ScratchDetectionTrainer,
+    )
 
     if scheme is not None:
         return QATDetectionTrainer(overrides=args, quant_scheme=scheme)
@@ -186,7 +436,7 @@ def _make_trainer(args: dict[str, Any], scheme):
 
 
 def _write_start_records(
-    request: TrainRequest, paths: TrainRunPaths, args: dict[str, Any], resuming: bool, scheme
+    request: TrainRequest, paths: TrainRunPaths, args: dict[str, Any], resuming: bool, scheme, plan: StagePlan
 ) -> None:
     """Resolved config, scheme and metadata, written before the first epoch."""
     paths.dir.mkdir(parents=True, exist_ok=True)
@@ -196,7 +446,11 @@ def _write_start_records(
     if scheme is not None:
         scheme.save(paths.quant_scheme_json)
     previous = read_json(paths.metadata_json) if paths.metadata_json.is_file() else {}
-    attempts = previous.get("attempts", []) + [{"started_at": utc_now(), "resumed": resuming, "command": command_line()}]
+    attempt = {
+        "started_at": utc_now(), "resumed": resuming, "command": command_line(), "pid": os.getpid(),
+        "host": socket.gethostname(), "previous_status": _previous_status(previous), **plan.to_record(),
+    }  # fmt: skip
+    attempts = previous.get("attempts", []) + [attempt]
     write_json_atomic(
         paths.metadata_json,
         {
@@ -213,6 +467,12 @@ def _write_start_records(
             "device": device_info(),
         },
     )
+
+
+def _previous_status(previous: dict[str, Any]) -> str | None:
+    """``running`` left behind means that process died without a word (kill -9, power loss): interrupted."""
+    status = previous.get("status")
+    return "interrupted" if status == "running" else status
 
 
 def _update_metadata(paths: TrainRunPaths, **fields: Any) -> None:

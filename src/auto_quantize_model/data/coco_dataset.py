@@ -17,7 +17,9 @@ import math
 import os
 import random
 import shutil
+import sys
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -25,7 +27,13 @@ from typing import Any
 
 import yaml
 
-from auto_quantize_model.io_utils import atomic_output, read_json, sha256_file, write_json_atomic, write_text_atomic
+from auto_quantize_model.io_utils import (
+    atomic_output,
+    read_json,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 SPLITS = ("train", "val")
 _OWNED_FILES = ("dataset.yaml", "instances_val.json", "provenance.json")
@@ -113,6 +121,8 @@ def prepare_coco_dataset(
     selected = {name: _select_image_ids(splits[name].images, caps[name], seed) for name in SPLITS}
     for name in SPLITS:
         _check_image_files(splits[name], selected[name])
+    corrupt = {name: _corrupt_images(splits[name], selected[name]) for name in SPLITS}
+    selected = {name: [i for i in selected[name] if i not in corrupt[name]] for name in SPLITS}
     _check_out_dir(out, [split.images_dir for split in splits.values()], overwrite)
 
     categories = splits["train"].categories
@@ -124,7 +134,7 @@ def prepare_coco_dataset(
     _swap_in(staging, out)
 
     val_json = _write_val_ground_truth(splits["val"], selected["val"], out / "instances_val.json")
-    provenance = _write_provenance(out, root, splits, caps, seed, counts, categories)
+    provenance = _write_provenance(out, root, splits, caps, seed, counts, categories, corrupt)
     dataset_yaml = _write_dataset_yaml(out, names)  # last: its presence marks a complete dataset
     return PreparedDataset(out, dataset_yaml, val_json, provenance, names, tuple(class_of), counts)
 
@@ -274,6 +284,45 @@ def _check_image_files(split: _CocoSplit, image_ids: Iterable[int]) -> None:
             f"{split.ann_path}: {len(missing)} image file(s) not found under {split.images_dir}, "
             f"e.g. {missing[:_MAX_LISTED]}; fix --{split.name}-images or the annotation file"
         )
+
+
+def _corrupt_images(split: _CocoSplit, image_ids: list[int]) -> dict[int, str]:
+    """Selected images that do not decode as images: image id -> file name, with a counted warning.
+
+    They are left out of the prepared set (no symlink, no label, not in instances_val.json) instead of
+    being skipped silently by training and evaluation later.
+    """
+    names = {image_id: split.images[image_id]["file_name"] for image_id in image_ids}
+    with ThreadPoolExecutor(max_workers=8) as pool:  # file reads dominate; PIL releases the GIL while reading
+        problems = dict(zip(names, pool.map(lambda n: _image_problem(split.images_dir / n), names.values())))
+    corrupt = {image_id: names[image_id] for image_id, problem in problems.items() if problem}
+    if corrupt:
+        examples = [f"{names[i]} ({problems[i]})" for i in list(corrupt)[:_MAX_LISTED]]
+        print(
+            f"warning: {len(corrupt)} corrupt image(s) in {split.images_dir} excluded from the {split.name} split, "
+            f"e.g. {examples}; counted in provenance.json",
+            file=sys.stderr,
+        )
+    return corrupt
+
+
+def _image_problem(path: Path) -> str | None:
+    """Why ``path`` is not a usable image (PIL's structural check, JPEG end marker), or ``None``."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+            if min(image.size) < 2:
+                return f"size {image.size}"
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            with open(path, "rb") as handle:
+                handle.seek(-2, os.SEEK_END)
+                if handle.read() != b"\xff\xd9":  # truncated: Ultralytics would re-save it into the source folder
+                    return "truncated JPEG (no end marker)"
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for unreadable or damaged files
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 # --- the output folder ---------------------------------------------------------------------------
@@ -431,6 +480,7 @@ def _write_provenance(
     seed: int,
     counts: dict[str, SplitCounts],
     categories: tuple[tuple[int, str], ...],
+    corrupt: dict[str, dict[int, str]],
 ) -> Path:
     """Record where the dataset came from and what the writer did, for the run's audit trail."""
 
@@ -442,6 +492,8 @@ def _write_provenance(
             "annotations_sha256": sha256_file(split.ann_path),
             "images_in_source": len(split.images),
             "max_images": caps[name],
+            "corrupt_images_skipped": len(corrupt[name]),
+            "corrupt_images": sorted(corrupt[name].values())[:100],
             "counts": asdict(counts[name]),
         }
 

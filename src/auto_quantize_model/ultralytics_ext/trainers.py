@@ -3,7 +3,8 @@
 Both subclass narrowly, in the manner of Ultralytics' own 20-line YOLOv10 trainer:
 
 * :class:`ScratchDetectionTrainer` adds the run callbacks (TensorBoard, loss curves,
-  non-finite loss reports). Building from YAML with random weights is already what
+  non-finite loss reports) and crash-safe checkpoint writes (``save_model``/``final_eval``
+  wrapped by :mod:`auto_quantize_model.checkpoints`). Building from YAML with random weights is already what
   ``DetectionTrainer.get_model`` does when ``pretrained=False``.
 * :class:`QATDetectionTrainer` overrides ``get_model`` only: it builds the float model,
   loads any weights (``--init-from`` or a resume checkpoint) and then swaps its convs for
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER
 
+from auto_quantize_model.checkpoints import atomic_strip_optimizer, staged_checkpoint_writes
 from auto_quantize_model.ultralytics_ext.callbacks import attach_run_callbacks
 from auto_quantize_model.quant.scheme import QuantScheme
 from auto_quantize_model.quant.yolov10 import quant_scheme_of, quantize_model
@@ -41,6 +43,16 @@ class ScratchDetectionTrainer(DetectionTrainer):
     def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
         super().__init__(cfg, overrides, _callbacks)
         attach_run_callbacks(self)
+
+    def save_model(self):
+        """Ultralytics' save, with every checkpoint written to a temp file, fsynced and renamed into place."""
+        with staged_checkpoint_writes(self):
+            return super().save_model()
+
+    def final_eval(self):
+        """Ultralytics' final validation, with ``strip_optimizer``'s rewrite of last.pt/best.pt made atomic."""
+        with atomic_strip_optimizer():
+            return super().final_eval()
 
 
 class QATDetectionTrainer(ScratchDetectionTrainer):
