@@ -230,7 +230,10 @@ def plan_stage(paths: TrainRunPaths, request: TrainRequest) -> StagePlan:
     if not leftovers:
         return StagePlan(StageState.FRESH)
     if not request.resume:
-        what = "an interrupted run is here" if paths.last.is_file() else f"folder exists ({', '.join(leftovers[:5])})"
+        what = (
+            "an interrupted run is here" if paths.last.is_file()
+            else f"folder exists without a checkpoint ({', '.join(leftovers[:5])})"
+        )  # fmt: skip
         raise RunExistsError(f"{paths.dir}: {what}; pass --resume to continue or finish it, or use a new --run-root")
     plan = _plan_from_checkpoints(paths)
     for note in plan.notes:
