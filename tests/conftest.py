@@ -59,4 +59,4 @@ def qat_run(prepared_dataset, fp16_run):
     """A finished tiny W4A16 QAT stage in the same run root as ``fp16_run``."""
     from auto_quantize_model.train import train_stage
 
-    return train_stage(tiny_train_request(fp16_run.paths.dir.parent, prepared_dataset.dataset_yaml, quantized=True))
+    return train_stage(tiny_train_request(fp16_run.paths.dir.parents[1], prepared_dataset.dataset_yaml, quantized=True))

@@ -54,15 +54,29 @@ torch.save(out[0] if isinstance(out, (tuple, list)) else out, sys.argv[2])
 """
 
 
-def test_qat_best_reopens_with_ultralytics_yolo_and_reproduces_outputs(qat_run, tmp_path):
+def test_qat_best_reopens_with_ultralytics_yolo_and_matches_a_model_rebuilt_from_the_scheme(qat_run, tmp_path):
+    """YOLO(best.pt) in a fresh process equals a model rebuilt from the YAML, quant_scheme.json and the weights.
+
+    The rebuilt model never goes through unpickling: it is a new DetectionModel, quantized with the
+    scheme read back from quant_scheme.json, with the checkpoint's state_dict loaded into it.
+    """
+    from ultralytics.nn.tasks import DetectionModel
+
+    from auto_quantize_model.quant.scheme import QuantScheme
+    from auto_quantize_model.quant.yolov10 import quantize_model
+
     out_file = tmp_path / "out.pt"
     script = _REOPEN.format(imgsz=TINY_IMGSZ)
     subprocess.run([sys.executable, "-c", script, str(qat_run.paths.best), str(out_file)], check=True)
     reopened = torch.load(out_file)
-    model = torch.load(qat_run.paths.best, weights_only=False)["model"].float().eval()
+    saved = torch.load(qat_run.paths.best, weights_only=False)["model"]
+    rebuilt = DetectionModel(saved.yaml, nc=saved.nc, verbose=False)
+    quantize_model(rebuilt, QuantScheme.load(qat_run.paths.quant_scheme_json))
+    rebuilt.load_state_dict({k: v.float() for k, v in saved.state_dict().items()})
+    rebuilt.eval()
     torch.manual_seed(0)
     with torch.no_grad():
-        expected = model(torch.rand(2, 3, TINY_IMGSZ, TINY_IMGSZ))
+        expected = rebuilt(torch.rand(2, 3, TINY_IMGSZ, TINY_IMGSZ))
     expected = expected[0] if isinstance(expected, (tuple, list)) else expected
     assert torch.allclose(reopened, expected, atol=1e-5)
 

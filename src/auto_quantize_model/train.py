@@ -115,7 +115,17 @@ class TrainRequest:
 
     @property
     def stage(self) -> str:
-        return qat_stage_name(self.quant_scheme) if self.quantized else FP16_STAGE
+        """``fp16``, ``qat-<scheme>``, or ``qat-<scheme>-ft`` when initialised from an FP checkpoint."""
+        if not self.quantized:
+            return FP16_STAGE
+        from auto_quantize_model.quant.scheme import resolve_scheme
+
+        return qat_stage_name(resolve_scheme(self.quant_scheme).name, fine_tune=self.init_from is not None)
+
+    @property
+    def paths(self) -> TrainRunPaths:
+        """The stage folder: ``<run_root>/seed-<seed>/<stage>/`` (one place decides it)."""
+        return RunRoot(self.run_root).seed(self.seed).train_run(self.stage)
 
 
 @dataclass(frozen=True)
@@ -138,14 +148,14 @@ def resolve_train_args(request: TrainRequest) -> dict[str, Any]:
     hyp_path = _resolve_path(request.hyp)
     recipe = load_yaml_mapping(hyp_path)
     check_keys(recipe, DEFAULT_CFG_DICT, str(hyp_path), forbidden=CLI_OWNED_ARGS)
-    check_keys(request.overrides, DEFAULT_CFG_DICT, "--set overrides", forbidden=CLI_OWNED_ARGS)
-    run_root = RunRoot(request.run_root)
+    check_keys(request.overrides, DEFAULT_CFG_DICT, "--train-arg overrides", forbidden=CLI_OWNED_ARGS)
+    paths = request.paths
     args = {
         **recipe,
         "model": request.model,
         "data": str(Path(request.data).resolve()),
-        "project": str(run_root.root),
-        "name": request.stage,
+        "project": str(paths.dir.parent),
+        "name": paths.name,
         "exist_ok": True,
         "epochs": request.epochs,
         "imgsz": request.imgsz,
@@ -162,11 +172,10 @@ def resolve_train_args(request: TrainRequest) -> dict[str, Any]:
 
 
 def train_stage(request: TrainRequest) -> TrainResult:
-    """Train one stage into ``<run_root>/<stage>/``; resume or refuse as the folder demands."""
+    """Train one stage into ``<run_root>/seed-<seed>/<stage>/``; resume or refuse as the folder demands."""
     pin_ultralytics_settings()
     check_request(request)
-    run_root = RunRoot(request.run_root)
-    paths = run_root.train_run(request.stage)
+    paths = request.paths
     if paths.is_finished():
         if not request.resume:
             raise RunExistsError(f"{paths.dir}: this stage already finished; use a new --run-root to train again")
@@ -422,9 +431,9 @@ def _count_lines(path: Path) -> int:
 
 def _quant_scheme(request: TrainRequest):
     """The named scheme of a QAT request, ``None`` for FP16."""
-    from auto_quantize_model.quant.scheme import named_scheme
+    from auto_quantize_model.quant.scheme import resolve_scheme
 
-    return named_scheme(request.quant_scheme) if request.quantized else None
+    return resolve_scheme(request.quant_scheme) if request.quantized else None
 
 
 def _make_trainer(args: dict[str, Any], scheme):
@@ -491,7 +500,25 @@ def _training_outcome(trainer) -> dict[str, Any]:
         "epochs_completed": int(trainer.epoch) + 1,
         "best_fitness": float(best) if best is not None else None,
         "nonfinite_losses": int(getattr(trainer, "aqm_nonfinite_count", 0)),
+        "precision": training_precision(trainer),
         "final_metrics": {key: float(value) for key, value in (trainer.metrics or {}).items()},
+    }
+
+
+def training_precision(trainer) -> dict[str, Any]:
+    """What actually ran: effective AMP (after Ultralytics' check; always off on CPU), device and dtypes.
+
+    ``None`` where this process did not train (the parent of a DDP launch).
+    """
+    amp = getattr(trainer, "amp", None)
+    if amp is None:
+        return {"amp": None, "device": None, "compute_dtype": None}
+    amp = bool(amp)
+    return {
+        "amp": amp,
+        "device": str(trainer.device),
+        "compute_dtype": "float16 autocast (AMP)" if amp else "float32",
+        "checkpoint_dtype": "float16 (Ultralytics saves the EMA with .half())",
     }
 
 
