@@ -134,7 +134,8 @@ def export_onnx(
     ``validate`` compares ONNX Runtime with the PyTorch model on real images (``val_images``, else the
     validation images of the dataset the checkpoint was trained on) and raises
     :class:`ExportValidationError` without writing anything when a difference exceeds its tolerance.
-    ``weights_format="int4"`` (QAT only) converts the QCDQ graph to native INT4 weights (:mod:`~auto_quantize_model.onnx_int4`).
+    ``weights_format="int4"`` (QAT only) converts the QCDQ graph to native INT4 weights
+    (:mod:`~auto_quantize_model.onnx_int4`).
     """
     weights, out = Path(weights), Path(out)
     if out.exists() and not overwrite and weights.is_file():  # published before; maybe its stage was never recorded
@@ -411,7 +412,9 @@ def _add_weights_metadata(metadata: dict[str, Any], staged: Path, int4: Any) -> 
     }
     if int4 is not None:
         metadata["onnx"]["exporter"] += ", then auto_quantize_model.onnx_int4 (QCDQ -> native INT4, checked)"
-        metadata["int4_conversion"] = asdict(int4)
+        # The QCDQ intermediate lived in the staging folder; name what it was rather than its deleted path.
+        qcdq_source = "Brevitas QCDQ export of source.checkpoint (staged, not kept)"
+        metadata["int4_conversion"] = {**asdict(int4), "source": qcdq_source}
     return storage.weights_format
 
 

@@ -42,7 +42,7 @@ SAME_MEANING_AFTER_UPGRADE = {
     "CastLike": "19: float8 types and 'saturate' (float8 only); 21: int4/uint4 types",
     "Constant": "19/21: more tensor types",
     "ConstantOfShape": "20/21: more tensor types",
-    "DequantizeLinear": "19: float8 and float16 scales; 21: int4/int16 inputs and block_size (default 0: per-axis as before)",
+    "DequantizeLinear": "19: float8 and float16 scales; 21: int4/int16 inputs and block_size (default 0: as before)",
     "QuantizeLinear": "19: float8 and saturate (float8 only); 21: int4/int16 outputs and block_size (default 0)",
     "Equal": "19: string type",
     "Flatten": "21: more tensor types",
@@ -144,7 +144,9 @@ def find_qcdq_weight_chains(proto: Any) -> list[WeightChain]:
         codes, low, high = (inits.get(name) for name in clip.input)
         if codes is None or low is None or high is None or codes.data_type != TensorProto.INT8:
             continue
-        chains.append(WeightChain(node, clip, codes.name, int(numpy_helper.to_array(low)), int(numpy_helper.to_array(high))))
+        chains.append(
+            WeightChain(node, clip, codes.name, int(numpy_helper.to_array(low)), int(numpy_helper.to_array(high)))
+        )
     return chains
 
 
@@ -203,12 +205,14 @@ def changed_ops(proto: Any, target: int) -> dict[str, tuple[int, int]]:
 
 
 def upgrade_opset(proto: Any, target: int, source: str = "model") -> tuple[Any, dict[str, str]]:
-    """``proto`` at default-domain opset ``target`` via ``onnx.version_converter``, refusing ops whose meaning changed."""
+    """``proto`` at default-domain opset ``target`` (``onnx.version_converter``); refuses ops whose meaning changed."""
     from onnx import helper, version_converter
 
     current = default_opset(proto)
     if current > target:
-        raise Int4ConversionError(f"{source}: opset {current} is newer than the requested {target}; ask for opset {current}")
+        raise Int4ConversionError(
+            f"{source}: opset {current} is newer than the requested {target}; ask for opset {current}"
+        )
     changed = changed_ops(proto, target)
     unknown = sorted(set(changed) - set(SAME_MEANING_AFTER_UPGRADE))
     if unknown:
@@ -238,13 +242,13 @@ def _check_dequantize_layout(chain: WeightChain, codes: np.ndarray, inits: dict[
     if scale is None or not (scale.ndim == 0 or per_channel):
         raise Int4ConversionError(
             f"{source}: DequantizeLinear {node.name!r} has scale {getattr(scale, 'shape', 'not an initializer')} on "
-            f"axis {axis} for weights {list(codes.shape)}; only per-tensor or per-output-channel (axis=0) constant scales "
-            "are converted. Re-export the checkpoint with export_onnx.py (Brevitas QCDQ)"
+            f"axis {axis} for weights {list(codes.shape)}; only per-tensor or per-output-channel (axis=0) constant "
+            "scales are converted. Re-export the checkpoint with export_onnx.py (Brevitas QCDQ)"
         )
 
 
 def _int4_zero_point(chain: WeightChain, inits: dict[str, Any], graph: Any, made: dict[str, str], source: str) -> None:
-    """Point the DequantizeLinear at an INT4 copy of its zero point (DequantizeLinear needs x and zero point of one type)."""
+    """Point the DequantizeLinear at an INT4 copy of its zero point (x and zero point must have one type)."""
     import ml_dtypes
     from onnx import numpy_helper
 
@@ -257,20 +261,29 @@ def _int4_zero_point(chain: WeightChain, inits: dict[str, Any], graph: Any, made
             raise Int4ConversionError(f"{source}: zero point {name!r} of {node.name!r} is not a constant initializer")
         values = numpy_helper.to_array(inits[name])
         if values.min() < INT4_RANGE[0] or values.max() > INT4_RANGE[1]:
-            raise Int4ConversionError(f"{source}: zero point {name!r} of {node.name!r} does not fit in INT4 {INT4_RANGE}")
+            raise Int4ConversionError(
+                f"{source}: zero point {name!r} of {node.name!r} does not fit in INT4 {INT4_RANGE}"
+            )
         made[name] = f"{name}_int4"
         graph.initializer.append(numpy_helper.from_array(values.astype(ml_dtypes.int4), made[name]))
     node.input[2] = made[name]
 
 
-def _rewrite_chain(chain: WeightChain, graph: Any, inits: dict[str, Any], zero_points: dict[str, str], source: str) -> bool:
-    """Drop the chain's Clip and store its codes as INT4 when they fit; False (untouched) if the Clip is not the identity."""
+def _rewrite_chain(
+    chain: WeightChain, graph: Any, inits: dict[str, Any], zero_points: dict[str, str], source: str
+) -> bool:
+    """Drop the chain's Clip and store its codes as INT4 when they fit; False (untouched) if the Clip changes codes."""
     import ml_dtypes
     from onnx import numpy_helper
 
     codes = numpy_helper.to_array(inits[chain.codes_name])
     uses = _consumers(graph)
-    if codes.min() < chain.low or codes.max() > chain.high or uses[chain.clip.output[0]] != 1 or uses[chain.codes_name] != 1:
+    if (
+        codes.min() < chain.low
+        or codes.max() > chain.high
+        or uses[chain.clip.output[0]] != 1
+        or uses[chain.codes_name] != 1
+    ):
         return False  # the Clip changes codes (or is shared): removing it would change the model
     _check_dequantize_layout(chain, codes, inits, source)
     if chain.fits_int4:
@@ -289,7 +302,9 @@ def _drop_unused_initializers(graph: Any, candidates: set[str]) -> None:
         graph.initializer.remove(init)
 
 
-def convert_qcdq_to_int4(proto: Any, *, opset: int = INT4_OPSET, source: str = "model") -> tuple[Any, Int4ConversionResult]:
+def convert_qcdq_to_int4(
+    proto: Any, *, opset: int = INT4_OPSET, source: str = "model"
+) -> tuple[Any, Int4ConversionResult]:
     """Rewrite a Brevitas QCDQ ModelProto into native INT4 weights at ``opset`` (>= 21); ``proto`` is not modified.
 
     Raises :class:`Int4ConversionError` (naming ``source``) when the graph has no QCDQ weight chains, an
@@ -369,7 +384,9 @@ def check_inputs_for(proto: Any, source: str, seed: int = 0) -> np.ndarray:
     """A gray and a seeded random image in [0, 1] for the graph's static input shape (batch 1)."""
     dims = [d.dim_value if d.HasField("dim_value") else None for d in proto.graph.input[0].type.tensor_type.shape.dim]
     if len(dims) != 4 or None in dims[1:]:
-        raise Int4ConversionError(f"{source}: input shape {dims} has symbolic sizes; pass check_inputs to the conversion")
+        raise Int4ConversionError(
+            f"{source}: input shape {dims} has symbolic sizes; pass check_inputs to the conversion"
+        )
     gray = np.full((1, *dims[1:]), 114 / 255, dtype=np.float32)
     noise = np.random.default_rng(seed).random((1, *dims[1:]), dtype=np.float32)
     return np.concatenate([gray, noise]) if dims[0] in (None, 0) else noise
@@ -391,7 +408,9 @@ def convert_qcdq_file_to_int4(
 
     src, dst = Path(src), Path(dst)
     if not src.is_file():
-        raise Int4ConversionError(f"{src}: QCDQ ONNX not found; export it first with export_onnx.py --weights-format qcdq")
+        raise Int4ConversionError(
+            f"{src}: QCDQ ONNX not found; export it first with export_onnx.py --weights-format qcdq"
+        )
     if dst.suffix != ".onnx" or dst.resolve() == src.resolve():
         raise Int4ConversionError(f"{dst}: the INT4 output must be a different .onnx path than {src}")
     proto = onnx.load(str(src))

@@ -80,9 +80,14 @@ def size_table(files: Mapping[str, str | os.PathLike]) -> list[SizeRow]:
     base = {kind: next((s.size_bytes for s in storages.values() if s.weights_format == kind), None)
             for kind in (FLOAT32, FLOAT16)}  # fmt: skip
     return [
-        SizeRow(label, s.path, s.size_bytes, s.weights_format,
-                s.size_bytes / base[FLOAT32] if base[FLOAT32] else None,
-                s.size_bytes / base[FLOAT16] if base[FLOAT16] else None)  # fmt: skip
+        SizeRow(
+            label,
+            s.path,
+            s.size_bytes,
+            s.weights_format,
+            s.size_bytes / base[FLOAT32] if base[FLOAT32] else None,
+            s.size_bytes / base[FLOAT16] if base[FLOAT16] else None,
+        )
         for label, s in storages.items()
     ]
 
