@@ -289,12 +289,21 @@ def test_existing_report_with_different_content_is_refused_naming_the_files(tmp_
 
 def test_report_over_the_size_cap_is_refused_naming_the_largest_files(tmp_path):
     run_root = make_run_root(tmp_path / "big-run")
-    _png(run_root.root / "fp16" / "confusion_matrix.png", size=300, noise=True)  # ~270 kB of noise
+    _png(run_root.root / "fp16" / "loss_curves.png", size=300, noise=True)  # ~270 kB of noise
     dest = tmp_path / "reports"
-    with pytest.raises(PublishError, match=r"over the cap of 0.10 MB; largest files: fp16/confusion_matrix.png \(0\.2"):
+    with pytest.raises(PublishError, match=r"over the cap of 0.10 MB; largest files: fp16/loss_curves.png \(0\.2"):
         publish_run_report(run_root, dest, max_bytes=100_000)
     assert not dest.exists()
     assert publish_run_report(run_root, dest, max_bytes=1_000_000).created
+
+
+def test_ultralytics_training_plots_stay_behind_and_summary_plots_are_copied(tmp_path):
+    run_root = make_run_root(tmp_path / "run", per_seed=True)
+    _png(run_root.root / "seed-0" / "fp16" / "confusion_matrix.png", size=64)
+    _png(run_root.map_comparison_png, size=64)
+    plan = plan_publish(run_root)
+    assert "val_map_comparison.png" in plan.copied
+    assert ("seed-0/fp16/confusion_matrix.png", "training plot") in {(x.path, x.kind) for x in plan.left_behind}
 
 
 def test_index_lists_reports_newest_first_with_their_numbers(tmp_path):

@@ -39,7 +39,7 @@ import yaml
 
 from auto_quantize_model.io_utils import read_json, sha256_file, write_text_atomic
 from auto_quantize_model.metrics_keys import DETECTIONS_FILE
-from auto_quantize_model.run_root import FP16_STAGE, RunRoot
+from auto_quantize_model.run_root import FP16_STAGE, RunRoot, TrainRunPaths
 
 # Relative to the repository root. Reports sit with the model's other documents (ONNX contract, README);
 # models/cv-models/yolov10m/README.md says why this and not the plan's models/yolo10/reports/.
@@ -53,6 +53,7 @@ MANIFEST_SCHEMA_VERSION = 1
 FP_REFERENCE_FORMAT = "float32"
 
 LIGHT_SUFFIXES = frozenset({".md", ".png", ".csv", ".yaml", ".json"})
+REPORT_PNG_NAMES = frozenset({TrainRunPaths(Path("/")).loss_curves_png.name})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 # Run-root folders that are not walked at all: thousands of dataset files (symlinks to the source
 # images, label text files and caches) or generated demo data; their content is pinned elsewhere
@@ -154,6 +155,11 @@ def classify(relative: str) -> str | None:
         return "tensorboard"
     if suffix in IMAGE_SUFFIXES:
         return "image"
+    if suffix == ".png" and "/" in relative and name not in REPORT_PNG_NAMES:
+        # Ultralytics' own per-training plots (confusion matrices, PR curves, results.png, label mosaics) are
+        # about 0.9 MB per training: 3 seeds x 8 variants would be 20 MB, four times the cap. The report keeps
+        # the plots summary.md shows (run-root PNGs and each training's loss curves).
+        return "training plot"
     return None if suffix in LIGHT_SUFFIXES else "other"
 
 
