@@ -331,7 +331,11 @@ def convert_qcdq_to_int4(
     rewritten = [chain for chain in chains if _rewrite_chain(chain, graph, inits, zero_points, source)]
     _drop_unused_initializers(graph, {name for c in rewritten for name in c.clip.input[1:]} | set(zero_points))
     _check_same_codes(original, model, source)
-    onnx.checker.check_model(model, full_check=True)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise Int4ConversionError(f"{source}: the INT4 model fails onnx.checker (full check): {error}; "
+                                  "keep using the QCDQ file and report this") from error  # fmt: skip
     int4 = [c for c in rewritten if c.fits_int4]
     int8 = [c for c in rewritten if not c.fits_int4]
     values = {c.codes_name: int(np.prod(inits[c.codes_name].dims)) for c in rewritten}
