@@ -10,7 +10,7 @@ side (layers, model transformation) lives in :mod:`auto_quantize_model.quant.yol
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,9 @@ def _check_bit_width(bit_width: Any, where: str) -> None:
         raise ValueError(f"{where}: bit width {bit_width} outside [{MIN_BIT_WIDTH}, {MAX_BIT_WIDTH}]")
 
 
-def check_quant_settings(bit_width: int, granularity: str, scaling: str) -> None:
-    """Validate one layer's weight-quantizer settings."""
-    _check_bit_width(bit_width, "weight quantizer")
+def check_quant_settings(bit_width: int, granularity: str, scaling: str, where: str = "weight quantizer") -> None:
+    """Validate one layer's weight-quantizer settings; ``where`` names the bit-width key in the error."""
+    _check_bit_width(bit_width, where)
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity {granularity!r} is not one of {GRANULARITIES}")
     if scaling in PLANNED_SCALINGS:
@@ -55,6 +55,8 @@ class QuantScheme:
     order (later wins; ``None`` keeps the layer float), then everything in ``keep_float`` is float.
     A selector is a role name from :data:`ROLES` (``first_conv``, ``head_pred``, ``dfl``) or an
     ``fnmatch`` pattern over module names such as ``"model.23.cv3.*"``.
+    ``source`` is the JSON file a scheme was loaded from (not serialized, not compared): errors found only
+    when the scheme meets a model (an override matching no conv) name that file.
     """
 
     name: str
@@ -63,8 +65,10 @@ class QuantScheme:
     scaling: str = "absmax"
     layer_overrides: tuple[tuple[str, int | None], ...] = ()
     keep_float: tuple[str, ...] = ("dfl",)
+    source: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        _check_list_shapes(self.layer_overrides, self.keep_float)
         # JSON hands back lists; normalise to tuples so schemes stay hashable and compare equal.
         object.__setattr__(self, "layer_overrides", tuple(tuple(item) for item in self.layer_overrides))
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
@@ -72,13 +76,16 @@ class QuantScheme:
 
     def _validate(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"scheme name must be a non-empty string, got {self.name!r}")
-        check_quant_settings(self.weight_bit_width, self.granularity, self.scaling)
-        for item in self.layer_overrides:
+            raise ValueError(f"name: the scheme name must be a non-empty string, got {self.name!r}")
+        check_quant_settings(self.weight_bit_width, self.granularity, self.scaling, where="weight_bit_width")
+        for index, item in enumerate(self.layer_overrides):
             if len(item) != 2 or not isinstance(item[0], str) or not item[0]:
-                raise ValueError(f"layer override must be (selector, bit_width or None), got {item!r}")
+                raise ValueError(
+                    f"layer_overrides[{index}]: a layer override must be (selector, bit_width or None), e.g. "
+                    f'["model.23.*", 8], got {list(item)!r}'
+                )
             if item[1] is not None:
-                _check_bit_width(item[1], f"override {item[0]!r}")
+                _check_bit_width(item[1], f"layer_overrides[{index}] ({item[0]!r})")
         if not all(isinstance(selector, str) and selector for selector in self.keep_float):
             raise ValueError(f"keep_float must hold selector strings, got {self.keep_float!r}")
         if "dfl" not in self.keep_float:
@@ -99,7 +106,9 @@ class QuantScheme:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantScheme:
         """Build a scheme from :meth:`to_dict` output; unknown or missing-name keys are errors."""
-        known = {f.name for f in fields(cls)}
+        if not isinstance(data, dict):
+            raise ValueError(f"a scheme must be a JSON object with the keys of QuantScheme, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)} - {"source"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown QuantScheme keys {unknown}; known keys: {sorted(known)}")
@@ -113,8 +122,30 @@ class QuantScheme:
 
     @classmethod
     def load(cls, path: str | Path) -> QuantScheme:
-        """Read a scheme written by :meth:`save`."""
-        return cls.from_dict(read_json(Path(path)))
+        """Read a scheme written by :meth:`save` (or by hand); every error names the file and the key."""
+        path = Path(path)
+        try:
+            scheme = cls.from_dict(read_json(path))
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"quant scheme file {path}: {error}") from None
+        object.__setattr__(scheme, "source", str(path))
+        return scheme
+
+
+def _check_list_shapes(layer_overrides: Any, keep_float: Any) -> None:
+    """Name the key when a list-valued key is not a list of the right items (before tuples are made of them)."""
+    if isinstance(layer_overrides, (str, bytes)) or not isinstance(layer_overrides, (list, tuple)):
+        raise ValueError(
+            f"layer_overrides must be a list of [selector, bit_width or None] pairs, got {layer_overrides!r}"
+        )
+    for index, item in enumerate(layer_overrides):
+        if isinstance(item, (str, bytes)) or not isinstance(item, (list, tuple)):
+            raise ValueError(
+                f"layer_overrides[{index}]: a layer override must be (selector, bit_width or None), e.g. "
+                f'["model.23.*", 8], got {item!r}'
+            )
+    if isinstance(keep_float, (str, bytes)) or not isinstance(keep_float, (list, tuple)):
+        raise ValueError(f"keep_float must be a list of selectors such as [\"dfl\"], got {keep_float!r}")
 
 
 _FIRST_AND_HEAD = ("first_conv", "head_pred")
@@ -149,8 +180,5 @@ def resolve_scheme(spec: str | os.PathLike) -> QuantScheme:
         path = Path(text)
         if not path.is_file():
             raise ValueError(f"quant scheme file {path} not found; pass a scheme name {SCHEME_NAMES} or a JSON path")
-        try:
-            return QuantScheme.load(path)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{path}: invalid quant scheme: {error}") from None
+        return QuantScheme.load(path)  # its errors name the file and the key
     return named_scheme(text)

@@ -94,11 +94,21 @@ def resolve_selector(model: nn.Module, selector: str) -> tuple[str, ...]:
 def layer_bit_widths(model: nn.Module, scheme: QuantScheme) -> dict[str, int | None]:
     """Resolve ``scheme`` on ``model``: conv module name -> bit width, ``None`` for float."""
     bits: dict[str, int | None] = dict.fromkeys(_named_convs(model), scheme.weight_bit_width)
-    for selector, bit_width in scheme.layer_overrides:
-        bits.update(dict.fromkeys(resolve_selector(model, selector), bit_width))
-    for selector in scheme.keep_float:
-        bits.update(dict.fromkeys(resolve_selector(model, selector), None))
+    for index, (selector, bit_width) in enumerate(scheme.layer_overrides):
+        selected = _resolve_scheme_selector(model, scheme, selector, f"layer_overrides[{index}]")
+        bits.update(dict.fromkeys(selected, bit_width))
+    for index, selector in enumerate(scheme.keep_float):
+        bits.update(dict.fromkeys(_resolve_scheme_selector(model, scheme, selector, f"keep_float[{index}]"), None))
     return bits
+
+
+def _resolve_scheme_selector(model: nn.Module, scheme: QuantScheme, selector: str, key: str) -> tuple[str, ...]:
+    """:func:`resolve_selector`, its error naming the scheme's key and file (a typo found only on the model)."""
+    try:
+        return resolve_selector(model, selector)
+    except ValueError as error:
+        where = f"quant scheme file {scheme.source}" if scheme.source else f"quant scheme {scheme.name!r}"
+        raise ValueError(f"{where}: {key}: {error}; selectors match module names such as 'model.3.*'") from None
 
 
 # ----------------------------------------------------------------------------------------------
