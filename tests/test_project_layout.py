@@ -39,7 +39,8 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in readme and "make demo" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^test: venv$", makefile, re.M) and re.search(r"^demo: venv$", makefile, re.M)
+    assert re.search(r"^test: lint$", makefile, re.M) and re.search(r"^lint: venv$", makefile, re.M)
+    assert re.search(r"^demo: venv$", makefile, re.M) and "ruff format --check" in makefile
 
 
 def test_readme_names_only_scripts_that_exist():
