@@ -96,6 +96,8 @@ def test_mixed_scheme_keeps_at_least_the_requested_share_at_4_bits(yolov10n, tmp
     assert share == pytest.approx(plan.low_bit_param_fraction)
     assert set(layer_bit_widths(yolov10n, plan.scheme).values()) <= {4, 8, None}
     assert all(drops[name] > 0 for name in plan.high_bit_units)  # an insensitive unit gains nothing from 8 bits
+    noisy = mixed_precision_scheme(units, drops, 4, "absmax", fraction, min_drop=0.03)
+    assert all(drops[name] > 0.03 for name in noisy.high_bit_units)
     assert 4 <= parameter_weighted_bits(yolov10n, plan.scheme) <= 4 + 4 * (1 - fraction) + 1e-9
     loaded = resolve_scheme(plan.scheme.save(tmp_path / MIXED_SCHEME_JSON))
     assert loaded == plan.scheme
@@ -161,6 +163,8 @@ def test_tiny_sweep_writes_csv_plot_and_a_loadable_mixed_scheme(tiny_sweep, fp16
     # The one-to-many branches are never read by the NMS-free validator: quantizing them cannot change mAP.
     assert {float(row["drop"]) for row in rows if ".cv2." in row["unit"] or ".cv3." in row["unit"]} == {0.0}
     assert (out / SENSITIVITY_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plan = json.loads((out / "mixed_precision_plan.json").read_text())
+    assert plan["requested_low_bit_param_fraction"] == 0.8 and plan["low_bit_param_fraction"] >= 0.8
     scheme = resolve_scheme(out / MIXED_SCHEME_JSON)
     assert low_bit_param_share(model, scheme, 4) >= 0.8
     settings = json.loads((out / "sensitivity_settings.json").read_text())

@@ -9,7 +9,7 @@ Example::
 For each unit (a conv, or a block / head branch level) only that unit is quantized to --bits (weight-only PTQ)
 and val mAP50-95 is measured with Ultralytics' validator as in training (NMS-free, square letterbox); the FP
 model and "all units at --bits" are the references. Writes OUT/sensitivity.csv, OUT/sensitivity.png and
-OUT/mixed_precision_scheme.json (pass it as --quant-scheme, or as a qat-/ptq-<path> variant). A rerun with
+OUT/mixed_precision_scheme.json (+ mixed_precision_plan.json: why; pass the scheme as --quant-scheme, or as a qat-/ptq-<path> variant). A rerun with
 the same settings resumes; different settings are refused. Exit codes: 0 done, 2 bad input.
 """
 
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import auto_quantize_model  # noqa: F401  (offline Ultralytics before anything imports it)
-from auto_quantize_model.sensitivity import GRANULARITIES, SweepInputError, SweepRequest, run_sweep
+from auto_quantize_model.sensitivity import DEFAULT_MIN_DROP, GRANULARITIES, SweepInputError, SweepRequest, run_sweep
 
 
 def parse_args(argv: list[str] | None = None) -> SweepRequest:
@@ -41,11 +41,17 @@ def parse_args(argv: list[str] | None = None) -> SweepRequest:
         default=0.9,
         help="mixed scheme: at least this share of quantized weights at --bits (default 0.9)",
     )
+    parser.add_argument(
+        "--min-drop",
+        type=float,
+        default=DEFAULT_MIN_DROP,
+        help=f"mixed scheme: only units whose mAP50-95 drop exceeds this go to 8 bits (default {DEFAULT_MIN_DROP})",
+    )
     args = parser.parse_args(argv)
     return SweepRequest(
         weights=args.weights, data=args.data, out=args.out, bits=args.bits, scaling=args.scaling,
         granularity=args.granularity, max_val_images=args.max_val_images, imgsz=args.imgsz, device=args.device,
-        batch=args.batch, low_bit_param_fraction=args.w4_param_fraction,
+        batch=args.batch, low_bit_param_fraction=args.w4_param_fraction, min_drop=args.min_drop,
     )  # fmt: skip
 
 

@@ -31,7 +31,7 @@ import io
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,9 @@ REFERENCE_KIND = "reference"
 FP_REFERENCE = "fp"  # the unquantized model
 ALL_REFERENCE = "all"  # every unit at --bits
 HIGH_BITS = 8  # what the mixed scheme keeps sensitive units at
+# 0.01 mAP points: smaller drops are measurement noise on any val set this sweep is run on in practice.
+DEFAULT_MIN_DROP = 1e-4
+MIXED_PLAN_JSON = "mixed_precision_plan.json"
 # Settings a measurement depends on; a rerun with any of them different is refused. Batch and device are recorded
 # but not compared: with square letterboxed batches neither changes the inputs.
 COMPARED_SETTINGS = ("weights_sha256", "val_images_sha256", "bits", "scaling", "granularity", "max_val_images", "imgsz")
@@ -82,6 +85,7 @@ class SweepRequest:
     device: str = "cpu"
     batch: int = 16
     low_bit_param_fraction: float = 0.9  # --w4-param-fraction
+    min_drop: float = DEFAULT_MIN_DROP  # the mixed scheme keeps only units with a larger drop at 8 bits
 
 
 @dataclass(frozen=True)
@@ -197,19 +201,26 @@ def quantized_copy(model: Any, scheme: QuantScheme) -> Any:
 # Mixed-precision scheme
 # ----------------------------------------------------------------------------------------------
 def mixed_precision_scheme(
-    units: Sequence[SweepUnit], drops: dict[str, float], bits: int, scaling: str, low_bit_param_fraction: float
+    units: Sequence[SweepUnit],
+    drops: dict[str, float],
+    bits: int,
+    scaling: str,
+    low_bit_param_fraction: float,
+    min_drop: float = 0.0,
 ) -> MixedPrecisionPlan:
     """Keep the most sensitive units at 8 bits while >= ``low_bit_param_fraction`` of the weights stay at ``bits``.
 
     Greedy by drop (largest first; ties: fewer parameters first): a unit goes to 8 bits if it still fits in the
     8-bit budget ``(1 - fraction) * total``; one that does not fit is passed over for smaller, less sensitive
-    ones. Units whose drop is <= 0 stay at ``bits``: 8 bits would buy nothing measurable.
+    ones. Units whose drop is <= ``min_drop`` stay at ``bits``: a drop at the level of measurement noise (a
+    reordered low-score detection) is no reason to spend 8-bit budget.
     """
     if not 0.0 < low_bit_param_fraction <= 1.0:
         raise SweepInputError(f"--w4-param-fraction must be in (0, 1], got {low_bit_param_fraction}")
     total = sum(unit.params for unit in units)
     budget = (1.0 - low_bit_param_fraction) * total
-    ranked = sorted((unit for unit in units if drops.get(unit.name, 0.0) > 0), key=lambda u: (-drops[u.name], u.params))
+    sensitive = (unit for unit in units if drops.get(unit.name, 0.0) > max(min_drop, 0.0))
+    ranked = sorted(sensitive, key=lambda unit: (-drops[unit.name], unit.params))
     high: list[SweepUnit] = []
     used = 0
     for unit in ranked:
@@ -485,8 +496,11 @@ def run_sweep(request: SweepRequest, log: Callable[[str], None] = print) -> Swee
     seconds = _measure(model, pending, plan, rows, validator, out, log)
     ordered = tuple(rows[item.unit] for item in plan)
     drops = {unit.name: rows[unit.name].drop for unit in units}
-    mixed = mixed_precision_scheme(units, drops, request.bits, request.scaling, request.low_bit_param_fraction)
+    mixed = mixed_precision_scheme(
+        units, drops, request.bits, request.scaling, request.low_bit_param_fraction, request.min_drop
+    )
     scheme_path = mixed.scheme.save(out / MIXED_SCHEME_JSON)
+    write_json_atomic(out / MIXED_PLAN_JSON, _plan_record(mixed, request))
     png_path = plot_sensitivity(out / SENSITIVITY_PNG, ordered, set(mixed.high_bit_units), request.bits)
     mean = sum(seconds) / len(seconds) if seconds else None
     return SweepResult(out, out / SENSITIVITY_CSV, png_path, scheme_path, ordered, mixed, len(pending),
@@ -571,10 +585,16 @@ def plot_sensitivity(path: Path, rows: Sequence[SweepRow], high_bit_units: set[s
     return path
 
 
-def result_summary(result: SweepResult) -> dict[str, Any]:
-    """JSON-ready summary for logs and reports."""
-    return {"csv": str(result.csv_path), "png": str(result.png_path), "scheme": str(result.scheme_path),
-            "high_bit_units": list(result.plan.high_bit_units),
-            "low_bit_param_fraction": result.plan.low_bit_param_fraction, "measured_now": result.measured_now,
-            "skipped": result.skipped, "seconds_per_measurement": result.seconds_per_measurement,
-            "scheme_dict": result.plan.scheme.to_dict(), "rows": [asdict(row) for row in result.rows]}  # fmt: skip
+def _plan_record(plan: MixedPrecisionPlan, request: SweepRequest) -> dict[str, Any]:
+    """Why the mixed scheme is what it is (the scheme file itself holds only QuantScheme keys)."""
+    return {
+        "scheme": MIXED_SCHEME_JSON,
+        "requested_low_bit_param_fraction": request.low_bit_param_fraction,
+        "low_bit_param_fraction": round(plan.low_bit_param_fraction, 6),
+        "low_bits": request.bits,
+        "high_bits": HIGH_BITS,
+        "min_drop": request.min_drop,
+        "high_bit_units": list(plan.high_bit_units),
+        "rule": "greedy by drop: a unit with drop > min_drop goes to high_bits if the share of quantized weights "
+        "at low_bits stays >= the requested fraction",
+    }
