@@ -24,7 +24,7 @@ the spread of a ratio is larger than its distance from 1.0, i.e. when load noise
 (exit 4) when the two sides disagree on detections per image, or the configured COCO backend's stats differ
 from pycocotools' by more than 1e-4 (both checked once, untimed).
 
-    .venv/bin/python benchmarks/bench_evaluator.py --cases yolov10n:320 yolov10m:640:32 --formats e2e raw --repeats 5
+    .venv/bin/python benchmarks/bench_evaluator.py --cases yolov10n:320 yolov10m:640:16 --formats e2e raw --repeats 5
 """
 
 from __future__ import annotations
