@@ -41,10 +41,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import auto_quantize_model  # noqa: F401  (offline Ultralytics settings first)
 import cv2
 import numpy as np
 
+import auto_quantize_model  # noqa: F401  (offline Ultralytics settings first)
 from auto_quantize_model import metrics_keys as K
 from auto_quantize_model.evaluate import (
     DEFAULT_COCO_BACKEND,
@@ -53,7 +53,6 @@ from auto_quantize_model.evaluate import (
     load_coco_annotations,
     load_one,
     open_session,
-    run_cocoeval,
     select_images,
 )
 
@@ -102,9 +101,15 @@ def make_images(root: Path, count: int, seed: int = 0) -> tuple[Path, Path, Path
             cv2.rectangle(image, (x1, y1), (x2, y2), tuple(int(v) for v in rng.integers(0, 255, 3)), -1)
             box = [x1, y1, x2 - x1, y2 - y1]
             anns.append(
-                {"id": len(anns) + 1, "image_id": image_id, "category_id": cls + 1, "iscrowd": 0, "bbox": box,
-                 "area": box[2] * box[3]}
-            )  # fmt: skip
+                {
+                    "id": len(anns) + 1,
+                    "image_id": image_id,
+                    "category_id": cls + 1,
+                    "iscrowd": 0,
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                }
+            )
             lines.append(f"{cls} {(x1 + x2) / 2 / w:.8f} {(y1 + y2) / 2 / h:.8f} {box[2] / w:.8f} {box[3] / h:.8f}")
         cv2.imwrite(str(images_dir / f"{image_id}.jpg"), image)
         (labels_dir / f"{image_id}.txt").write_text("\n".join(lines) + "\n")
@@ -149,9 +154,16 @@ def run_ours(inp: Inputs, backend: str | None = None, name: str = "ours") -> tup
     """Wall time of one whole ``evaluate_onnx_coco`` call, and its metrics."""
     start = time.perf_counter()
     result = evaluate_onnx_coco(
-        inp.model, inp.ann_file, inp.images_dir, inp.out / name, imgsz=inp.case.imgsz, conf=inp.conf,
-        max_dets=300, providers=("CPUExecutionProvider",), coco_backend=backend or inp.coco_backend,
-    )  # fmt: skip
+        inp.model,
+        inp.ann_file,
+        inp.images_dir,
+        inp.out / name,
+        imgsz=inp.case.imgsz,
+        conf=inp.conf,
+        max_dets=300,
+        providers=("CPUExecutionProvider",),
+        coco_backend=backend or inp.coco_backend,
+    )
     return time.perf_counter() - start, result.metrics
 
 
@@ -161,9 +173,21 @@ def run_ultralytics(inp: Inputs, save_json: bool = False) -> tuple[float, object
 
     start = time.perf_counter()
     metrics = YOLO(str(inp.model), task="detect").val(
-        data=str(inp.data_yaml), imgsz=inp.case.imgsz, batch=1, conf=inp.conf, iou=0.7, max_det=300, device="cpu",
-        workers=0, plots=False, save_json=save_json, verbose=False, project=str(inp.out), name="ultra", exist_ok=True,
-    )  # fmt: skip
+        data=str(inp.data_yaml),
+        imgsz=inp.case.imgsz,
+        batch=1,
+        conf=inp.conf,
+        iou=0.7,
+        max_det=300,
+        device="cpu",
+        workers=0,
+        plots=False,
+        save_json=save_json,
+        verbose=False,
+        project=str(inp.out),
+        name="ultra",
+        exist_ok=True,
+    )
     return time.perf_counter() - start, metrics
 
 
@@ -236,8 +260,12 @@ def bench_case(inp: Inputs, repeats: int) -> dict:
         for step in steps if r % 2 == 0 else steps[::-1]:
             if step == "ours":
                 seconds, metrics = run_ours(inp)
-                timing.update(ours_s=seconds, ours_loop_ips=metrics[K.IMAGES_PER_S],
-                              ours_cocoeval_s=metrics[K.TIMING_S]["cocoeval"], ours_session=metrics[K.SESSION])  # fmt: skip
+                timing.update(
+                    ours_s=seconds,
+                    ours_loop_ips=metrics[K.IMAGES_PER_S],
+                    ours_cocoeval_s=metrics[K.TIMING_S]["cocoeval"],
+                    ours_session=metrics[K.SESSION],
+                )
             elif step == "ultralytics":
                 timing["ultralytics_s"] = run_ultralytics(inp)[0]
             elif step == "bare_default":

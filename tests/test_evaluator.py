@@ -15,13 +15,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import auto_quantize_model  # noqa: F401  (pins Ultralytics offline before it is imported)
 import cv2
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import auto_quantize_model  # noqa: F401  (pins Ultralytics offline before it is imported)
 from auto_quantize_model import metrics_keys as K
 from auto_quantize_model.evaluate import (
     DEFAULT_COCO_BACKEND,
@@ -715,8 +715,14 @@ def test_coco_backends_agree_on_real_detections(tmp_path, big_dataset):
 
     data = json.loads(ds.ann_file.read_text())
     first = data["images"][0]
-    crowd = {"id": 10**6, "image_id": first["id"], "category_id": CAT_IDS[0], "iscrowd": 1,
-             "bbox": [0, 0, first["width"] / 2, first["height"] / 2], "area": first["width"] * first["height"] / 4}
+    crowd = {
+        "id": 10**6,
+        "image_id": first["id"],
+        "category_id": CAT_IDS[0],
+        "iscrowd": 1,
+        "bbox": [0, 0, first["width"] / 2, first["height"] / 2],
+        "area": first["width"] * first["height"] / 4,
+    }
     crowd_file = tmp_path / "crowd.json"
     crowd_file.write_text(json.dumps({**data, "annotations": [*data["annotations"], crowd]}))
     coco = load_coco_annotations(crowd_file)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import auto_quantize_model  # noqa: F401  (pins Ultralytics offline before it is imported)
 import cv2
 import numpy as np
 import pytest
 import torch
 
+import auto_quantize_model  # noqa: F401  (pins Ultralytics offline before it is imported)
 from auto_quantize_model.preprocess import (
     boxes_to_input,
     boxes_to_original,

@@ -26,8 +26,19 @@ AR_SMALL = "AR_small"
 AR_MEDIUM = "AR_medium"
 AR_LARGE = "AR_large"
 COCO_STAT_KEYS = (
-    MAP50_95, MAP50, MAP75, MAP_SMALL, MAP_MEDIUM, MAP_LARGE, AR1, AR10, AR100, AR_SMALL, AR_MEDIUM, AR_LARGE,
-)  # fmt: skip
+    MAP50_95,
+    MAP50,
+    MAP75,
+    MAP_SMALL,
+    MAP_MEDIUM,
+    MAP_LARGE,
+    AR1,
+    AR10,
+    AR100,
+    AR_SMALL,
+    AR_MEDIUM,
+    AR_LARGE,
+)
 
 # Which images were scored.
 NUM_IMAGES = "num_images"
