@@ -17,7 +17,14 @@ EXPECTED_COUNTS = {
     "w4a16": {"4": 107, "float": 1},
     "w4a16-fl8": {"4": 94, "8": 13, "float": 1},
     "w4a16-flfp": {"4": 94, "float": 14},
+    "w8a16": {"8": 107, "float": 1},
+    "w4a16-mse": {"4": 107, "float": 1},
+    "w4a16-lsq": {"4": 107, "float": 1},
+    "w4a16-fl8-mse": {"4": 94, "8": 13, "float": 1},
+    "w4a16-fl8-lsq": {"4": 94, "8": 13, "float": 1},
 }
+SPECIAL_LAYER_BITS = {"w4a16": 4, "w4a16-fl8": 8, "w4a16-flfp": None, "w8a16": 8, "w4a16-mse": 4, "w4a16-lsq": 4,
+                      "w4a16-fl8-mse": 8, "w4a16-fl8-lsq": 8}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +41,11 @@ def _counts(bits: dict[str, int | None]) -> dict[str, int]:
 
 
 def test_scheme_names_cover_the_named_schemes() -> None:
-    assert SCHEME_NAMES == ("w4a16", "w4a16-fl8", "w4a16-flfp")
+    assert SCHEME_NAMES == (
+        "w4a16", "w4a16-fl8", "w4a16-flfp", "w8a16", "w4a16-mse", "w4a16-lsq", "w4a16-fl8-mse", "w4a16-fl8-lsq"
+    )  # fmt: skip
+    assert {named_scheme(n).scaling for n in SCHEME_NAMES} == {"absmax", "mse", "lsq"}
+    assert named_scheme("w4a16-fl8-lsq").layer_overrides == named_scheme("w4a16-fl8").layer_overrides
     for name in SCHEME_NAMES:
         assert named_scheme(name).name == name
     with pytest.raises(ValueError, match="unknown scheme"):
@@ -69,8 +80,8 @@ def test_unknown_and_missing_keys_are_rejected() -> None:
 @pytest.mark.parametrize(
     ("changes", "error", "match"),
     [
-        ({"scaling": "mse"}, NotImplementedError, "planned but not implemented"),
-        ({"scaling": "learned"}, NotImplementedError, "planned but not implemented"),
+        ({"scaling": "learned"}, ValueError, "not one of"),
+        ({"scaling": "lsq", "lsq_init": "percentile"}, ValueError, "lsq_init"),
         ({"scaling": "percentile"}, ValueError, "not one of"),
         ({"granularity": "per_group"}, ValueError, "not one of"),
         ({"weight_bit_width": 1}, ValueError, "outside"),
@@ -115,7 +126,7 @@ def test_named_scheme_counts_on_yolov10n(yolov10n: DetectionModel, name: str) ->
     assert _counts(bits) == EXPECTED_COUNTS[name]
     assert bits[f"{HEAD}.dfl.conv"] is None
     special = {"model.0.conv", *resolve_selector(yolov10n, "head_pred")}
-    expected_special = {"w4a16": 4, "w4a16-fl8": 8, "w4a16-flfp": None}[name]
+    expected_special = SPECIAL_LAYER_BITS[name]
     assert {bits[layer] for layer in special} == {expected_special}
 
 
@@ -129,3 +140,9 @@ def test_later_overrides_win_and_keep_float_is_last(yolov10n: DetectionModel) ->
     assert bits[f"{HEAD}.cv3.1.2"] == 6
     assert bits[f"{HEAD}.dfl.conv"] is None  # keep_float beats every override
     assert bits["model.0.conv"] == 4
+
+
+def test_schemes_saved_before_lsq_init_existed_still_load() -> None:
+    """quant_scheme.json files and checkpoints written before ``lsq_init`` was added equal today's schemes."""
+    old = {key: value for key, value in named_scheme("w4a16").to_dict().items() if key != "lsq_init"}
+    assert QuantScheme.from_dict(old) == named_scheme("w4a16")

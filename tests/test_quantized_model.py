@@ -34,6 +34,11 @@ EXPECTED_COUNTS = {
     "w4a16": {"4": 107, "float": 1},
     "w4a16-fl8": {"4": 94, "8": 13, "float": 1},
     "w4a16-flfp": {"4": 94, "float": 14},
+    "w8a16": {"8": 107, "float": 1},
+    "w4a16-mse": {"4": 107, "float": 1},
+    "w4a16-lsq": {"4": 107, "float": 1},
+    "w4a16-fl8-mse": {"4": 94, "8": 13, "float": 1},
+    "w4a16-fl8-lsq": {"4": 94, "8": 13, "float": 1},
 }
 PER_TENSOR = QuantScheme("w4a16-per-tensor", granularity="per_tensor")
 
@@ -239,7 +244,12 @@ def test_quantize_model_counts_and_layers(name: str) -> None:
             weight = layer.fake_quant_weight().detach()
             codes = (weight / scale).round()
             assert torch.equal(codes * scale, weight) and codes.abs().max() <= 2 ** (bits - 1) - 1
-    assert list(model.state_dict()) == float_keys  # checkpoints keep the float layout
+    # Checkpoints keep the float layout; stored (mse/lsq) scales add one Brevitas key per quantized conv.
+    extra = [key for key in model.state_dict() if key not in float_keys]
+    assert [key for key in model.state_dict() if key in float_keys] == float_keys
+    stored = named_scheme(name).scaling != "absmax"
+    assert len(extra) == (report.quantized_count if stored else 0)
+    assert all(key.endswith("weight_quant.tensor_quant.scaling_impl.value") for key in extra)
     assert isinstance(model, QuantDetectionModel) and is_quantized(model)
     assert quant_scheme_of(model) == named_scheme(name)
     with pytest.raises(ValueError, match="already quantized"):
@@ -378,7 +388,8 @@ def test_fuse_keeps_outputs(scheme: QuantScheme | str) -> None:
     assert max_relative_change(feature_maps(model, x), expected) < 1e-4
     # Ultralytics' own fuse moves the same maps (RepVGGDW merge; per-tensor BN folds): the test can fail.
     DetectionModel.fuse(naive, verbose=False)
-    assert max_relative_change(feature_maps(naive, x), expected) > 1e-2
+    if quant_scheme_of(naive).weight_bit_width == 4:  # at 8 bits the merge moves outputs less than this bound
+        assert max_relative_change(feature_maps(naive, x), expected) > 1e-2
 
 
 def test_rebuild_from_scheme_alone(model_fl8: DetectionModel, tmp_path) -> None:

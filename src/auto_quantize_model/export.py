@@ -153,12 +153,12 @@ def export_onnx(
     settings = replace(settings, weights_format=_check_weights_format(weights_format, kind, weights))
     scheme = _scheme_dict(model) if kind == KIND_QCDQ else None
     LOGGER.info("%s: %s", weights, describe_kind(kind, scheme))
-    # Images are checked before the slow export, and the PyTorch reference runs on the prepared model
-    # before Brevitas' export pass touches it.
+    # Images are checked before the slow export.
     plan = plan_validation(val_images, ckpt, weights, val_max_images, settings) if validate else None
-    if kind == KIND_QCDQ or plan:  # an FP export needs the prepared model only as the validation reference
+    # The reference is the checkpoint's model as saved (unfused): the check then also covers the fuse step.
+    reference = reference_outputs(unfused_reference_model(model, settings), plan) if plan else None
+    if kind == KIND_QCDQ:
         model = prepare_for_export(model, settings.imgsz, settings.end2end, settings.dynamic_batch)
-    reference = reference_outputs(model, plan) if plan else None
     with tempfile.TemporaryDirectory(prefix=f".{out.stem}.export-", dir=_ensure_dir(out.parent)) as work:
         staged = Path(work) / out.name
         int4 = None
@@ -309,11 +309,12 @@ def _export_fp(weights: Path, staged: Path, settings: ExportSettings) -> None:
         raise RuntimeError(f"Ultralytics wrote {written}, expected {staged}")
 
 
-def prepare_for_export(model: Any, imgsz: tuple[int, int], end2end: bool, dynamic: bool) -> Any:
+def prepare_for_export(model: Any, imgsz: tuple[int, int], end2end: bool, dynamic: bool, fuse: bool = True) -> Any:
     """The model preparation ``ultralytics.engine.exporter.Exporter.__call__`` does for ONNX (8.4.190).
 
     Class names checked, head branch chosen (``end2end``), gradients off, eval, float32, ``fuse()``
-    (a quantized model's own ``fuse`` skips the folds that would move its 4-bit outputs), then the
+    (a quantized model's own ``fuse`` folds BN into the scale and sign of its integer codes, never re-rounding a
+    weight, and keeps RepVGGDW branches apart; ``fuse=False`` skips it for the validation reference), then the
     ``Detect`` flags (``export``, ``format``, ``dynamic``, ``max_det`` clamped to the anchors,
     ``xyxy``/``agnostic_nms`` off as for ``nms=False``, cached anchors reset) and ``C2f.forward_split``.
     Returns the prepared model (``fuse`` may return a new object).
@@ -327,7 +328,8 @@ def prepare_for_export(model: Any, imgsz: tuple[int, int], end2end: bool, dynami
         parameter.requires_grad = False
     model.eval()
     model.float()
-    model = model.fuse(verbose=False, imgsz=list(imgsz))
+    if fuse:
+        model = model.fuse(verbose=False, imgsz=list(imgsz))
     anchors = sum(int(imgsz[0] / s) * int(imgsz[1] / s) for s in model.stride.tolist())
     for module in model.modules():
         if isinstance(module, Detect):
@@ -679,6 +681,17 @@ def plan_validation(
     return ValidationPlan(tuple(images), source, _load_inputs(images, settings.imgsz), batches)
 
 
+def unfused_reference_model(model: Any, settings: ExportSettings) -> Any:
+    """A copy of the checkpoint's model with the exporter's head settings but no ``fuse``: what was trained.
+
+    Comparing ONNX Runtime with the fused model could not see a fuse that moves quantized weights (BN folded into
+    4-bit weights re-rounds some codes); the unfused checkpoint model can.
+    """
+    import copy
+
+    return prepare_for_export(copy.deepcopy(model), settings.imgsz, settings.end2end, settings.dynamic_batch, fuse=False)
+
+
 def reference_outputs(model: Any, plan: ValidationPlan) -> list[np.ndarray]:
     """PyTorch float32 CPU outputs of the prepared model, one array per planned batch."""
     import torch
@@ -722,7 +735,7 @@ def _summarize_runs(runs: list[dict[str, Any]], kind: str, settings: ExportSetti
     checks = list(groups.values())
     return {
         "passed": all(check["passed"] for check in checks),
-        "reference": "PyTorch float32 on CPU: the checkpoint's model after prepare_for_export (fused, export-mode head)",
+        "reference": "PyTorch float32 on CPU: the checkpoint's model as saved (unfused), export-mode head",
         "output_format": settings.output_format,
         "kind": kind,
         "half": settings.half,

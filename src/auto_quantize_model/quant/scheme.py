@@ -19,9 +19,13 @@ from auto_quantize_model.io_utils import read_json, write_json_atomic
 # Role names a selector may use (resolved on a model by quant.yolov10.ROLES).
 ROLE_NAMES = ("first_conv", "head_pred", "dfl")
 GRANULARITIES = ("per_channel", "per_tensor")
-SCALINGS = ("absmax",)
-# Named so that a scheme asking for them fails with a clear "not implemented yet", not a typo error.
-PLANNED_SCALINGS = ("mse", "learned")
+# How a layer's weight scale is found (quant.yolov10.WeightQuantConv2d):
+#   absmax - max|w| / max_code, recomputed from the weights on every forward (follows the weights while training);
+#   mse    - the scale minimising the weight MSE (Brevitas' Int8WeightPerChannelFloatMSE grid), searched once when
+#            the model is quantized and then fixed (for PTQ and fine-tuning from a trained float model);
+#   lsq    - a learned scale (LSQ, Esser et al. 2020) initialised by ``lsq_init``, trained with LSQ's gradient scaling.
+SCALINGS = ("absmax", "mse", "lsq")
+LSQ_INITS = ("absmax", "mse")
 MIN_BIT_WIDTH, MAX_BIT_WIDTH = 2, 8
 
 
@@ -41,8 +45,6 @@ def check_quant_settings(bit_width: int, granularity: str, scaling: str, where: 
     _check_bit_width(bit_width, where)
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity {granularity!r} is not one of {GRANULARITIES}")
-    if scaling in PLANNED_SCALINGS:
-        raise NotImplementedError(f"scaling {scaling!r} is planned but not implemented; supported: {SCALINGS}")
     if scaling not in SCALINGS:
         raise ValueError(f"scaling {scaling!r} is not one of {SCALINGS}")
 
@@ -53,6 +55,7 @@ class QuantScheme:
 
     Every ``nn.Conv2d`` gets ``weight_bit_width`` bits, then ``layer_overrides`` are applied in
     order (later wins; ``None`` keeps the layer float), then everything in ``keep_float`` is float.
+    ``scaling`` picks how scales are found (:data:`SCALINGS`); ``lsq_init`` how learned (``lsq``) scales start.
     A selector is a role name from :data:`ROLES` (``first_conv``, ``head_pred``, ``dfl``) or an
     ``fnmatch`` pattern over module names such as ``"model.23.cv3.*"``.
     ``source`` is the JSON file a scheme was loaded from (not serialized, not compared): errors found only
@@ -65,6 +68,7 @@ class QuantScheme:
     scaling: str = "absmax"
     layer_overrides: tuple[tuple[str, int | None], ...] = ()
     keep_float: tuple[str, ...] = ("dfl",)
+    lsq_init: str = "mse"
     source: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -78,6 +82,8 @@ class QuantScheme:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name: the scheme name must be a non-empty string, got {self.name!r}")
         check_quant_settings(self.weight_bit_width, self.granularity, self.scaling, where="weight_bit_width")
+        if self.lsq_init not in LSQ_INITS:
+            raise ValueError(f"lsq_init {self.lsq_init!r} is not one of {LSQ_INITS}")
         for index, item in enumerate(self.layer_overrides):
             if len(item) != 2 or not isinstance(item[0], str) or not item[0]:
                 raise ValueError(
@@ -101,6 +107,7 @@ class QuantScheme:
             "scaling": self.scaling,
             "layer_overrides": [list(item) for item in self.layer_overrides],
             "keep_float": list(self.keep_float),
+            "lsq_init": self.lsq_init,
         }
 
     @classmethod
@@ -149,13 +156,21 @@ def _check_list_shapes(layer_overrides: Any, keep_float: Any) -> None:
 
 
 _FIRST_AND_HEAD = ("first_conv", "head_pred")
+_FL8 = tuple((role, 8) for role in _FIRST_AND_HEAD)
 _NAMED_SCHEMES: dict[str, QuantScheme] = {
     # Every conv but DFL at 4 bits.
     "w4a16": QuantScheme("w4a16"),
     # The stem conv (sees raw pixels) and the head's final prediction convs at 8 bits.
-    "w4a16-fl8": QuantScheme("w4a16-fl8", layer_overrides=tuple((role, 8) for role in _FIRST_AND_HEAD)),
+    "w4a16-fl8": QuantScheme("w4a16-fl8", layer_overrides=_FL8),
     # The same layers left float.
     "w4a16-flfp": QuantScheme("w4a16-flfp", layer_overrides=tuple((role, None) for role in _FIRST_AND_HEAD)),
+    # Every conv but DFL at 8 bits: the sanity check of the PTQ path.
+    "w8a16": QuantScheme("w8a16", weight_bit_width=8),
+    # MSE-searched fixed scales; learned (LSQ) scales initialised from the MSE search.
+    "w4a16-mse": QuantScheme("w4a16-mse", scaling="mse"),
+    "w4a16-lsq": QuantScheme("w4a16-lsq", scaling="lsq"),
+    "w4a16-fl8-mse": QuantScheme("w4a16-fl8-mse", scaling="mse", layer_overrides=_FL8),
+    "w4a16-fl8-lsq": QuantScheme("w4a16-fl8-lsq", scaling="lsq", layer_overrides=_FL8),
 }
 SCHEME_NAMES = tuple(_NAMED_SCHEMES)
 

@@ -17,6 +17,7 @@ Three parts (the scheme itself, plain data, is :mod:`auto_quantize_model.quant.s
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from functools import lru_cache
 from typing import Any
 
 import torch
+from brevitas.inject.enum import ScalingImplType
 from brevitas.nn import QuantConv2d
 from brevitas.quant import Int8WeightPerChannelFloat, Int8WeightPerTensorFloat
 from brevitas.quant_tensor import QuantTensor
@@ -31,7 +33,15 @@ from torch import nn
 from ultralytics.nn.modules import DFL, Conv, Conv2, Detect, RepConv, RepVGGDW
 from ultralytics.nn.tasks import DetectionModel
 
-from auto_quantize_model.quant.scheme import ROLE_NAMES, QuantScheme, check_quant_settings, named_scheme
+from auto_quantize_model.quant.scheme import SCALINGS, ROLE_NAMES, QuantScheme, check_quant_settings, named_scheme
+
+# A layer whose scale is an explicit, fixed number: the result of folding BN into a quantized conv's scale and sign
+# (QuantDetectionModel.fuse). Not a scheme option; the same storage and forward as ``mse``.
+FIXED_SCALING = "fixed"
+# Scalings whose scale is stored (Brevitas ParameterScaling, ScalingImplType.PARAMETER) instead of computed.
+STORED_SCALINGS = ("mse", "lsq", FIXED_SCALING)
+# Brevitas' Int8WeightPerChannelFloatMSE searches 20 thresholds from max|w|/20 to max|w| (mse_iters = 20).
+MSE_GRID_POINTS = 20
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,10 +125,53 @@ def _resolve_scheme_selector(model: nn.Module, scheme: QuantScheme, selector: st
 # The quantized conv
 # ----------------------------------------------------------------------------------------------
 @lru_cache(maxsize=None)
-def weight_quantizer(bit_width: int, granularity: str) -> type:
-    """Brevitas injector: signed, narrow-range ints with abs-max float scales (per channel or tensor)."""
+def weight_quantizer(bit_width: int, granularity: str, scaling: str = "absmax") -> type:
+    """Brevitas injector: signed, narrow-range ints with float scales (per channel or tensor).
+
+    ``absmax`` scales are Brevitas' stats (max|w| per forward); stored scales (mse, lsq, fixed) are Brevitas'
+    ``ParameterScaling`` (``ScalingImplType.PARAMETER``), whose ``value`` Parameter holds the scale, so Brevitas'
+    own proxy and QCDQ export read the very scale the fast training path uses.
+    """
     base = Int8WeightPerChannelFloat if granularity == "per_channel" else Int8WeightPerTensorFloat
-    return base.let(bit_width=bit_width)
+    if scaling == "absmax":
+        return base.let(bit_width=bit_width)
+    return base.let(bit_width=bit_width, scaling_impl_type=ScalingImplType.PARAMETER, scaling_init=1.0)
+
+
+def absmax_scale(weight: torch.Tensor, max_code: float, min_scale: float, per_channel: bool) -> torch.Tensor:
+    """``max(max|w|, min_scale) / max_code`` per output channel (shape ``[C, 1, 1, 1]``) or per tensor (``[]``)."""
+    rows = weight.detach().float().reshape(weight.shape[0] if per_channel else 1, -1)
+    scale = rows.abs().amax(dim=1).clamp_min(min_scale) / max_code
+    return scale.view(-1, 1, 1, 1) if per_channel else scale.reshape(())
+
+
+def mse_scale(weight: torch.Tensor, max_code: float, min_scale: float, per_channel: bool) -> torch.Tensor:
+    """The scale minimising ``sum((q(w) - w)^2)`` per channel (or tensor), as Brevitas' ``Int8WeightPerChannelFloatMSE``.
+
+    Brevitas' grid: thresholds ``t = lo + (hi - lo) * k / (n - 1)`` from ``lo = max|w| / n`` to ``hi = max|w|``
+    (``n = MSE_GRID_POINTS``), scale ``t / max_code``, the first minimum wins. Done here in one vectorised pass per
+    layer instead of Brevitas' proxy calls; tests compare the two.
+    """
+    rows = weight.detach().float().reshape(weight.shape[0] if per_channel else 1, -1)
+    high = rows.abs().amax(dim=1, keepdim=True)
+    low = high / MSE_GRID_POINTS
+    best_scale = (low.clamp_min(min_scale) / max_code).clone()
+    best_loss = _quant_mse(rows, best_scale, max_code)
+    for step in torch.linspace(1.0 / (MSE_GRID_POINTS - 1), 1.0, MSE_GRID_POINTS - 1):
+        scale = (low + (high - low) * step).clamp_min(min_scale) / max_code
+        loss = _quant_mse(rows, scale, max_code)
+        better = loss < best_loss
+        best_scale = torch.where(better, scale, best_scale)
+        best_loss = torch.minimum(loss, best_loss)
+    return best_scale.view(-1, 1, 1, 1) if per_channel else best_scale.reshape(())
+
+
+def _quant_mse(rows: torch.Tensor, scale: torch.Tensor, max_code: float) -> torch.Tensor:
+    quantized = (rows / scale).round_().clamp_(-max_code, max_code).mul_(scale)
+    return quantized.sub_(rows).square_().sum(dim=1, keepdim=True)
+
+
+SCALE_INITS: dict[str, Callable[..., torch.Tensor]] = {"absmax": absmax_scale, "mse": mse_scale}
 
 
 class _AbsMaxFakeQuant(torch.autograd.Function):
@@ -163,11 +216,52 @@ class _AbsMaxFakeQuant(torch.autograd.Function):
         return grad_w.view(weight.shape), None, None, None
 
 
+class _ScaleFakeQuant(torch.autograd.Function):
+    """Fake quantization with a given scale (mse, lsq, fixed) as one autograd node, Brevitas' ``IntQuant`` values.
+
+    The stored value is Brevitas' ``ParameterScaling`` threshold ``t``; the step is ``s = max(|t|, min_scale) /
+    max_code`` (Brevitas divides by the integer threshold ``2**(b-1) - 1``). Forward:
+    ``code = clamp(round(w / s), -max_code, max_code)``, ``out = code * s`` (Brevitas' ``IntQuant``: round, then
+    ``TensorClamp``). Backward, as Brevitas' graph for ``w``: 1 where the rounded code is inside the range, else 0
+    (round is straight-through, the clamp is not). For the step: LSQ's ``d out / d s = code - w / s`` inside,
+    ``code`` (= +-max_code) outside, summed over the weights one step serves, times ``grad_scale``
+    (LSQ: 1 / sqrt(numel * max_code)). It is handed to ``t`` as ``max_code * sign(t) * that``, so that an SGD step
+    on ``t`` moves ``s = t / max_code`` exactly as LSQ's SGD step on ``s`` would (Brevitas' own gradient of ``t``
+    is ``d L / d s / max_code``, without the scaling: ``max_code**2 * grad_scale`` times smaller).
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, threshold: torch.Tensor, max_code: float, min_scale: float, grad_scale: float):
+        s = threshold.abs().clamp_min(min_scale) / max_code
+        ratio = weight / s
+        code = ratio.round()
+        inside = code.abs() <= max_code
+        code.clamp_(-max_code, max_code)
+        ctx.save_for_backward(ratio, code, inside, threshold)
+        ctx.grad_scale, ctx.scale_shape, ctx.max_code = grad_scale, threshold.shape, max_code
+        return code * s
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        ratio, code, inside, threshold = ctx.saved_tensors
+        grad_w = grad * inside if ctx.needs_input_grad[0] else None
+        grad_s = None
+        if ctx.needs_input_grad[1]:
+            per_element = grad * torch.where(inside, code - ratio, code)
+            dims = tuple(range(1, grad.dim())) if len(ctx.scale_shape) else tuple(range(grad.dim()))
+            grad_s = per_element.sum(dim=dims, keepdim=bool(len(ctx.scale_shape))).mul_(ctx.grad_scale * ctx.max_code)
+            grad_s = (grad_s.reshape(ctx.scale_shape) * torch.where(threshold < 0, -1.0, 1.0)).to(threshold.dtype)
+        return grad_w, grad_s, None, None, None
+
+
 class WeightQuantConv2d(QuantConv2d):
     """``brevitas.nn.QuantConv2d`` with integer weights only (W4A16/W8A16), made to live in Ultralytics.
 
-    * Weights: signed narrow-range ``bit_width`` codes (4 bits: [-7, 7]) times abs-max float scales,
-      per output channel or per tensor. Input, output and bias are not quantized.
+    * Weights: signed narrow-range ``bit_width`` codes (4 bits: [-7, 7]) times float scales, per output channel
+      or per tensor. ``scaling``: ``absmax`` (recomputed every forward), ``mse`` (searched once at
+      :meth:`from_float`, then fixed: no gradient), ``lsq`` (learned, LSQ gradient scaling) or ``fixed`` (a BN-folded
+      layer made by :meth:`QuantDetectionModel.fuse`). Stored scales live in Brevitas' ``ParameterScaling``
+      (state_dict key ``weight_quant.tensor_quant.scaling_impl.value``). Input, output and bias are not quantized.
     * Pickling carries constructor arguments, quantizer settings, weight, bias and train mode, never
       Brevitas' runtime injector classes (which pickle cannot find by name). Hooks are not carried.
     * Forward uses :meth:`fake_quant_weight` (float32 even under autocast); export mode, disabled
@@ -192,11 +286,11 @@ class WeightQuantConv2d(QuantConv2d):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        check_quant_settings(bit_width, granularity, scaling)
+        check_quant_settings(bit_width, granularity, "absmax" if scaling == FIXED_SCALING else scaling)
         super().__init__(
             in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
             groups=groups, padding_mode=padding_mode, bias=bias, device=device, dtype=dtype,
-            weight_quant=weight_quantizer(bit_width, granularity),
+            weight_quant=weight_quantizer(bit_width, granularity, scaling),
             input_quant=None, output_quant=None, bias_quant=None, return_quant_tensor=False,
         )  # fmt: skip
         self.bit_width, self.granularity, self.scaling = bit_width, granularity, scaling
@@ -204,18 +298,55 @@ class WeightQuantConv2d(QuantConv2d):
         self._max_code = float(2 ** (bit_width - 1) - 1)  # narrow signed range: [-max_code, max_code]
         self._min_scale = float(self.weight_quant.quant_injector.scaling_min_val)
         self._per_channel = granularity == "per_channel"
+        # LSQ: the step-size gradient is scaled by 1 / sqrt(weights per scale * max_code).
+        per_scale = self.weight[0].numel() if self._per_channel else self.weight.numel()
+        self._grad_scale = 1.0 / math.sqrt(per_scale * self._max_code) if scaling == "lsq" else 0.0
 
     @classmethod
     def from_float(
-        cls, conv: nn.Conv2d, bit_width: int, granularity: str = "per_channel", scaling: str = "absmax"
-    ) -> WeightQuantConv2d:
-        """Quantized twin of ``conv`` sharing its weight and bias Parameters (values unchanged)."""
+        cls, conv: nn.Conv2d, bit_width: int, granularity: str = "per_channel", scaling: str = "absmax",
+        lsq_init: str = "mse",
+    ) -> WeightQuantConv2d:  # fmt: skip
+        """Quantized twin of ``conv`` sharing its weight and bias Parameters (values unchanged).
+
+        A stored scale is initialised from the weights: ``mse`` by the MSE search, ``lsq`` by ``lsq_init``.
+        """
         layer = cls(
             **_conv_geometry(conv), bit_width=bit_width, granularity=granularity, scaling=scaling,
             device=conv.weight.device, dtype=conv.weight.dtype,
         )  # fmt: skip
         _adopt_parameters(layer, conv.weight, conv.bias)
+        if scaling in ("mse", "lsq"):
+            layer.init_scale("mse" if scaling == "mse" else lsq_init)
         return layer.train(conv.training)
+
+    @property
+    def scale_parameter(self) -> nn.Parameter | None:
+        """The stored scale as Brevitas keeps it (``ParameterScaling.value``): the threshold ``max_code * scale``.
+
+        ``None`` for abs-max layers. The step itself is :meth:`int_weight_and_scale`'s second value.
+        """
+        return self.weight_quant.tensor_quant.scaling_impl.value if self.scaling in STORED_SCALINGS else None
+
+    @torch.no_grad()
+    def init_scale(self, method: str) -> None:
+        """Set the stored scale from the current weights: ``absmax`` or ``mse`` (see :data:`SCALE_INITS`)."""
+        target = self.scale_parameter
+        if target is None:
+            raise ValueError(f"{self.scaling!r} layers compute their scale; there is no stored scale to initialise")
+        scale = SCALE_INITS[method](self.weight, self._max_code, self._min_scale, self._per_channel)
+        target.copy_((scale * self._max_code).reshape(target.shape))
+
+    @torch.no_grad()
+    def int_weight_and_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer codes (float32, weight-shaped) and their scale, with the forward's exact float32 arithmetic."""
+        weight = self.weight.float()
+        stored = self.scale_parameter
+        if stored is None:
+            scale = absmax_scale(weight, self._max_code, self._min_scale, self._per_channel)
+            return (weight / scale).round(), scale
+        scale = stored.float().abs().clamp_min(self._min_scale) / self._max_code
+        return (weight / scale).round().clamp(-self._max_code, self._max_code), scale
 
     def quant_settings(self) -> dict[str, Any]:
         """The weight quantizer's settings, as carried through pickling."""
@@ -235,7 +366,12 @@ class WeightQuantConv2d(QuantConv2d):
         return self._fake_quant(weight)
 
     def _fake_quant(self, weight: torch.Tensor) -> torch.Tensor:
-        return _AbsMaxFakeQuant.apply(weight, self._max_code, self._min_scale, self._per_channel)
+        stored = self.scale_parameter
+        if stored is None:
+            return _AbsMaxFakeQuant.apply(weight, self._max_code, self._min_scale, self._per_channel)
+        # Only LSQ learns its scale; mse and fixed scales get no gradient (detached), so no optimizer moves them.
+        scale = stored.to(weight.dtype) if self.scaling == "lsq" else stored.detach().to(weight.dtype)
+        return _ScaleFakeQuant.apply(weight, scale, self._max_code, self._min_scale, self._grad_scale)
 
     def forward(self, x: torch.Tensor | QuantTensor) -> torch.Tensor | QuantTensor:
         """Conv with fake-quantized weights; Brevitas' generic path where the fast one does not apply."""
@@ -247,7 +383,7 @@ class WeightQuantConv2d(QuantConv2d):
     def __reduce_ex__(self, protocol: int) -> tuple[Any, ...]:
         """Pickle as settings + tensors; Brevitas' quantizer is rebuilt from the settings on load."""
         kwargs = {**_conv_geometry(self), **self.quant_settings()}
-        state = {"weight": self.weight, "bias": self.bias, "training": self.training}
+        state = {"weight": self.weight, "bias": self.bias, "training": self.training, "scale": self.scale_parameter}
         return _rebuild_weight_quant_conv, (type(self), kwargs, state)
 
 
@@ -287,12 +423,47 @@ def _rebuild_weight_quant_conv(cls: type, kwargs: dict[str, Any], state: dict[st
     layer = cls(**kwargs, device=weight.device)
     layer.to(dtype=weight.dtype)  # Brevitas' helper buffers follow the weight, as after .half()
     _adopt_parameters(layer, weight, state["bias"])
+    if state.get("scale") is not None:  # the stored Parameter itself: values, dtype and requires_grad kept
+        layer.weight_quant.tensor_quant.scaling_impl.value = state["scale"]
     return layer.train(state["training"])
 
 
 # ----------------------------------------------------------------------------------------------
 # Fuse-safe model
 # ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def fold_batchnorm_exactly(layer: WeightQuantConv2d, bn: nn.BatchNorm2d) -> WeightQuantConv2d:
+    """``bn(layer(x))`` as one conv whose integer codes are ``layer``'s own, times the sign of the BN factor.
+
+    With ``f = gamma / sqrt(var + eps)`` per channel: codes' = sign(f) * codes, scale' = |f| * scale,
+    bias' = (bias - mean) * f + beta, weight' = codes' * scale' (float32). The result is a ``fixed``-scale
+    layer, per channel, so its codes ``round(weight' / scale')`` are ``codes'`` exactly (the ratio is within a few
+    ulps of an integer <= 127), on any input dtype, ties included: folding never re-rounds a weight. Folding BN
+    into the float weights first and re-quantizing (Ultralytics' ``fuse_conv_and_bn``) moves codes whose
+    ``w / scale`` sits on a .5 boundary (fp16 latents make exact ties common).
+    """
+    codes, scale = layer.int_weight_and_scale()
+    factor = bn.weight.float() / torch.sqrt(bn.running_var.float() + bn.eps)
+    channels = codes.shape[0]
+    scale = scale.expand(channels).reshape(-1, 1, 1, 1) if scale.dim() == 0 else scale.reshape(-1, 1, 1, 1)
+    magnitude = factor.abs().view(-1, 1, 1, 1)
+    dead = magnitude == 0  # gamma = 0: the channel is its bias; keep the scale so it stays a valid divisor
+    new_codes = torch.where(dead, torch.zeros_like(codes), codes * torch.where(factor < 0, -1.0, 1.0).view(-1, 1, 1, 1))
+    new_scale = torch.where(dead, scale, scale * magnitude)
+    bias = layer.bias.float() if layer.bias is not None else torch.zeros(channels, device=codes.device)
+    new_bias = (bias - bn.running_mean.float()) * factor + bn.bias.float()
+    geometry = {**_conv_geometry(layer), "bias": True}
+    fused = WeightQuantConv2d(
+        **geometry, bit_width=layer.bit_width, granularity="per_channel", scaling=FIXED_SCALING,
+        device=codes.device, dtype=torch.float32,
+    )  # fmt: skip
+    fused.weight.copy_(new_codes * new_scale)
+    fused.bias.copy_(new_bias)
+    fused.scale_parameter.copy_(new_scale * fused._max_code)
+    fused.to(dtype=layer.weight.dtype).requires_grad_(False)
+    return fused.train(layer.training)
+
+
 class _BranchSum(nn.Module):
     """Sum of two parallel branches: a RepVGGDW whose quantized 7x7 and 3x3 kernels must stay apart."""
 
@@ -304,22 +475,17 @@ class _BranchSum(nn.Module):
         return self.conv(x) + self.conv1(x)
 
 
-def _bn_fold_is_exact(conv: nn.Module) -> bool:
-    """Folding BN scales output channels; only per-channel abs-max codes are invariant to that."""
-    return not isinstance(conv, WeightQuantConv2d) or conv.granularity == "per_channel"
+def _fold_quantized_batchnorms(model: nn.Module) -> None:
+    """Pre-pass for ``BaseModel.fuse``: fold each quantized ``Conv``'s BN into scale and sign, keep branches apart.
 
-
-def _keep_inexact_folds_apart(model: nn.Module) -> None:
-    """Pre-pass for ``BaseModel.fuse``: give it nothing to fold that would move quantized outputs.
-
-    A per-tensor quantized ``Conv`` keeps its BN as ``conv = Sequential(conv, bn)``; a ``RepVGGDW``
-    holding quantized convs keeps both branches (``conv = _BranchSum(conv, conv1)``), whose ``Conv``
-    blocks ``BaseModel.fuse`` then folds one by one. Both then look fused to Ultralytics, and their
-    stock ``forward_fuse`` computes the same function as before.
+    A ``Conv`` holding a :class:`WeightQuantConv2d` gets the exact fold of :func:`fold_batchnorm_exactly` and loses
+    its ``bn``; a ``RepVGGDW`` holding quantized convs keeps both branches (``conv = _BranchSum(conv, conv1)``),
+    whose ``Conv`` blocks are folded the same way. Both then look fused to Ultralytics, whose stock
+    ``forward_fuse`` computes the same function as before; float convs are left to Ultralytics' own fold.
     """
     for m in list(model.modules()):
-        if isinstance(m, Conv) and hasattr(m, "bn") and not _bn_fold_is_exact(m.conv):
-            m.conv = nn.Sequential(m.conv, m.bn)
+        if isinstance(m, Conv) and hasattr(m, "bn") and isinstance(m.conv, WeightQuantConv2d):
+            m.conv = fold_batchnorm_exactly(m.conv, m.bn)
             del m.bn
             m.forward = m.forward_fuse
     for m in list(model.modules()):
@@ -336,9 +502,9 @@ class QuantDetectionModel(DetectionModel):
     """
 
     def fuse(self, verbose: bool = True, imgsz: int | list[int] = 640) -> QuantDetectionModel:
-        """``BaseModel.fuse`` minus the folds that are not exact after weight quantization."""
+        """``BaseModel.fuse`` with quantized BN folds done exactly (codes kept) and RepVGGDW branches kept apart."""
         if not self.is_fused():
-            _keep_inexact_folds_apart(self)
+            _fold_quantized_batchnorms(self)
         return super().fuse(verbose=verbose, imgsz=imgsz)
 
 
@@ -404,7 +570,8 @@ def quantize_model(model: DetectionModel, scheme: QuantScheme | str) -> Quantiza
     for name, bit_width in bits.items():
         if bit_width is not None:
             conv = model.get_submodule(name)
-            _replace_module(model, name, WeightQuantConv2d.from_float(conv, bit_width, scheme.granularity, scheme.scaling))
+            layer = WeightQuantConv2d.from_float(conv, bit_width, scheme.granularity, scheme.scaling, scheme.lsq_init)
+            _replace_module(model, name, layer)
     model.__class__ = QuantDetectionModel
     model.quant_scheme = scheme.to_dict()
     return QuantizationReport(scheme.name, tuple(bits.items()))
@@ -424,3 +591,30 @@ def quant_scheme_of(model: nn.Module) -> QuantScheme | None:
 def quantized_layers(model: nn.Module) -> Iterable[tuple[str, WeightQuantConv2d]]:
     """``(name, layer)`` for every quantized conv, in module order."""
     return ((name, m) for name, m in model.named_modules() if isinstance(m, WeightQuantConv2d))
+
+
+def stored_scales(model: nn.Module) -> dict[str, nn.Parameter]:
+    """``{layer name: stored scale Parameter}`` of every mse/lsq/fixed layer (learned ones: ``scaling == "lsq"``)."""
+    return {name: m.scale_parameter for name, m in quantized_layers(model) if m.scale_parameter is not None}
+
+
+def learned_scales(model: nn.Module) -> list[nn.Parameter]:
+    """The LSQ scale Parameters of ``model`` (they need their own optimizer group without weight decay)."""
+    return [m.scale_parameter for _, m in quantized_layers(model) if m.scaling == "lsq"]
+
+
+@torch.no_grad()
+def copy_stored_scales(target: nn.Module, source: nn.Module) -> int:
+    """Copy the stored scales of ``source`` (a quantized checkpoint model) into ``target``; return how many.
+
+    Ultralytics loads checkpoint weights into a float model (``DetectionModel.load`` keeps matching keys only),
+    so a model quantized afterwards starts its mse/lsq scales from the weights; resuming or re-opening a run must
+    restore the checkpoint's scales instead. Layers must match by name and shape (same scheme).
+    """
+    source_scales, target_scales = stored_scales(source), stored_scales(target)
+    missing = sorted(set(target_scales) - set(source_scales))
+    if missing:
+        raise ValueError(f"source model has no stored scale for {len(missing)} layers, e.g. {missing[0]}; same scheme?")
+    for name, scale in target_scales.items():
+        scale.copy_(source_scales[name].reshape(scale.shape))
+    return len(target_scales)

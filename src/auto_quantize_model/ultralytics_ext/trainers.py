@@ -29,7 +29,13 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER
 from auto_quantize_model.checkpoints import atomic_strip_optimizer, staged_checkpoint_writes
 from auto_quantize_model.ultralytics_ext.callbacks import attach_run_callbacks
 from auto_quantize_model.quant.scheme import QuantScheme
-from auto_quantize_model.quant.yolov10 import quant_scheme_of, quantize_model
+from auto_quantize_model.quant.yolov10 import (
+    copy_stored_scales,
+    is_quantized,
+    learned_scales,
+    quant_scheme_of,
+    quantize_model,
+)
 
 # Ultralytics rejects unknown keys in its args, and its DDP launcher rebuilds the trainer in a
 # new process from those args alone. The scheme therefore travels in the environment, which
@@ -76,9 +82,21 @@ class QATDetectionTrainer(ScratchDetectionTrainer):
         self._check_checkpoint_scheme(weights)
         model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
         self.quantization_report = quantize_model(model, self.quant_scheme)
+        if weights is not None and is_quantized(weights):  # resume / re-open: the checkpoint's own mse/lsq scales
+            copy_stored_scales(model, weights)
+        elif weights is None and self.quant_scheme.scaling == "mse":
+            LOGGER.warning(
+                f"QAT scheme {self.quant_scheme.name}: mse scales are searched once, here on random weights, and stay "
+                "fixed; start from a trained model (--init-from) or use an lsq/absmax scheme for training from scratch"
+            )
         if verbose:
             LOGGER.info(f"QAT scheme {self.quant_scheme.name}: convs per bit width {self.quantization_report.counts()}")
         return model
+
+    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+        """Ultralytics' optimizer, with the learned (LSQ) scales moved to their own group without weight decay."""
+        optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        return separate_learned_scales(optimizer, learned_scales(model))
 
     def _check_checkpoint_scheme(self, weights) -> None:
         """Refuse to resume a QAT checkpoint under a different scheme than it was trained with."""
@@ -102,3 +120,21 @@ def _scheme_in_environment(scheme: QuantScheme) -> Iterator[None]:
             os.environ.pop(QUANT_SCHEME_ENV, None)
         else:
             os.environ[QUANT_SCHEME_ENV] = previous
+
+
+def separate_learned_scales(optimizer, scales):
+    """Move ``scales`` out of the optimizer's groups into one appended group with ``weight_decay`` 0.
+
+    Ultralytics groups parameters by name and type (bias / norm weights / the rest, or by ``ndim`` under MuSGD),
+    which puts 4-D scale Parameters with the decayed conv weights; decaying a step size pulls it to zero.
+    The new group inherits the optimizer's defaults (lr, momentum, betas), so Ultralytics' warm-up and lr schedule
+    drive it like the weights; LSQ's gradient scaling, not a separate lr, sets how fast the scales move.
+    """
+    if not scales:
+        return optimizer
+    ids = {id(p) for p in scales}
+    for group in optimizer.param_groups:
+        group["params"] = [p for p in group["params"] if id(p) not in ids]
+    optimizer.add_param_group({"params": list(scales), "weight_decay": 0.0})
+    LOGGER.info(f"optimizer: {len(scales)} learned weight scales in their own group (weight_decay=0.0)")
+    return optimizer
