@@ -574,6 +574,8 @@ def plot_sensitivity(path: Path, rows: Sequence[SweepRow], high_bit_units: set[s
                 Patch(color="tab:blue", label=f"unit at {bits} bits in the mixed scheme")]  # fmt: skip
     top.set_ylabel(f"mAP50-95 drop (FP - unit alone at {bits} bits)")
     top.set_title(f"Weight-quantization sensitivity: one unit at {bits} bits, the rest float")
+    low, high = top.get_ylim()
+    top.set_ylim(low, high + 0.35 * (high - low))  # headroom: the legend must not hide the reference line
     top.legend(handles=handles, loc="upper right", fontsize=8)
     bottom.bar(x, [100.0 * row.params / total for row in units], color="tab:gray")
     bottom.set_ylabel("params %")
