@@ -23,11 +23,15 @@ import json
 import os
 from collections.abc import Iterator
 
+from ultralytics.data import build_yolo_dataset
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER
+from ultralytics.utils.torch_utils import unwrap_model
 
-from auto_quantize_model.checkpoints import atomic_strip_optimizer, staged_checkpoint_writes
-from auto_quantize_model.ultralytics_ext.callbacks import attach_run_callbacks
+from auto_quantize_model.checkpoints import (
+    atomic_strip_optimizer,
+    staged_checkpoint_writes,
+)
 from auto_quantize_model.quant.scheme import QuantScheme
 from auto_quantize_model.quant.yolov10 import (
     copy_stored_scales,
@@ -36,6 +40,7 @@ from auto_quantize_model.quant.yolov10 import (
     quant_scheme_of,
     quantize_model,
 )
+from auto_quantize_model.ultralytics_ext.callbacks import attach_run_callbacks
 
 # Ultralytics rejects unknown keys in its args, and its DDP launcher rebuilds the trainer in a
 # new process from those args alone. The scheme therefore travels in the environment, which
@@ -49,6 +54,19 @@ class ScratchDetectionTrainer(DetectionTrainer):
     def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
         super().__init__(cfg, overrides, _callbacks)
         attach_run_callbacks(self)
+
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
+        """Ultralytics' dataset, except that validation batches are square letterboxed (``rect=False``).
+
+        Ultralytics validates in training on rectangular batches (``rect=mode == "val"``, e.g. 192x160
+        inputs at imgsz 160); the exported fixed-size ONNX model and its evaluator see square
+        ``imgsz x imgsz`` letterboxed inputs. Validating on the same inputs makes the two mAP tables
+        differ only by AP integration and export error. ``--train-arg rect=True`` still forces rect.
+        """
+        if mode != "val":
+            return super().build_dataset(img_path, mode, batch)
+        stride = max(int(unwrap_model(self.model).stride.max()), 32)
+        return build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, rect=False, stride=stride)
 
     def save_model(self):
         """Ultralytics' save, with every checkpoint written to a temp file, fsynced and renamed into place."""
