@@ -20,9 +20,9 @@ import os
 import time
 from pathlib import Path
 
-import auto_quantize_model  # noqa: F401  (pins Ultralytics offline before it is imported)
 import torch
 
+import auto_quantize_model  # noqa: F401  (pins Ultralytics offline before it is imported)
 from auto_quantize_model.io_utils import write_json_atomic
 from auto_quantize_model.quant.scheme import QuantScheme, resolve_scheme
 from auto_quantize_model.quant.yolov10 import layer_bit_widths

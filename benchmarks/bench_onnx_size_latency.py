@@ -36,11 +36,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import auto_quantize_model  # noqa: F401  (pins Ultralytics offline before it is imported)
 import numpy as np
 import torch
 from ultralytics.nn.tasks import DetectionModel
 
+import auto_quantize_model  # noqa: F401  (pins Ultralytics offline before it is imported)
 from auto_quantize_model.export import export_onnx
 from auto_quantize_model.onnx_size import SizeRow, size_table, size_table_markdown
 from auto_quantize_model.ultralytics_ext.env import project_root

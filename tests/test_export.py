@@ -17,6 +17,7 @@ import pytest
 
 import auto_quantize_model  # noqa: F401  (offline Ultralytics before anything imports it)
 from auto_quantize_model import export as ex
+from auto_quantize_model import export_validation as ev
 from auto_quantize_model.io_utils import sha256_file
 
 IMGSZ = 64
@@ -180,7 +181,7 @@ def test_fp_raw_export_layout_and_overwrite_refusal(fp16_run, export_dir, prepar
 @pytest.mark.slow
 def test_failed_validation_writes_nothing(fp16_run, export_dir, monkeypatch):
     # A negative tolerance cannot be met: the export must stop before publishing anything.
-    monkeypatch.setitem(ex.TOLERANCES, ("fp", False), ex.Tolerance(box_rel=-1.0, score_abs=-1.0))
+    monkeypatch.setitem(ev.TOLERANCES, ("fp", False), ev.Tolerance(box_rel=-1.0, score_abs=-1.0))
     out = export_dir / "never.onnx"
     with pytest.raises(ex.ExportValidationError, match="nothing was written") as caught:
         ex.export_onnx(fp16_run.paths.best, out, imgsz=IMGSZ, output_format="raw", validate=True)
@@ -276,10 +277,10 @@ def test_mixed_4_and_8_bit_scheme_and_validation_catches_a_wrong_scale(tmp_path,
     _scale_first_weight_dequantizer(out, broken, bits_high=7, factor=1.25)
     settings = ex.ExportSettings((IMGSZ, IMGSZ), "raw", opset=18, dynamic_batch=False, half=False)
     model, ckpt = ex.load_detection_checkpoint(weights)
-    plan = ex.plan_validation(_val_dir(prepared_dataset), ckpt, weights, 2, settings)
-    reference = ex.reference_outputs(ex.prepare_for_export(model, settings.imgsz, False, False), plan)
-    assert ex.validate_export(out, reference, plan, settings, "qat-qcdq")["passed"]
-    report = ex.validate_export(broken, reference, plan, settings, "qat-qcdq")
+    plan = ev.plan_validation(_val_dir(prepared_dataset), ckpt, weights, 2, settings)
+    reference = ev.reference_outputs(ex.prepare_for_export(model, settings.imgsz, False, False), plan)
+    assert ev.validate_export(out, reference, plan, settings, "qat-qcdq")["passed"]
+    report = ev.validate_export(broken, reference, plan, settings, "qat-qcdq")
     assert not report["passed"]
     assert report["checks"][0]["max_abs_diff_boxes"] > report["checks"][0]["box_limit"]
 
@@ -345,14 +346,14 @@ def _rows(*rows: tuple[float, ...]) -> np.ndarray:
     return np.array(rows, dtype=np.float32)
 
 
-TOL = ex.Tolerance(box_rel=1e-4, score_abs=1e-4)
+TOL = ev.Tolerance(box_rel=1e-4, score_abs=1e-4)
 
 
 def test_tied_scores_in_another_order_pair_up_and_pass():
     expected = _rows((0, 0, 10, 10, 0.9, 0), (20, 20, 30, 30, 0.5, 1), (40, 40, 50, 50, 0.5, 2), (5, 5, 9, 9, 0.1, 0))
     actual = expected[[0, 2, 1, 3]].copy()
     actual[1, 4] += 2e-5  # last-bit noise on a tied score
-    result = ex.compare_outputs(expected[None], actual[None], "e2e", TOL)
+    result = ev.compare_outputs(expected[None], actual[None], "e2e", TOL)
     assert (
         result["passed"]
         and result["paired_rows"] == 4
@@ -364,27 +365,27 @@ def test_detection_moved_beyond_tolerance_fails():
     expected = _rows((0, 0, 10, 10, 0.9, 0), (20, 20, 30, 30, 0.5, 1))
     actual = expected.copy()
     actual[0, 2] += 0.5  # half a pixel on a box whose coordinates are at most 30: limit is 0.003
-    result = ex.compare_outputs(expected[None], actual[None], "e2e", TOL)
+    result = ev.compare_outputs(expected[None], actual[None], "e2e", TOL)
     # The moved detection has no partner within tolerance, and it is far above the top-k cutoff.
     assert not result["passed"] and result["paired_rows"] == 1 and result["unpaired_not_at_cutoff"] == 2
     actual[0, 2] -= 0.5 - 0.002  # within the limit again
-    assert ex.compare_outputs(expected[None], actual[None], "e2e", TOL)["passed"]
+    assert ev.compare_outputs(expected[None], actual[None], "e2e", TOL)["passed"]
 
 
 def test_swap_at_the_top_k_cutoff_is_allowed_but_not_above_it():
     expected = _rows((0, 0, 10, 10, 0.9, 0), (20, 20, 30, 30, 0.2, 1))
     at_cutoff = _rows((0, 0, 10, 10, 0.9, 0), (60, 60, 70, 70, 0.2, 2))  # near-tied candidate took the last slot
-    assert ex.compare_outputs(expected[None], at_cutoff[None], "e2e", TOL)["passed"]
+    assert ev.compare_outputs(expected[None], at_cutoff[None], "e2e", TOL)["passed"]
     above = _rows((60, 60, 70, 70, 0.9, 2), (20, 20, 30, 30, 0.2, 1))  # the best detection vanished
-    result = ex.compare_outputs(expected[None], above[None], "e2e", TOL)
+    result = ev.compare_outputs(expected[None], above[None], "e2e", TOL)
     assert not result["passed"] and result["unpaired_not_at_cutoff"] == 2
 
 
 def test_class_change_is_not_paired():
     expected = _rows((0, 0, 10, 10, 0.9, 0), (20, 20, 30, 30, 0.2, 1))
     actual = _rows((0, 0, 10, 10, 0.9, 3), (20, 20, 30, 30, 0.2, 1))
-    assert ex.pair_detections(expected, actual, box_limit=0.003, score_limit=1e-4) == [(1, 1)]
-    assert not ex.compare_outputs(expected[None], actual[None], "e2e", TOL)["passed"]
+    assert ev.pair_detections(expected, actual, box_limit=0.003, score_limit=1e-4) == [(1, 1)]
+    assert not ev.compare_outputs(expected[None], actual[None], "e2e", TOL)["passed"]
 
 
 def test_raw_comparison_is_elementwise_with_a_scale_aware_box_limit():
@@ -392,10 +393,10 @@ def test_raw_comparison_is_elementwise_with_a_scale_aware_box_limit():
     expected = np.concatenate([rng.uniform(0, 640, (1, 4, 50)), rng.uniform(0, 1, (1, 3, 50))], 1).astype(np.float32)
     actual = expected.copy()
     actual[0, 0, 0] += 0.05  # 0.05 px on coordinates up to ~640: limit 0.064
-    assert ex.compare_outputs(expected, actual, "raw", TOL)["passed"]
+    assert ev.compare_outputs(expected, actual, "raw", TOL)["passed"]
     actual[0, 5, 3] += 1e-3  # a score off by 1e-3
-    assert not ex.compare_outputs(expected, actual, "raw", TOL)["passed"]
-    assert not ex.compare_outputs(expected, actual[:, :, :40], "raw", TOL)["passed"]  # shape mismatch
+    assert not ev.compare_outputs(expected, actual, "raw", TOL)["passed"]
+    assert not ev.compare_outputs(expected, actual[:, :, :40], "raw", TOL)["passed"]  # shape mismatch
 
 
 def test_cli_help_names_the_contract():

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import tiny_train_request
 
 from auto_quantize_model.run_root import RunRoot
 from auto_quantize_model.stages import load_run_state
-from conftest import tiny_train_request
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts" / "cv-models"

@@ -19,6 +19,7 @@ from test_export import IMGSZ, SCRIPT, _prepared_quant_bits, _signal_preserving_
 
 import auto_quantize_model  # noqa: F401  (offline Ultralytics before anything imports it)
 from auto_quantize_model import export as ex
+from auto_quantize_model import export_validation as ev
 from auto_quantize_model import onnx_int4 as q4
 from auto_quantize_model.onnx_size import size_table, size_table_markdown, weight_storage
 
@@ -33,7 +34,7 @@ def _load(path: Path):
 def _val_batch(prepared_dataset, limit: int = 8) -> np.ndarray:
     """Letterboxed val images of the generated dataset, as the evaluator feeds them."""
     images = sorted((prepared_dataset.out_dir / "images" / "val").iterdir())[:limit]
-    return ex._load_inputs(images, (IMGSZ, IMGSZ))
+    return ev._load_inputs(images, (IMGSZ, IMGSZ))
 
 
 def _ort_outputs(path: Path, batch: np.ndarray) -> np.ndarray:

@@ -11,7 +11,6 @@ import io
 import math
 import pickle
 
-import auto_quantize_model  # noqa: F401  (before ultralytics: offline environment)
 import pytest
 import torch
 from brevitas.nn import QuantConv2d
@@ -21,6 +20,7 @@ from ultralytics.nn.modules import Conv
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.torch_utils import ModelEMA
 
+import auto_quantize_model  # noqa: F401  (before ultralytics: offline environment)
 from auto_quantize_model.quant.scheme import QuantScheme, named_scheme
 from auto_quantize_model.quant.yolov10 import (
     WeightQuantConv2d,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-import auto_quantize_model  # noqa: F401  (before ultralytics: offline environment)
 import pytest
 from ultralytics.nn.tasks import DetectionModel
 
+import auto_quantize_model  # noqa: F401  (before ultralytics: offline environment)
 from auto_quantize_model.quant.scheme import SCHEME_NAMES, QuantScheme, named_scheme
 from auto_quantize_model.quant.yolov10 import ROLES, layer_bit_widths, resolve_selector
 

@@ -7,7 +7,6 @@ import importlib.util
 import io
 import pickle
 
-import auto_quantize_model  # noqa: F401  (before ultralytics: offline environment)
 import pytest
 import torch
 from brevitas.nn import QuantConv2d
@@ -17,6 +16,7 @@ from ultralytics.nn.modules import RepVGGDW
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.torch_utils import ModelEMA
 
+import auto_quantize_model  # noqa: F401  (before ultralytics: offline environment)
 from auto_quantize_model.quant.scheme import SCHEME_NAMES, QuantScheme, named_scheme
 from auto_quantize_model.quant.yolov10 import (
     QuantDetectionModel,

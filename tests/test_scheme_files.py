@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import auto_quantize_model  # noqa: F401  (before ultralytics: offline environment)
 import pytest
 from ultralytics.nn.tasks import DetectionModel
 
+import auto_quantize_model  # noqa: F401  (before ultralytics: offline environment)
 from auto_quantize_model.quant.scheme import QuantScheme, named_scheme, resolve_scheme
 from auto_quantize_model.quant.yolov10 import layer_bit_widths, quantize_model
 from auto_quantize_model.variants import parse_variant

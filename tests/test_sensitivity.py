@@ -8,11 +8,11 @@ import json
 import random
 from collections import Counter
 
-import auto_quantize_model  # noqa: F401  (before ultralytics: offline environment)
 import pytest
 import torch
 from ultralytics.nn.tasks import DetectionModel
 
+import auto_quantize_model  # noqa: F401  (before ultralytics: offline environment)
 from auto_quantize_model.quant.scheme import QuantScheme, resolve_scheme
 from auto_quantize_model.quant.yolov10 import layer_bit_widths, quantized_layers, resolve_selector
 from auto_quantize_model.sensitivity import (

@@ -9,12 +9,12 @@ import sys
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY_EPOCHS, TINY_IMGSZ, tiny_train_request
 
 from auto_quantize_model.config import ConfigError
-from auto_quantize_model.ultralytics_ext import callbacks as run_logging
 from auto_quantize_model.run_root import RunRoot
 from auto_quantize_model.train import RunExistsError, resolve_train_args, train_stage
-from conftest import TINY_EPOCHS, TINY_IMGSZ, tiny_train_request
+from auto_quantize_model.ultralytics_ext import callbacks as run_logging
 
 pytestmark = pytest.mark.slow
 TRAIN_SCRIPT = "scripts/cv-models/train_yolov10m_scratch_fp16_vs_w4a16_qat_brevitas.py"

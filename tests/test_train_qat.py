@@ -9,13 +9,13 @@ import sys
 
 import pytest
 import torch
+from conftest import TINY_EPOCHS, TINY_IMGSZ, tiny_train_request
 
-from auto_quantize_model.ultralytics_ext import callbacks as run_logging
 from auto_quantize_model.quant.scheme import named_scheme
 from auto_quantize_model.quant.yolov10 import is_quantized, quant_scheme_of, quantized_layers
 from auto_quantize_model.run_root import RunRoot
 from auto_quantize_model.train import train_stage
-from conftest import TINY_EPOCHS, TINY_IMGSZ, tiny_train_request
+from auto_quantize_model.ultralytics_ext import callbacks as run_logging
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +140,11 @@ def test_scheme_survives_ultralytics_ddp_relaunch(prepared_dataset, tmp_path):
     from ultralytics.utils.dist import generate_ddp_file
 
     from auto_quantize_model.train import resolve_train_args
-    from auto_quantize_model.ultralytics_ext.trainers import QUANT_SCHEME_ENV, QATDetectionTrainer, _scheme_in_environment
+    from auto_quantize_model.ultralytics_ext.trainers import (
+        QUANT_SCHEME_ENV,
+        QATDetectionTrainer,
+        _scheme_in_environment,
+    )
 
     request = tiny_train_request(tmp_path, prepared_dataset.dataset_yaml, quantized=True, quant_scheme="w4a16-flfp")
     trainer = QATDetectionTrainer(overrides=resolve_train_args(request), quant_scheme=named_scheme("w4a16-flfp"))

@@ -23,11 +23,11 @@ from auto_quantize_model.evaluate import (
     COCO_BACKENDS,
     DEFAULT_COCO_BACKEND,
     GRAPH_OPTIMIZATIONS,
-    OUTPUT_FORMATS,
     EvaluationInputError,
     SessionSettings,
     evaluate_onnx_coco,
 )
+from auto_quantize_model.onnx_contract import OUTPUT_FORMATS
 
 
 def build_parser() -> argparse.ArgumentParser:

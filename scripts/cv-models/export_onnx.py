@@ -28,7 +28,6 @@ from pathlib import Path
 import auto_quantize_model  # noqa: F401  (offline Ultralytics before anything imports it)
 from auto_quantize_model.export import (
     DEFAULT_VAL_MAX_IMAGES,
-    OUTPUT_FORMATS,
     WEIGHTS_FORMATS,
     WEIGHTS_QCDQ,
     ExportExistsError,
@@ -38,6 +37,7 @@ from auto_quantize_model.export import (
     describe_kind,
     export_onnx,
 )
+from auto_quantize_model.onnx_contract import OUTPUT_FORMATS
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

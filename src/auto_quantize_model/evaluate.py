@@ -74,11 +74,11 @@ import numpy as np
 from auto_quantize_model import metrics_keys as K
 from auto_quantize_model.env_check import require_single_onnxruntime
 from auto_quantize_model.io_utils import sha256_file, write_json_atomic, write_text_atomic
+from auto_quantize_model.onnx_contract import OUTPUT_FORMATS
 from auto_quantize_model.preprocess import LetterboxInfo, as_hw, boxes_to_original, letterbox
 
 LOGGER = logging.getLogger(__name__)
 
-OUTPUT_FORMATS = ("e2e", "raw")
 COCO_STAT_KEYS = K.COCO_STAT_KEYS
 MAX_NMS_CANDIDATES = 30000  # Ultralytics' max_nms: candidates kept (by score) before NMS
 # The validator dataset's resize + square LetterBox: what YOLO(onnx).val() feeds a fixed-size model. In-training

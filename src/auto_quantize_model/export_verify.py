@@ -19,9 +19,9 @@ from auto_quantize_model.export import (
     ExportExistsError,
     ExportInputError,
     ExportResult,
-    metadata_path_for,
 )
 from auto_quantize_model.io_utils import read_json, sha256_file
+from auto_quantize_model.run_root import export_metadata_path
 
 # Output names that promise integer weights (RunRoot.onnx_model spells them); a float checkpoint must not get one.
 QAT_NAME_TOKENS = ("qcdq", "int4")
@@ -48,10 +48,10 @@ def existing_export(weights: Path, out: Path, request: dict[str, Any]) -> Export
         raise ExportExistsError(
             f"{out}: already exists and {reason}; pass --overwrite to replace it or choose another --out"
         )
-    metadata = read_json(metadata_path_for(out))
+    metadata = read_json(export_metadata_path(out))
     return ExportResult(
         onnx_path=out,
-        metadata_path=metadata_path_for(out),
+        metadata_path=export_metadata_path(out),
         kind=metadata.get("kind", "?"),
         scheme_name=(metadata.get("quant_scheme") or {}).get("name"),
         size_bytes=out.stat().st_size,
@@ -63,7 +63,7 @@ def existing_export(weights: Path, out: Path, request: dict[str, Any]) -> Export
 
 def _mismatch(weights: Path, out: Path, request: dict[str, Any]) -> str | None:
     """Why the existing ``out`` is not what this request would write, or ``None`` when it is."""
-    meta_path = metadata_path_for(out)
+    meta_path = export_metadata_path(out)
     if not meta_path.is_file():
         return f"has no metadata {meta_path.name} to verify it against"
     try:

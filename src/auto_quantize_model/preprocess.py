@@ -29,8 +29,9 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from auto_quantize_model.onnx_contract import PAD_VALUE
+
 LetterboxMode = Literal["predict", "val"]
-PAD_VALUE = 114
 _MODES = ("predict", "val")
 
 

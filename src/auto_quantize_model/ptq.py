@@ -152,8 +152,9 @@ def _check_request(request: PTQRequest) -> None:
 
 
 def _load(weights: Path) -> tuple[Any, dict[str, Any]]:
-    import auto_quantize_model.quant.yolov10  # noqa: F401  (QAT layers must be importable to unpickle)
     from ultralytics.nn.tasks import load_checkpoint
+
+    import auto_quantize_model.quant.yolov10  # noqa: F401  (QAT layers must be importable to unpickle)
 
     try:
         model, ckpt = load_checkpoint(str(weights))

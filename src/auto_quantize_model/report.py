@@ -25,7 +25,9 @@ from typing import Any
 
 import yaml
 
-from auto_quantize_model import loss_curves, metrics_keys as mk, summary_schema as ss
+from auto_quantize_model import loss_curves
+from auto_quantize_model import metrics_keys as mk
+from auto_quantize_model import summary_schema as ss
 from auto_quantize_model.config import load_run_config
 from auto_quantize_model.io_utils import atomic_output, read_json, write_json_atomic, write_text_atomic
 from auto_quantize_model.pipeline import SUMMARY_STAGE, model_name, plan_stages

@@ -33,7 +33,7 @@ from torch import nn
 from ultralytics.nn.modules import DFL, Conv, Conv2, Detect, RepConv, RepVGGDW
 from ultralytics.nn.tasks import DetectionModel
 
-from auto_quantize_model.quant.scheme import SCALINGS, ROLE_NAMES, QuantScheme, check_quant_settings, named_scheme
+from auto_quantize_model.quant.scheme import ROLE_NAMES, QuantScheme, check_quant_settings, named_scheme
 
 # A layer whose scale is an explicit, fixed number: the result of folding BN into a quantized conv's scale and sign
 # (QuantDetectionModel.fuse). Not a scheme option; the same storage and forward as ``mse``.
@@ -535,10 +535,6 @@ class QuantizationReport:
         """JSON-ready summary for run metadata."""
         return {"scheme": self.scheme, "counts": self.counts(), "layer_bits": dict(self.layer_bits)}
 
-    def format(self) -> str:
-        """One line per conv plus the totals, for logs."""
-        lines = [f"{name}: {'float' if bits is None else f'int{bits}'}" for name, bits in self.layer_bits]
-        return "\n".join([*lines, f"scheme {self.scheme}: {self.counts()}"])
 
 
 def _check_quantizable(model: nn.Module) -> None:
