@@ -47,8 +47,15 @@ def main() -> None:
         dataset = prepare_coco_dataset(source, scratch / "dataset")
         for model in args.models:
             request = TrainRequest(
-                run_root=scratch / Path(model).stem, data=dataset.dataset_yaml, quantized=args.quantized,
-                model=model, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device="cpu", workers=0,
+                run_root=scratch / Path(model).stem,
+                data=dataset.dataset_yaml,
+                quantized=args.quantized,
+                model=model,
+                epochs=args.epochs,
+                imgsz=args.imgsz,
+                batch=args.batch,
+                device="cpu",
+                workers=0,
                 overrides={"plots": False},
             )
             result = train_stage(request)

@@ -87,8 +87,10 @@ def main() -> None:
     print("| scheme | val mAP50-95 | param-weighted bits | share at low bits | conv weights MB (float at 16 b) |")
     print("|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['scheme']} | {row['mAP50_95']:.4f} | {row['weighted_bits'] or '-'} | "
-              f"{row['low_bit_share'] or '-'} | {row['conv_weight_MB']:.3f} |")  # fmt: skip
+        print(
+            f"| {row['scheme']} | {row['mAP50_95']:.4f} | {row['weighted_bits'] or '-'} | "
+            f"{row['low_bit_share'] or '-'} | {row['conv_weight_MB']:.3f} |"
+        )
     write_json_atomic(args.out / "results.json", {"weights": str(args.weights), "rows": rows})
 
 

@@ -60,10 +60,15 @@ class Timing:
 def save_checkpoint(model: DetectionModel, path: Path, cfg: str, imgsz: int) -> Path:
     """Save ``model`` the way Ultralytics' trainer does (``ema`` holds a half-precision copy)."""
     ckpt = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "epoch": -1, "best_fitness": None, "model": None,
-        "ema": copy.deepcopy(model).half(), "updates": 0, "optimizer": None,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "epoch": -1,
+        "best_fitness": None,
+        "model": None,
+        "ema": copy.deepcopy(model).half(),
+        "updates": 0,
+        "optimizer": None,
         "train_args": {"model": cfg, "imgsz": imgsz, "task": "detect"},
-    }  # fmt: skip
+    }
     torch.save(ckpt, path)
     return path
 
@@ -89,7 +94,6 @@ def sample_input(imgsz: int) -> np.ndarray:
     from auto_quantize_model.preprocess import letterbox
 
     return letterbox(cv2.imread(str(ASSETS / "bus.jpg")), imgsz, mode="val")[0][None]
-
 
 
 # onnxruntime keeps DequantizeLinear out of constant folding so that its QDQ fusions can pair it with a
@@ -130,7 +134,7 @@ def open_sessions(paths: dict[str, Path], threads: int) -> dict[tuple[str, str],
         )
         for name, path in paths.items()
         for setting, config in SETTINGS.items()
-    }  # fmt: skip
+    }
 
 
 def time_interleaved(sessions: dict, x: np.ndarray, repeats: int, warmup: int) -> dict:
@@ -150,10 +154,14 @@ def time_interleaved(sessions: dict, x: np.ndarray, repeats: int, warmup: int) -
 def folded_differences(sessions: dict, x: np.ndarray) -> dict[str, float]:
     """Max |default - folded| of ``output0`` per file (the same arithmetic: expect exactly 0)."""
     return {
-        name: float(np.abs(sessions[(name, "default")].run(["output0"], {"images": x})[0]
-                           - sessions[(name, "folded")].run(["output0"], {"images": x})[0]).max())
+        name: float(
+            np.abs(
+                sessions[(name, "default")].run(["output0"], {"images": x})[0]
+                - sessions[(name, "folded")].run(["output0"], {"images": x})[0]
+            ).max()
+        )
         for name in {n for n, _ in sessions}
-    }  # fmt: skip
+    }
 
 
 # Runs in a fresh interpreter so each session's memory is its own: RSS before the session (numpy +
@@ -205,8 +213,16 @@ def loadavg() -> str:
     return Path("/proc/loadavg").read_text().strip()
 
 
-def report(args: argparse.Namespace, rows: list[SizeRow], timings: dict, loads: dict, fold_diff: dict,
-           command: str, load_before: str, load_after: str) -> str:  # fmt: skip
+def report(
+    args: argparse.Namespace,
+    rows: list[SizeRow],
+    timings: dict,
+    loads: dict,
+    fold_diff: dict,
+    command: str,
+    load_before: str,
+    load_after: str,
+) -> str:
     """The Markdown section for ``benchmarks/RESULTS.md``."""
     import onnxruntime as ort
 
@@ -241,10 +257,11 @@ def report(args: argparse.Namespace, rows: list[SizeRow], timings: dict, loads: 
         f"INT4/float32 size: **{by_name['int4'].ratio_to_float32:.3f}x** (target <= 0.14x), INT4/FP16 "
         f"{by_name['int4'].ratio_to_fp16:.3f}x, QCDQ/float32 {by_name['qcdq'].ratio_to_float32:.3f}x. "
         "Folded vs default outputs, max |diff| per file: "
-        + ", ".join(f"{k} {v:.3g}" for k, v in sorted(fold_diff.items())) + ".",
+        + ", ".join(f"{k} {v:.3g}" for k, v in sorted(fold_diff.items()))
+        + ".",
         "'folded' sets `session.disable_quant_qdq=1`; load time and RSS come from "
         f"{args.load_repeats} fresh processes per row (session RSS = peak minus the RSS before the session).",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines)
 
 

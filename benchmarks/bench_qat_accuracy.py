@@ -42,8 +42,14 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=128)
     parser.add_argument("--val", type=int, default=32)
     parser.add_argument("--schemes", nargs="+", default=list(SCHEME_NAMES), choices=SCHEME_NAMES)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="Ultralytics training argument for every run, e.g. nbs=16 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Ultralytics training argument for every run, e.g. nbs=16 (repeatable)",
+    )
     parser.add_argument("--out", type=Path, help="keep the run root here instead of a temporary folder")
     args = parser.parse_args()
 
@@ -56,17 +62,30 @@ def main() -> None:
         for quantized, name in runs:
             started = time.perf_counter()
             request = TrainRequest(
-                run_root=root / "runs", data=dataset.dataset_yaml, quantized=quantized, quant_scheme=name,
-                model=args.model, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device="cpu",
-                workers=0, overrides={"plots": False, **parse_overrides(args.overrides)},
+                run_root=root / "runs",
+                data=dataset.dataset_yaml,
+                quantized=quantized,
+                quant_scheme=name,
+                model=args.model,
+                epochs=args.epochs,
+                imgsz=args.imgsz,
+                batch=args.batch,
+                device="cpu",
+                workers=0,
+                overrides={"plots": False, **parse_overrides(args.overrides)},
             )
             result = train_stage(request)
             scores[name] = best_map(result.paths.results_csv)
-            print(f"{name}: best val mAP50-95 {scores[name][0]:.4f} at epoch {scores[name][1]} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+            print(
+                f"{name}: best val mAP50-95 {scores[name][0]:.4f} at epoch {scores[name][1]} "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
         fp_map = scores["fp16"][0]
-        print(f"\n{args.model} {args.epochs} epochs imgsz {args.imgsz} on {args.train}/{args.val} synthetic images, "
-              f"overrides {args.overrides or 'none'}")
+        print(
+            f"\n{args.model} {args.epochs} epochs imgsz {args.imgsz} on {args.train}/{args.val} synthetic images, "
+            f"overrides {args.overrides or 'none'}"
+        )
         for name, (value, _) in scores.items():
             ratio = value / fp_map if fp_map > 0 else float("nan")
             print(f"  {name:12s} mAP50-95 {value:.4f}  ratio to FP {ratio:.3f}")

@@ -38,8 +38,15 @@ def tiny_train_request(run_root: Path, data: Path, **changes):
     from auto_quantize_model.train import TrainRequest
 
     settings = dict(
-        run_root=run_root, data=data, model=TINY_MODEL, epochs=TINY_EPOCHS, imgsz=TINY_IMGSZ,
-        batch=8, device="cpu", workers=0, overrides={"plots": False},
+        run_root=run_root,
+        data=data,
+        model=TINY_MODEL,
+        epochs=TINY_EPOCHS,
+        imgsz=TINY_IMGSZ,
+        batch=8,
+        device="cpu",
+        workers=0,
+        overrides={"plots": False},
     )
     settings.update(changes)
     return TrainRequest(**settings)

@@ -129,9 +129,13 @@ def fp_e2e(fp16_run, export_dir):
 def qat_e2e(qat_run, export_dir, prepared_dataset):
     """W4A16 QCDQ end-to-end export with a dynamic batch, validated at batch 1 and 4."""
     return ex.export_onnx(
-        qat_run.paths.best, export_dir / "qat-e2e-qcdq.onnx", imgsz=IMGSZ, dynamic_batch=True,
-        validate=True, val_images=_val_dir(prepared_dataset),
-    )  # fmt: skip
+        qat_run.paths.best,
+        export_dir / "qat-e2e-qcdq.onnx",
+        imgsz=IMGSZ,
+        dynamic_batch=True,
+        validate=True,
+        val_images=_val_dir(prepared_dataset),
+    )
 
 
 # --- FP ---------------------------------------------------------------------------------------------
@@ -205,8 +209,12 @@ def test_qcdq_weights_are_int8_clip_dequantize_chains_one_per_quantized_conv(qat
 
 @pytest.mark.slow
 def test_qcdq_file_is_self_contained_and_small(qat_e2e, fp_e2e, export_dir, qat_run):
-    leftovers = [p for folder in (export_dir, qat_run.paths.weights_dir) for p in folder.iterdir()
-                 if p.name.endswith(".data") or p.name.startswith(".")]  # fmt: skip
+    leftovers = [
+        p
+        for folder in (export_dir, qat_run.paths.weights_dir)
+        for p in folder.iterdir()
+        if p.name.endswith(".data") or p.name.startswith(".")
+    ]
     assert leftovers == []
     assert ex.inspect_onnx(qat_e2e.onnx_path).external_data is False
     ratio = qat_e2e.size_bytes / fp_e2e.size_bytes
@@ -237,8 +245,13 @@ def test_qcdq_metadata_json(qat_e2e, qat_run, prepared_dataset):
     assert QuantScheme.from_dict(meta["quant_scheme"]) == named_scheme("w4a16")
     assert meta["onnx"]["opset"] == ex.inspect_onnx(qat_e2e.onnx_path).opset
     assert meta["onnx"]["sha256"] == sha256_file(qat_e2e.onnx_path)
-    assert meta["input"] == {"name": "images", "shape": ["batch", 3, "height", "width"], "imgsz": [IMGSZ, IMGSZ],
-                             "dynamic_batch": True, "dtype": "float32"}  # fmt: skip
+    assert meta["input"] == {
+        "name": "images",
+        "shape": ["batch", 3, "height", "width"],
+        "imgsz": [IMGSZ, IMGSZ],
+        "dynamic_batch": True,
+        "dtype": "float32",
+    }
     assert meta["output"]["shape"] == [1, ANCHORS, 6] and meta["output"]["format"] == "e2e"
     assert list(meta["class_names"].values()) == list(prepared_dataset.names)
     assert meta["graph"]["DequantizeLinear"] == meta["graph"]["Clip"] == 83 and meta["graph"]["QuantizeLinear"] == 0
@@ -265,8 +278,15 @@ def test_ultralytics_yolo_loads_and_runs_the_qcdq_model(qat_e2e, prepared_datase
 def test_mixed_4_and_8_bit_scheme_and_validation_catches_a_wrong_scale(tmp_path, prepared_dataset):
     weights = _signal_preserving_checkpoint("w4a16-fl8", tmp_path / "fl8.pt")
     out = tmp_path / "fl8-raw.onnx"
-    result = ex.export_onnx(weights, out, imgsz=IMGSZ, output_format="raw", validate=True,
-                            val_images=_val_dir(prepared_dataset), val_max_images=2)  # fmt: skip
+    result = ex.export_onnx(
+        weights,
+        out,
+        imgsz=IMGSZ,
+        output_format="raw",
+        validate=True,
+        val_images=_val_dir(prepared_dataset),
+        val_max_images=2,
+    )
     assert result.scheme_name == "w4a16-fl8" and result.validation["passed"]
     expected = _prepared_quant_bits(weights, end2end=False)
     assert set(expected) == {4, 8}
@@ -423,7 +443,9 @@ def _half_saved_checkpoint_with_bn(scheme: str, out: Path) -> Path:
             n = m.num_features
             m.running_mean.copy_(torch.randn(n, generator=gen) * 0.2)
             m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-            m.weight.data.copy_((torch.rand(n, generator=gen) + 0.5) * torch.where(torch.rand(n, generator=gen) < 0.1, -1.0, 1.0))
+            m.weight.data.copy_(
+                (torch.rand(n, generator=gen) + 0.5) * torch.where(torch.rand(n, generator=gen) < 0.1, -1.0, 1.0)
+            )
     model.names = {0: "a", 1: "b", 2: "c"}
     quantize_model(model, scheme)
     torch.save({"ema": copy.deepcopy(model).half(), "model": None, "train_args": {"imgsz": IMGSZ}}, out)
@@ -476,8 +498,14 @@ def _onnx_codes(path: Path) -> list[np.ndarray]:
 def test_exported_codes_equal_the_half_saved_checkpoint_codes(scheme, tmp_path, prepared_dataset):
     """Zero flips, ties included: every QCDQ weight chain is one checkpoint layer's codes (BN by sign only)."""
     checkpoint = _half_saved_checkpoint_with_bn(scheme, tmp_path / "ckpt.pt")
-    result = ex.export_onnx(checkpoint, tmp_path / "q.onnx", imgsz=IMGSZ, output_format="raw", validate=True,
-                            val_images=_val_dir(prepared_dataset))  # fmt: skip
+    result = ex.export_onnx(
+        checkpoint,
+        tmp_path / "q.onnx",
+        imgsz=IMGSZ,
+        output_format="raw",
+        validate=True,
+        val_images=_val_dir(prepared_dataset),
+    )
     assert result.validation["passed"] and "unfused" in result.validation["reference"]
     reference = _reference_codes(checkpoint)
     exported = _onnx_codes(result.onnx_path)

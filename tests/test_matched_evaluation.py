@@ -22,10 +22,19 @@ def test_trainer_val_batches_are_the_evaluators_letterboxed_inputs(prepared_data
 
     from auto_quantize_model.ultralytics_ext.trainers import ScratchDetectionTrainer
 
-    trainer = ScratchDetectionTrainer(overrides={
-        "model": "yolov10n.yaml", "data": str(prepared_dataset.dataset_yaml), "imgsz": IMGSZ, "device": "cpu",
-        "project": str(tmp_path), "name": "t", "plots": False, "workers": 0, "batch": 4,
-    })  # fmt: skip
+    trainer = ScratchDetectionTrainer(
+        overrides={
+            "model": "yolov10n.yaml",
+            "data": str(prepared_dataset.dataset_yaml),
+            "imgsz": IMGSZ,
+            "device": "cpu",
+            "project": str(tmp_path),
+            "name": "t",
+            "plots": False,
+            "workers": 0,
+            "batch": 4,
+        }
+    )
     trainer.model = DetectionModel("yolov10n.yaml", nc=len(trainer.data["names"]), verbose=False)
     dataset = trainer.build_dataset(trainer.data["val"], mode="val", batch=4)
     assert not dataset.rect

@@ -158,8 +158,12 @@ def test_int4_file_passes_the_full_onnx_check_and_records_its_runtimes(int4_expo
 
 @pytest.mark.slow
 def test_int4_file_is_smaller_than_qcdq_and_the_size_table_has_both_ratios(int4_export, qcdq_file, fp_files):
-    files = {"float32": fp_files["float32"].onnx_path, "fp16": fp_files["fp16"].onnx_path,
-             "qcdq": qcdq_file, "int4": int4_export.onnx_path}  # fmt: skip
+    files = {
+        "float32": fp_files["float32"].onnx_path,
+        "fp16": fp_files["fp16"].onnx_path,
+        "qcdq": qcdq_file,
+        "int4": int4_export.onnx_path,
+    }
     rows = {row.label: row for row in size_table(files)}
     assert [rows[k].weights_format for k in files] == ["float32", "float16", "qcdq", "int4"]
     assert rows["float32"].ratio_to_float32 == 1.0 and rows["fp16"].ratio_to_fp16 == 1.0
@@ -212,9 +216,23 @@ def test_fp16_baseline_stores_float16_weights_with_float32_io(fp_files, prepared
 def test_int4_is_refused_for_a_float_checkpoint(fp16_run, tmp_path):
     with pytest.raises(ex.ExportInputError, match="--weights-format int4 needs a QAT checkpoint"):
         ex.export_onnx(fp16_run.paths.best, tmp_path / "x.onnx", imgsz=IMGSZ, weights_format="int4")
-    cli = subprocess.run([sys.executable, str(SCRIPT), "--weights", str(fp16_run.paths.best), "--out",
-                          str(tmp_path / "y.onnx"), "--imgsz", str(IMGSZ), "--weights-format", "int4"],
-                         check=False, capture_output=True, text=True)  # fmt: skip
+    cli = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--weights",
+            str(fp16_run.paths.best),
+            "--out",
+            str(tmp_path / "y.onnx"),
+            "--imgsz",
+            str(IMGSZ),
+            "--weights-format",
+            "int4",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert cli.returncode == 2 and "needs a QAT checkpoint" in cli.stderr
     assert not list(tmp_path.iterdir())
 
@@ -227,10 +245,11 @@ def _qcdq_conv_graph(codes: np.ndarray, low: int, high: int, extra_op: str | Non
     channels = codes.shape[0]
     inits = [
         numpy_helper.from_array(codes.astype(np.int8), "w_codes"),
-        numpy_helper.from_array(np.array(low, np.int8), "lo"), numpy_helper.from_array(np.array(high, np.int8), "hi"),
+        numpy_helper.from_array(np.array(low, np.int8), "lo"),
+        numpy_helper.from_array(np.array(high, np.int8), "hi"),
         numpy_helper.from_array(np.linspace(0.01, 0.05, channels).astype(np.float32), "w_scale"),
         numpy_helper.from_array(np.zeros(channels, np.int8), "w_zp"),
-    ]  # fmt: skip
+    ]
     nodes = [
         helper.make_node("Clip", ["w_codes", "lo", "hi"], ["w_clipped"], name="clip"),
         helper.make_node("DequantizeLinear", ["w_clipped", "w_scale", "w_zp"], ["w"], name="dq", axis=0),
@@ -239,9 +258,12 @@ def _qcdq_conv_graph(codes: np.ndarray, low: int, high: int, extra_op: str | Non
     ]
     out_type = TensorProto.BOOL if extra_op == "IsNaN" else TensorProto.FLOAT
     graph = helper.make_graph(
-        nodes, "qcdq", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, codes.shape[1], 8, 8])],
-        [helper.make_tensor_value_info("output0", out_type, None)], inits,
-    )  # fmt: skip
+        nodes,
+        "qcdq",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, codes.shape[1], 8, 8])],
+        [helper.make_tensor_value_info("output0", out_type, None)],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
@@ -290,9 +312,12 @@ def test_converter_refuses_a_graph_without_qcdq_weights(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Relu", ["images"], ["output0"])], "float",
-                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 3, 8, 8])])  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["images"], ["output0"])],
+        "float",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 3, 8, 8])],
+    )
     src = tmp_path / "float.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(src))
     with pytest.raises(q4.Int4ConversionError, match=rf"{src}: no 'int8 initializer -> Clip -> DequantizeLinear'"):

@@ -35,7 +35,9 @@ def test_plan_orders_stages_per_seed_and_variant_with_the_fp_model_first() -> No
     for seed in (0, 1):
         assert got.index(f"s{seed}-train-fp16") < got.index(f"s{seed}-quantize-ptq-w4a16")
         assert got.index(f"s{seed}-train-fp16") < got.index(f"s{seed}-train-qat-w4a16-ft")
-        assert {f"s{seed}-eval-ptq-w4a16-qcdq", f"s{seed}-eval-ptq-w4a16-int4", f"s{seed}-eval-fp16-float16"} <= set(got)
+        assert {f"s{seed}-eval-ptq-w4a16-qcdq", f"s{seed}-eval-ptq-w4a16-int4", f"s{seed}-eval-fp16-float16"} <= set(
+            got
+        )
     by_name = {stage.name: stage for stage in stages}
     ft = by_name["s1-train-qat-w4a16-ft"]
     assert ft.argv[ft.argv.index("--init-from") + 1] == "/r/seed-1/fp16/weights/best.pt"
@@ -51,7 +53,12 @@ def test_plan_orders_stages_per_seed_and_variant_with_the_fp_model_first() -> No
 def test_a_gpu_profile_starts_with_the_preflight(tmp_path: Path) -> None:
     config = resolve_run_config("demo", {"device": "0"})
     stages = plan_stages(RunRoot(tmp_path), config)
-    assert stages[0].name == "check-env" and stages[0].argv[-4:] == ("--device", "0", "--providers", "CPUExecutionProvider")
+    assert stages[0].name == "check-env" and stages[0].argv[-4:] == (
+        "--device",
+        "0",
+        "--providers",
+        "CPUExecutionProvider",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,8 +79,10 @@ for out in sys.argv[3:]:
 
 
 def stand_in(stages, calls: Path):
-    return [dataclasses.replace(s, argv=(sys.executable, "-c", WRITE_OUTPUTS, s.name, str(calls), *map(str, s.outputs)))
-            for s in stages]  # fmt: skip
+    return [
+        dataclasses.replace(s, argv=(sys.executable, "-c", WRITE_OUTPUTS, s.name, str(calls), *map(str, s.outputs)))
+        for s in stages
+    ]
 
 
 def ran(calls: Path) -> list[str]:
@@ -92,7 +101,9 @@ def test_rerun_skips_done_stages_and_a_failure_resumes_at_that_stage(demo_run, m
     run_root, config, calls = demo_run
     stages = stand_in(plan_stages(run_root, config), calls)
     monkeypatch.setenv("FAIL_STAGE", "s0-quantize-ptq-w4a16")
-    with pytest.raises(PipelineError, match=r"stage s0-quantize-ptq-w4a16 failed with exit code 3.*Log: .*s0-quantize-ptq-w4a16.log"):
+    with pytest.raises(
+        PipelineError, match=r"stage s0-quantize-ptq-w4a16 failed with exit code 3.*Log: .*s0-quantize-ptq-w4a16.log"
+    ):
         run_pipeline(run_root, stages)
     assert ran(calls)[-1] == "s0-quantize-ptq-w4a16"
     monkeypatch.delenv("FAIL_STAGE")

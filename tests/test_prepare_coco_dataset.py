@@ -49,12 +49,19 @@ VAL_ANNOTATIONS = [
 ]
 
 
-def _write_split(root: Path, folder: str, ann_name: str, images: list[dict], annotations: list[dict], categories) -> None:
+def _write_split(
+    root: Path, folder: str, ann_name: str, images: list[dict], annotations: list[dict], categories
+) -> None:
     (root / folder).mkdir(parents=True, exist_ok=True)
     for image in images:
         Image.new(image["mode"], (image["width"], image["height"]), 128).save(root / folder / image["file_name"])
     coco_images = [{key: image[key] for key in ("id", "file_name", "width", "height")} for image in images]
-    coco = {"info": {"description": "tricky"}, "images": coco_images, "annotations": annotations, "categories": categories}
+    coco = {
+        "info": {"description": "tricky"},
+        "images": coco_images,
+        "annotations": annotations,
+        "categories": categories,
+    }
     (root / "annotations").mkdir(exist_ok=True)
     (root / "annotations" / ann_name).write_text(json.dumps(coco), encoding="utf-8")
 
@@ -120,7 +127,9 @@ def test_yaml_val_json_and_provenance(source: Path, tmp_path: Path) -> None:
     assert [ann["id"] for ann in val["annotations"]] == [100, 101, 102]  # crowd kept for COCOeval
     provenance = json.loads(result.provenance.read_text())
     assert provenance["images_copied"] is False
-    assert provenance["splits"]["train"]["annotations"] == str(source.resolve() / "annotations/instances_train2017.json")
+    assert provenance["splits"]["train"]["annotations"] == str(
+        source.resolve() / "annotations/instances_train2017.json"
+    )
     assert len(provenance["splits"]["val"]["annotations_sha256"]) == 64
     assert provenance["splits"]["train"]["counts"]["per_class"]["bird"] == 1
     assert provenance["splits"]["train"]["counts"]["degenerate_boxes_skipped"] == 2
@@ -281,5 +290,11 @@ def test_leftover_staging_of_an_interrupted_run_is_replaced(source: Path, tmp_pa
     (out / ".prepare-staging" / "labels" / "train" / "half.txt").write_text("0 0.5")
     result = prepare_coco_dataset(source, out)  # no --overwrite needed: only our own leftovers
     assert not (out / ".prepare-staging").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["dataset.yaml", "images", "instances_val.json", "labels", "provenance.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dataset.yaml",
+        "images",
+        "instances_val.json",
+        "labels",
+        "provenance.json",
+    ]
     assert result.counts["train"].images == 3

@@ -45,8 +45,9 @@ def _learned_state(model) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def ptq_w8(fp16_run, prepared_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("ptq") / "ptq-w8a16" / "best.pt"
-    return quantize_checkpoint(PTQRequest(fp16_run.paths.best, out, "w8a16", data=prepared_dataset.dataset_yaml,
-                                          measure_val=True))  # fmt: skip
+    return quantize_checkpoint(
+        PTQRequest(fp16_run.paths.best, out, "w8a16", data=prepared_dataset.dataset_yaml, measure_val=True)
+    )
 
 
 @pytest.mark.slow
@@ -71,16 +72,29 @@ def test_ptq_w8a16_is_close_to_fp_and_reloads_with_yolo(ptq_w8, fp16_run):
 def test_ptq_checkpoint_exports_as_qcdq(ptq_w8, prepared_dataset, tmp_path):
     from auto_quantize_model import export as ex
 
-    result = ex.export_onnx(ptq_w8.checkpoint, tmp_path / "ptq.onnx", imgsz=IMGSZ, validate=True,
-                            val_images=prepared_dataset.out_dir / "images" / "val")  # fmt: skip
+    result = ex.export_onnx(
+        ptq_w8.checkpoint,
+        tmp_path / "ptq.onnx",
+        imgsz=IMGSZ,
+        validate=True,
+        val_images=prepared_dataset.out_dir / "images" / "val",
+    )
     assert result.kind == "qat-qcdq" and result.validation["passed"]
 
 
 @pytest.mark.slow
 def test_bn_recalibration_changes_running_stats_and_nothing_else(fp16_run, prepared_dataset, tmp_path):
     plain = quantize_checkpoint(PTQRequest(fp16_run.paths.best, tmp_path / "plain.pt", "w4a16-mse"))
-    recal = quantize_checkpoint(PTQRequest(fp16_run.paths.best, tmp_path / "recal.pt", "w4a16-mse",
-                                           data=prepared_dataset.dataset_yaml, bn_recalib_batches=2, batch=4))  # fmt: skip
+    recal = quantize_checkpoint(
+        PTQRequest(
+            fp16_run.paths.best,
+            tmp_path / "recal.pt",
+            "w4a16-mse",
+            data=prepared_dataset.dataset_yaml,
+            bn_recalib_batches=2,
+            batch=4,
+        )
+    )
     assert recal.bn_recalib.batches == 2 and recal.bn_recalib.images == 8
     before, after = _load(plain.checkpoint), _load(recal.checkpoint)
     stats_before, stats_after = _bn_stats(before), _bn_stats(after)
@@ -93,8 +107,9 @@ def test_bn_recalibration_changes_running_stats_and_nothing_else(fp16_run, prepa
 
 @pytest.mark.slow
 def test_bn_recalibration_after_qat(qat_run, prepared_dataset, tmp_path):
-    result = recalibrate_checkpoint(qat_run.paths.best, tmp_path / "qat-recal.pt", prepared_dataset.dataset_yaml, 2,
-                                    batch=4)  # fmt: skip
+    result = recalibrate_checkpoint(
+        qat_run.paths.best, tmp_path / "qat-recal.pt", prepared_dataset.dataset_yaml, 2, batch=4
+    )
     assert result.scheme == "w4a16" and result.bn_recalib.batches == 2
     original, recal = _bn_stats(_load(qat_run.paths.best)), _bn_stats(_load(result.checkpoint))
     assert any(not torch.equal(original[k], recal[k]) for k in original)

@@ -32,15 +32,28 @@ from auto_quantize_model.publish import (
 from auto_quantize_model.run_root import RunRoot
 
 ROOT = Path(__file__).resolve().parents[1]
-SUMMARY_CSV_COLUMNS = ("variant", "seed", "weights_format", "mAP50_95", "mAP50", "val_mAP50_95_best", "onnx",
-                       "onnx_bytes", "latency_ms_p50", "val_ann_sha256")  # fmt: skip
+SUMMARY_CSV_COLUMNS = (
+    "variant",
+    "seed",
+    "weights_format",
+    "mAP50_95",
+    "mAP50",
+    "val_mAP50_95_best",
+    "onnx",
+    "onnx_bytes",
+    "latency_ms_p50",
+    "val_ann_sha256",
+)
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def _png(path: Path, size: int = 16, noise: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8) if noise else \
-        np.full((size, size, 3), 200, dtype=np.uint8)  # fmt: skip
+    pixels = (
+        np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+        if noise
+        else np.full((size, size, 3), 200, dtype=np.uint8)
+    )
     Image.fromarray(pixels).save(path, format="PNG")
 
 
@@ -139,8 +152,10 @@ def make_run_root(
         _legacy_exports(root, results)
     _write(root / "logs" / "train-fp16.log", "epoch 1/3 ...\n" * 20)
     _write(root / "run.json", json.dumps({"stages": {}}))
-    _write(run_root.run_config, yaml.safe_dump({"profile": "demo", "model": "yolov10n.yaml", "seeds": list(seeds),
-                                                "variants": variants}))  # fmt: skip
+    _write(
+        run_root.run_config,
+        yaml.safe_dump({"profile": "demo", "model": "yolov10n.yaml", "seeds": list(seeds), "variants": variants}),
+    )
     _write(run_root.dataset_yaml, "path: .\nnames: {0: person}\n")
     _write(run_root.dataset_provenance, json.dumps({"source": "synthetic"}))
     _write(run_root.val_annotations, json.dumps({"images": [], "annotations": []}))
@@ -159,25 +174,48 @@ def _write_summary_tables(run_root: RunRoot, complete: bool, seeds, generated_at
     for (variant, weights_format), maps in results.items():
         for seed, value in zip(seeds, maps):
             onnx = run_root.seed(seed).onnx_model("yolov10n", variant, weights_format).relative_to(run_root.root)
-            rows.append({"variant": variant, "seed": seed, "weights_format": weights_format, "mAP50_95": value,
-                         "mAP50": "", "val_mAP50_95_best": "", "onnx": onnx.as_posix(),
-                         "onnx_bytes": ONNX_BYTES[weights_format], "latency_ms_p50": 4.2,
-                         "val_ann_sha256": "ab" * 32})  # fmt: skip
+            rows.append(
+                {
+                    "variant": variant,
+                    "seed": seed,
+                    "weights_format": weights_format,
+                    "mAP50_95": value,
+                    "mAP50": "",
+                    "val_mAP50_95_best": "",
+                    "onnx": onnx.as_posix(),
+                    "onnx_bytes": ONNX_BYTES[weights_format],
+                    "latency_ms_p50": 4.2,
+                    "val_ann_sha256": "ab" * 32,
+                }
+            )
     with open(run_root.summary_csv, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     missing = [] if complete else ["eval-qat-w4a16: metrics.json missing"]
     variants = list(dict.fromkeys(variant for variant, _ in results))
-    run_root.summary_json.write_text(json.dumps({"complete": complete, "missing": missing, "generated_at": generated_at,
-                                                 "profile": "demo", "model": "yolov10n.yaml", "variants": variants,
-                                                 "seeds": list(seeds)}))  # fmt: skip
+    run_root.summary_json.write_text(
+        json.dumps(
+            {
+                "complete": complete,
+                "missing": missing,
+                "generated_at": generated_at,
+                "profile": "demo",
+                "model": "yolov10n.yaml",
+                "variants": variants,
+                "seeds": list(seeds),
+            }
+        )
+    )
 
 
 def _tree(folder: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under ``folder`` with its bytes and mtime (to prove a no-op wrote nothing)."""
-    return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _index_rows(dest: Path) -> list[dict[str, str]]:
@@ -196,11 +234,23 @@ def test_light_files_are_copied_and_heavy_ones_listed_in_the_manifest(tmp_path, 
     prefix = "seed-0/" if per_seed else ""
     eval_dir = f"{prefix}eval/fp16-float32" if per_seed else "baseline-coco"
     fp_metadata = f"{prefix}onnx/yolov10n-fp16-float32.json" if per_seed else "onnx/yolov10n-fp16.json"
-    for expected in ("summary.md", "summary.csv", "summary.json", "run_config.yaml", "run.json", "val_map_comparison.png",
-                     "dataset/provenance.json", f"{prefix}fp16/results.csv", f"{prefix}fp16/train_config.yaml",
-                     f"{prefix}fp16/train_metadata.json", f"{prefix}qat-w4a16/quant_scheme.json",
-                     f"{prefix}qat-w4a16/loss_curves.png", fp_metadata,
-                     f"{eval_dir}/metrics.json", MANIFEST_NAME):  # fmt: skip
+    for expected in (
+        "summary.md",
+        "summary.csv",
+        "summary.json",
+        "run_config.yaml",
+        "run.json",
+        "val_map_comparison.png",
+        "dataset/provenance.json",
+        f"{prefix}fp16/results.csv",
+        f"{prefix}fp16/train_config.yaml",
+        f"{prefix}fp16/train_metadata.json",
+        f"{prefix}qat-w4a16/quant_scheme.json",
+        f"{prefix}qat-w4a16/loss_curves.png",
+        fp_metadata,
+        f"{eval_dir}/metrics.json",
+        MANIFEST_NAME,
+    ):
         assert expected in published, expected
     heavy = re.compile(r"\.(pt|onnx|jpg|log)$|tfevents|detections\.json|instances_val\.json")
     assert not [path for path in published if heavy.search(path)]
@@ -208,9 +258,12 @@ def test_light_files_are_copied_and_heavy_ones_listed_in_the_manifest(tmp_path, 
     manifest = json.loads((report / MANIFEST_NAME).read_text())
     left = {entry["path"]: entry for entry in manifest["left_behind"]}
     best = run_root.root / prefix / "fp16" / "weights" / "best.pt"
-    assert left[f"{prefix}fp16/weights/best.pt"] == {"path": f"{prefix}fp16/weights/best.pt", "size_bytes": 4096,
-                                                      "sha256": hashlib.sha256(best.read_bytes()).hexdigest(),
-                                                      "kind": "weights"}  # fmt: skip
+    assert left[f"{prefix}fp16/weights/best.pt"] == {
+        "path": f"{prefix}fp16/weights/best.pt",
+        "size_bytes": 4096,
+        "sha256": hashlib.sha256(best.read_bytes()).hexdigest(),
+        "kind": "weights",
+    }
     kinds = {entry["kind"] for entry in left.values()}
     assert {"weights", "onnx", "tensorboard", "detections", "annotations", "log", "image"} <= kinds
     assert [entry["path"] for entry in manifest["skipped_dirs"]] == [
@@ -310,21 +363,34 @@ def test_index_lists_reports_newest_first_with_their_numbers(tmp_path):
     dest = tmp_path / "reports"
     older = make_run_root(tmp_path / "run-a", generated_at="2025-12-01T09:00:00Z")
     # Several formats per variant: FP16 is judged by its float32 export, variants are labelled with their format.
-    results = {("fp16", "float32"): [0.40, 0.42, 0.44], ("fp16", "float16"): [0.50, 0.50, 0.50],
-               ("qat-w4a16", "qcdq"): [0.36, 0.38, 0.40], ("qat-w4a16", "int4"): [0.30, 0.30, 0.30]}  # fmt: skip
-    newer = make_run_root(tmp_path / "run-b", per_seed=True, seeds=(0, 1, 2), generated_at="2025-12-03T18:30:00Z",
-                          results=results)  # fmt: skip
+    results = {
+        ("fp16", "float32"): [0.40, 0.42, 0.44],
+        ("fp16", "float16"): [0.50, 0.50, 0.50],
+        ("qat-w4a16", "qcdq"): [0.36, 0.38, 0.40],
+        ("qat-w4a16", "int4"): [0.30, 0.30, 0.30],
+    }
+    newer = make_run_root(
+        tmp_path / "run-b", per_seed=True, seeds=(0, 1, 2), generated_at="2025-12-03T18:30:00Z", results=results
+    )
     publish_run_report(older, dest)
     publish_run_report(newer, dest)
     rows = _index_rows(dest)
     assert list(rows[0]) == list(INDEX_COLUMNS)
     assert [row["run"] for row in rows] == ["[run-b](run-b/summary.md)", "[run-a](run-a/summary.md)"]
     assert rows[0] == {
-        "run": "[run-b](run-b/summary.md)", "date": "2025-12-03 18:30 UTC", "profile": "demo", "model": "yolov10n.yaml",
-        "variants": "fp16, qat-w4a16", "seeds": "0, 1, 2", "FP16 mAP50-95": "0.4200 ± 0.0200",
-        "best quantized (mAP50-95)": "qat-w4a16 (qcdq) 0.3800 ± 0.0200", "ratio to FP16": f"{0.38 / 0.42:.4f}",
-        "ONNX sizes": "fp16 (float32) 0.01 MB; fp16 (float16) 0.00 MB; qat-w4a16 (qcdq) 0.00 MB; qat-w4a16 (int4) 0.00 MB",
-    }  # fmt: skip
+        "run": "[run-b](run-b/summary.md)",
+        "date": "2025-12-03 18:30 UTC",
+        "profile": "demo",
+        "model": "yolov10n.yaml",
+        "variants": "fp16, qat-w4a16",
+        "seeds": "0, 1, 2",
+        "FP16 mAP50-95": "0.4200 ± 0.0200",
+        "best quantized (mAP50-95)": "qat-w4a16 (qcdq) 0.3800 ± 0.0200",
+        "ratio to FP16": f"{0.38 / 0.42:.4f}",
+        "ONNX sizes": (
+            "fp16 (float32) 0.01 MB; fp16 (float16) 0.00 MB; qat-w4a16 (qcdq) 0.00 MB; qat-w4a16 (int4) 0.00 MB"
+        ),
+    }
     assert rows[1]["FP16 mAP50-95"] == "0.2179" and rows[1]["ratio to FP16"] == f"{0.1902 / 0.2179:.4f}"
     for row in rows:
         assert (dest / re.search(r"\(([^)]+)\)", row["run"]).group(1)).is_file()

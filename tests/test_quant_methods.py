@@ -59,9 +59,16 @@ def make_layer(scaling: str, granularity: str = "per_channel", bit_width: int = 
 def brevitas_parameter_twin(layer: WeightQuantConv2d) -> QuantConv2d:
     """A stock Brevitas QuantConv2d with a PARAMETER scale holding ``layer``'s scale and weights (a separate copy)."""
     twin = QuantConv2d(
-        16, 24, 3, padding=1, weight_quant=weight_quantizer(layer.bit_width, layer.granularity, "lsq"),
-        input_quant=None, output_quant=None, bias_quant=None, return_quant_tensor=False,
-    )  # fmt: skip
+        16,
+        24,
+        3,
+        padding=1,
+        weight_quant=weight_quantizer(layer.bit_width, layer.granularity, "lsq"),
+        input_quant=None,
+        output_quant=None,
+        bias_quant=None,
+        return_quant_tensor=False,
+    )
     with torch.no_grad():
         twin.weight.copy_(layer.weight)
         twin.bias.copy_(layer.bias)
@@ -102,8 +109,17 @@ def test_mse_scale_is_brevitas_mse_scale(granularity: str) -> None:
     base = Int8WeightPerChannelFloatMSE
     if granularity == "per_tensor":
         from brevitas.quant import Int8WeightPerTensorFloatMSE as base
-    reference = QuantConv2d(16, 24, 3, padding=1, weight_quant=base.let(bit_width=4), input_quant=None,
-                            output_quant=None, bias_quant=None, return_quant_tensor=False)  # fmt: skip
+    reference = QuantConv2d(
+        16,
+        24,
+        3,
+        padding=1,
+        weight_quant=base.let(bit_width=4),
+        input_quant=None,
+        output_quant=None,
+        bias_quant=None,
+        return_quant_tensor=False,
+    )
     with torch.no_grad():
         reference.weight.copy_(layer.weight)
     expected = reference.quant_weight().scale.detach().reshape(step(layer).shape)
@@ -151,7 +167,8 @@ def test_stored_scale_forward_and_gradients_match_brevitas(scaling: str, granula
     else:
         per_scale = layer.weight[0].numel() if granularity == "per_channel" else layer.weight.numel()
         grad_scale = 1 / math.sqrt(per_scale * 7)  # LSQ's gradient scaling, which Brevitas does not apply
-        # Brevitas differentiates its threshold t = 7 s: d/dt = d/ds / 7. Ours hands t 7 * g * d/ds (see _ScaleFakeQuant).
+        # Brevitas differentiates its threshold t = 7 s: d/dt = d/ds / 7.
+        # Ours hands t 7 * g * d/ds (see _ScaleFakeQuant).
         expected = reference_scale_grad * 49 * grad_scale
         assert torch.allclose(layer.scale_parameter.grad, expected, rtol=1e-5, atol=1e-8)
 
@@ -275,8 +292,11 @@ def _torch_round_trip(model: nn.Module) -> nn.Module:
 
 @pytest.mark.parametrize("how", ["pickle", "deepcopy", "torch_save_half"])
 def test_learned_scales_survive_round_trips(lsq_model: DetectionModel, how: str) -> None:
-    clone = {"pickle": lambda m: pickle.loads(pickle.dumps(m)), "deepcopy": copy.deepcopy,
-             "torch_save_half": _torch_round_trip}[how](lsq_model)  # fmt: skip
+    clone = {
+        "pickle": lambda m: pickle.loads(pickle.dumps(m)),
+        "deepcopy": copy.deepcopy,
+        "torch_save_half": _torch_round_trip,
+    }[how](lsq_model)
     scales, cloned = stored_scales(lsq_model), stored_scales(clone)
     assert list(cloned) == list(scales) and len(scales) == 107
     for name, scale in scales.items():
@@ -353,7 +373,11 @@ def test_lsq_training_saves_learns_and_resumes_its_scales(prepared_dataset, tmp_
     def record_start(trainer) -> None:  # the model and optimizer the (resumed) loop really uses
         groups = trainer.optimizer.param_groups
         seen["scale_group"] = (groups[-1]["weight_decay"], len(groups[-1]["params"]))
-        seen["in_other_groups"] = sum(len(g["params"]) for g in groups[:-1] if any(p.ndim == 4 and p.shape[1:] == (1, 1, 1) and p.numel() > 1 for p in g["params"]))  # noqa: E501
+        seen["in_other_groups"] = sum(
+            len(g["params"])
+            for g in groups[:-1]
+            if any(p.ndim == 4 and p.shape[1:] == (1, 1, 1) and p.numel() > 1 for p in g["params"])
+        )  # noqa: E501
         seen["scales"] = {k: v.detach().clone() for k, v in stored_scales(trainer.model).items()}
 
     def interrupt(trainer) -> None:
@@ -364,8 +388,9 @@ def test_lsq_training_saves_learns_and_resumes_its_scales(prepared_dataset, tmp_
 
     # nbs = batch: an optimizer step every batch (the default nbs 64 accumulates 8 batches, more than the run has).
     overrides = {"plots": False, "nbs": 8}
-    request = tiny_train_request(tmp_path, prepared_dataset.dataset_yaml, quantized=True, quant_scheme="w4a16-lsq",
-                                 overrides=overrides)  # fmt: skip
+    request = tiny_train_request(
+        tmp_path, prepared_dataset.dataset_yaml, quantized=True, quant_scheme="w4a16-lsq", overrides=overrides
+    )
     monkeypatch.setitem(run_logging.RUN_CALLBACKS, "on_train_start", record_start)
     monkeypatch.setitem(run_logging.RUN_CALLBACKS, "on_model_save", interrupt)
     monkeypatch.setitem(run_logging.RUN_CALLBACKS, "on_train_epoch_end", record_epoch_end)
@@ -379,8 +404,16 @@ def test_lsq_training_saves_learns_and_resumes_its_scales(prepared_dataset, tmp_
     moved = [name for name in initial if not torch.equal(trained[name], initial[name])]
     assert len(moved) > 50  # the optimizer moved the learned scales (3 warm-up steps: by little)
     monkeypatch.delitem(run_logging.RUN_CALLBACKS, "on_model_save")
-    resumed = train_stage(tiny_train_request(tmp_path, prepared_dataset.dataset_yaml, quantized=True,
-                                             quant_scheme="w4a16-lsq", overrides=overrides, resume=True))  # fmt: skip
+    resumed = train_stage(
+        tiny_train_request(
+            tmp_path,
+            prepared_dataset.dataset_yaml,
+            quantized=True,
+            quant_scheme="w4a16-lsq",
+            overrides=overrides,
+            resume=True,
+        )
+    )
     assert resumed.status == "finished" and resumed.resumed
     assert seen["scale_group"] == (0.0, 107)
     assert all(torch.equal(seen["scales"][k], saved[k].float()) for k in saved)  # resumed from the checkpoint's scales

@@ -23,8 +23,16 @@ EXPECTED_COUNTS = {
     "w4a16-fl8-mse": {"4": 94, "8": 13, "float": 1},
     "w4a16-fl8-lsq": {"4": 94, "8": 13, "float": 1},
 }
-SPECIAL_LAYER_BITS = {"w4a16": 4, "w4a16-fl8": 8, "w4a16-flfp": None, "w8a16": 8, "w4a16-mse": 4, "w4a16-lsq": 4,
-                      "w4a16-fl8-mse": 8, "w4a16-fl8-lsq": 8}  # fmt: skip
+SPECIAL_LAYER_BITS = {
+    "w4a16": 4,
+    "w4a16-fl8": 8,
+    "w4a16-flfp": None,
+    "w8a16": 8,
+    "w4a16-mse": 4,
+    "w4a16-lsq": 4,
+    "w4a16-fl8-mse": 8,
+    "w4a16-fl8-lsq": 8,
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +50,15 @@ def _counts(bits: dict[str, int | None]) -> dict[str, int]:
 
 def test_scheme_names_cover_the_named_schemes() -> None:
     assert SCHEME_NAMES == (
-        "w4a16", "w4a16-fl8", "w4a16-flfp", "w8a16", "w4a16-mse", "w4a16-lsq", "w4a16-fl8-mse", "w4a16-fl8-lsq"
-    )  # fmt: skip
+        "w4a16",
+        "w4a16-fl8",
+        "w4a16-flfp",
+        "w8a16",
+        "w4a16-mse",
+        "w4a16-lsq",
+        "w4a16-fl8-mse",
+        "w4a16-fl8-lsq",
+    )
     assert {named_scheme(n).scaling for n in SCHEME_NAMES} == {"absmax", "mse", "lsq"}
     assert named_scheme("w4a16-fl8-lsq").layer_overrides == named_scheme("w4a16-fl8").layer_overrides
     for name in SCHEME_NAMES:

@@ -50,8 +50,14 @@ def noisy_detections(ann_file: Path, jitter: float, seed: int) -> list[dict]:
     for ann in gt["annotations"]:
         x, y, w, h = ann["bbox"]
         dx, dy = rng.normal(0, jitter, 2)
-        detections.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
-                           "bbox": [x + dx, y + dy, w, h], "score": float(rng.uniform(0.3, 1.0))})  # fmt: skip
+        detections.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "bbox": [x + dx, y + dy, w, h],
+                "score": float(rng.uniform(0.3, 1.0)),
+            }
+        )
     return detections
 
 
@@ -83,11 +89,16 @@ def write_cell(run_root: RunRoot, ann_file: Path, seed: int, variant: str, fmt: 
     out = seed_root.eval_dir(variant, fmt)
     out.mkdir(parents=True, exist_ok=True)
     (out / mk.DETECTIONS_FILE).write_text(json.dumps(detections))
-    metrics = {mk.MAP50_95: value, mk.MAP50: min(1.0, value + 0.2), mk.IMAGE_IDS: image_ids,
-               mk.ANNOTATIONS: {mk.PATH: str(ann_file), mk.SHA256: "ab" * 32},
-               mk.LATENCY_MS: {mk.LATENCY_PER_IMAGE: {mk.LATENCY_STAT_P50: SIZES[fmt] / 1e6}},
-               mk.SESSION: {"fold_weights": True}, mk.PER_CLASS: {"circle": {"AP50_95": value}},
-               mk.AT_CONF_PROD: {"conf": 0.25, "precision": 0.9, "recall": 0.8, "f1": 0.85}}  # fmt: skip
+    metrics = {
+        mk.MAP50_95: value,
+        mk.MAP50: min(1.0, value + 0.2),
+        mk.IMAGE_IDS: image_ids,
+        mk.ANNOTATIONS: {mk.PATH: str(ann_file), mk.SHA256: "ab" * 32},
+        mk.LATENCY_MS: {mk.LATENCY_PER_IMAGE: {mk.LATENCY_STAT_P50: SIZES[fmt] / 1e6}},
+        mk.SESSION: {"fold_weights": True},
+        mk.PER_CLASS: {"circle": {"AP50_95": value}},
+        mk.AT_CONF_PROD: {"conf": 0.25, "precision": 0.9, "recall": 0.8, "f1": 0.85},
+    }
     write_json_atomic(out / mk.METRICS_FILE, metrics)
     return value
 

@@ -22,24 +22,52 @@ REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "scripts" / "cv-models" / "run_yolov10m_scratch_fp16_vs_w4a16_qat.sh"
 # Tiny: 16 + 8 synthetic images at 64 px, one epoch per model.
 OVERRIDES = {"epochs": 1, "imgsz": 64, "batch": 8, "synthetic_train": 16, "synthetic_val": 8, "synthetic_imgsz": 64}
-TINY = ("--profile", "demo", "--epochs", "1", "--imgsz", "64", "--batch", "8", "--set", "synthetic_train=16",
-        "--set", "synthetic_val=8", "--set", "synthetic_imgsz=64")  # fmt: skip
+TINY = (
+    "--profile",
+    "demo",
+    "--epochs",
+    "1",
+    "--imgsz",
+    "64",
+    "--batch",
+    "8",
+    "--set",
+    "synthetic_train=16",
+    "--set",
+    "synthetic_val=8",
+    "--set",
+    "synthetic_imgsz=64",
+)
 
 pytestmark = pytest.mark.slow
 
 
 def runner(root: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RUN_ROOT"}
-    done = subprocess.run(["bash", str(RUNNER), *TINY, "--run-root", str(root), *extra],
-                          capture_output=True, text=True, env=env, timeout=1200)  # fmt: skip
+    done = subprocess.run(
+        ["bash", str(RUNNER), *TINY, "--run-root", str(root), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
     print(done.stdout[-4000:], done.stderr[-4000:])  # shown by pytest only when the test fails
     return done
 
 
 def expected_artifacts(run_root: RunRoot) -> list[Path]:
     config = resolve_run_config("demo", OVERRIDES)
-    paths = [run_root.run_config, run_root.run_json, run_root.summary_md, run_root.summary_csv, run_root.summary_json,
-             run_root.map_comparison_png, run_root.dataset_yaml, run_root.val_annotations, run_root.dataset_provenance]  # fmt: skip
+    paths = [
+        run_root.run_config,
+        run_root.run_json,
+        run_root.summary_md,
+        run_root.summary_csv,
+        run_root.summary_json,
+        run_root.map_comparison_png,
+        run_root.dataset_yaml,
+        run_root.val_annotations,
+        run_root.dataset_provenance,
+    ]
     stages = plan_stages(run_root, config)
     paths += [run_root.stage_log(stage.name) for stage in stages]
     paths += [output for stage in stages for output in stage.outputs]

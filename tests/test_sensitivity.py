@@ -135,15 +135,36 @@ def tiny_sweep(fp16_run, prepared_dataset, tmp_path_factory):
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     out = tmp_path_factory.mktemp("sweep") / "sensitivity"
-    argv = ["--weights", str(fp16_run.paths.best), "--data", str(prepared_dataset.dataset_yaml), "--out", str(out),
-            "--granularity", "block", "--max-val-images", "4", "--batch", "4", "--w4-param-fraction", "0.8"]  # fmt: skip
+    argv = [
+        "--weights",
+        str(fp16_run.paths.best),
+        "--data",
+        str(prepared_dataset.dataset_yaml),
+        "--out",
+        str(out),
+        "--granularity",
+        "block",
+        "--max-val-images",
+        "4",
+        "--batch",
+        "4",
+        "--w4-param-fraction",
+        "0.8",
+    ]
     assert cli.main(argv) == 0
     return out, argv
 
 
 def _request(fp16_run, prepared_dataset, out, **changes) -> SweepRequest:
-    settings = {"weights": fp16_run.paths.best, "data": prepared_dataset.dataset_yaml, "out": out, "batch": 4,
-                "granularity": "block", "max_val_images": 4, "low_bit_param_fraction": 0.8}  # fmt: skip
+    settings = {
+        "weights": fp16_run.paths.best,
+        "data": prepared_dataset.dataset_yaml,
+        "out": out,
+        "batch": 4,
+        "granularity": "block",
+        "max_val_images": 4,
+        "low_bit_param_fraction": 0.8,
+    }
     return SweepRequest(**{**settings, **changes})
 
 
@@ -199,9 +220,13 @@ def test_tiny_sweep_resumes_a_partial_csv(tiny_sweep, fp16_run, prepared_dataset
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("changes", "named"),
-    [({"bits": 3}, "bits: 4 then, 3 now"), ({"max_val_images": 2}, "max_val_images: 4 then, 2 now"),
-     ({"granularity": "layer"}, "granularity: 'block' then, 'layer' now"), ({"scaling": "mse"}, "scaling")],
-)  # fmt: skip
+    [
+        ({"bits": 3}, "bits: 4 then, 3 now"),
+        ({"max_val_images": 2}, "max_val_images: 4 then, 2 now"),
+        ({"granularity": "layer"}, "granularity: 'block' then, 'layer' now"),
+        ({"scaling": "mse"}, "scaling"),
+    ],
+)
 def test_tiny_sweep_refuses_other_settings_and_names_them(
     tiny_sweep, fp16_run, prepared_dataset, changes, named
 ) -> None:
@@ -219,8 +244,12 @@ def test_bad_requests_fail_before_any_model_is_loaded(tmp_path) -> None:
         run_sweep(SweepRequest(weights, data, tmp_path / "out"))
     weights.write_bytes(b"not a checkpoint")
     data.write_text("val: images/val\n")
-    for changes, match in [({"bits": 8}, "--bits 8"), ({"scaling": "lsq"}, "absmax or mse"),
-                           ({"max_val_images": 0}, "--max-val-images"), ({"low_bit_param_fraction": 1.5}, "fraction")]:  # fmt: skip
+    for changes, match in [
+        ({"bits": 8}, "--bits 8"),
+        ({"scaling": "lsq"}, "absmax or mse"),
+        ({"max_val_images": 0}, "--max-val-images"),
+        ({"low_bit_param_fraction": 1.5}, "fraction"),
+    ]:
         with pytest.raises(SweepInputError, match=match):
             run_sweep(SweepRequest(weights, data, tmp_path / "out", **changes))
     with pytest.raises(SweepInputError, match="not a loadable Ultralytics checkpoint"):

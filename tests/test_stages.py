@@ -128,5 +128,3 @@ def test_run_stage_cli_propagates_exit_code_and_names_the_log(tmp_path: Path) ->
     assert ok.returncode == 0 and skipped.returncode == 0 and skipped.stdout.startswith("skip: stage s already done")
     usage = subprocess.run(cli[:-1], capture_output=True, text=True)
     assert usage.returncode == 2 and "missing '--'" in usage.stderr
-
-

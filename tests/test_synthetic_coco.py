@@ -19,7 +19,11 @@ SMALL = {"num_train": 20, "num_val": 8, "imgsz": 64}
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
@@ -113,7 +117,10 @@ def test_cli_writes_and_rejects_bad_input(tmp_path: Path) -> None:
     )
     assert ok.returncode == 0 and "4 train / 2 val images" in ok.stdout
     bad = subprocess.run(
-        [sys.executable, script, "--out", str(tmp_path / "other"), "--imgsz", "8"], capture_output=True, text=True, check=False
+        [sys.executable, script, "--out", str(tmp_path / "other"), "--imgsz", "8"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert bad.returncode == 2 and "imgsz=8" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -23,8 +23,16 @@ TRAIN_SCRIPT = "scripts/cv-models/train_yolov10m_scratch_fp16_vs_w4a16_qat_brevi
 def test_fp16_run_writes_every_artifact(fp16_run):
     paths = fp16_run.paths
     assert fp16_run.status == "finished" and paths.name == "fp16"
-    for artifact in (paths.args_yaml, paths.results_csv, paths.best, paths.last, paths.loss_curves_csv,
-                     paths.loss_curves_png, paths.metadata_json, paths.config_yaml):
+    for artifact in (
+        paths.args_yaml,
+        paths.results_csv,
+        paths.best,
+        paths.last,
+        paths.loss_curves_csv,
+        paths.loss_curves_png,
+        paths.metadata_json,
+        paths.config_yaml,
+    ):
         assert artifact.is_file() and artifact.stat().st_size > 0, artifact
     assert paths.loss_curves_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metadata = json.loads(paths.metadata_json.read_text())
@@ -51,7 +59,14 @@ def test_loss_curves_match_results_csv(fp16_run):
     curves = pd.read_csv(fp16_run.paths.loss_curves_csv)
     results = pd.read_csv(fp16_run.paths.results_csv)
     assert list(curves["epoch"]) == list(range(1, TINY_EPOCHS + 1))
-    for column in ("train/box_loss", "train/cls_loss", "train/dfl_loss", "val/box_loss", "val/cls_loss", "val/dfl_loss"):
+    for column in (
+        "train/box_loss",
+        "train/cls_loss",
+        "train/dfl_loss",
+        "val/box_loss",
+        "val/cls_loss",
+        "val/dfl_loss",
+    ):
         assert curves[column].tolist() == pytest.approx(results[column].tolist())
 
 
@@ -67,8 +82,15 @@ def test_yolov10_validation_is_nms_free_without_an_adapter(fp16_run, prepared_da
     head = yolo.model.model[-1]
     seen = []
     head.register_forward_hook(lambda module, args, output: seen.append((bool(module.end2end), output)))
-    yolo.val(data=str(prepared_dataset.dataset_yaml), imgsz=TINY_IMGSZ, batch=8, nms=False, plots=False,
-             device="cpu", verbose=False)  # fmt: skip
+    yolo.val(
+        data=str(prepared_dataset.dataset_yaml),
+        imgsz=TINY_IMGSZ,
+        batch=8,
+        nms=False,
+        plots=False,
+        device="cpu",
+        verbose=False,
+    )
     assert seen, "the validator never ran the head"
     end2end, output = seen[0]
     detections = output[0] if isinstance(output, (tuple, list)) else output
@@ -130,15 +152,28 @@ def test_resolved_args_follow_recipe_then_flags(prepared_dataset, tmp_path):
 def test_cli_reports_bad_input_without_traceback(tmp_path):
     missing = subprocess.run(
         [sys.executable, TRAIN_SCRIPT, "fp16", "--run-root", str(tmp_path), "--data", str(tmp_path / "missing.yaml")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert missing.returncode == 2 and "missing.yaml" in missing.stderr and "Traceback" not in missing.stderr
     data = tmp_path / "dataset.yaml"
     data.write_text("path: .\n")
     done = subprocess.run(
-        [sys.executable, TRAIN_SCRIPT, "fp16", "--run-root", str(tmp_path / "run"), "--data", str(data),
-         "--device", "cpu", "--train-arg", "not_an_arg=1"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            TRAIN_SCRIPT,
+            "fp16",
+            "--run-root",
+            str(tmp_path / "run"),
+            "--data",
+            str(data),
+            "--device",
+            "cpu",
+            "--train-arg",
+            "not_an_arg=1",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 2
     assert "not_an_arg" in done.stderr and "Traceback" not in done.stderr

@@ -23,8 +23,17 @@ pytestmark = pytest.mark.slow
 def test_qat_run_writes_every_artifact_and_the_scheme(qat_run):
     paths = qat_run.paths
     assert qat_run.status == "finished" and paths.name == "qat-w4a16"
-    for artifact in (paths.args_yaml, paths.results_csv, paths.best, paths.last, paths.loss_curves_csv,
-                     paths.loss_curves_png, paths.metadata_json, paths.config_yaml, paths.quant_scheme_json):
+    for artifact in (
+        paths.args_yaml,
+        paths.results_csv,
+        paths.best,
+        paths.last,
+        paths.loss_curves_csv,
+        paths.loss_curves_png,
+        paths.metadata_json,
+        paths.config_yaml,
+        paths.quant_scheme_json,
+    ):
         assert artifact.is_file() and artifact.stat().st_size > 0, artifact
     assert any(paths.tensorboard_dir.glob("events.out.tfevents.*"))
     scheme = json.loads(paths.quant_scheme_json.read_text())
@@ -90,16 +99,20 @@ def _interrupt(trainer):
 
 
 def test_interrupted_qat_run_resumes_with_its_scheme(prepared_dataset, tmp_path, monkeypatch):
-    request = tiny_train_request(tmp_path, prepared_dataset.dataset_yaml, quantized=True,
-                                 quant_scheme="w4a16-fl8", epochs=2)
+    request = tiny_train_request(
+        tmp_path, prepared_dataset.dataset_yaml, quantized=True, quant_scheme="w4a16-fl8", epochs=2
+    )
     monkeypatch.setitem(run_logging.RUN_CALLBACKS, "on_model_save", _interrupt)
     with pytest.raises(_Interrupt):
         train_stage(request)
     monkeypatch.undo()
     paths = RunRoot(tmp_path).qat("w4a16-fl8")
     assert quant_scheme_of(torch.load(paths.last, weights_only=False)["ema"]) == named_scheme("w4a16-fl8")
-    resumed = train_stage(tiny_train_request(tmp_path, prepared_dataset.dataset_yaml, quantized=True,
-                                             quant_scheme="w4a16-fl8", epochs=2, resume=True))
+    resumed = train_stage(
+        tiny_train_request(
+            tmp_path, prepared_dataset.dataset_yaml, quantized=True, quant_scheme="w4a16-fl8", epochs=2, resume=True
+        )
+    )
     assert resumed.status == "finished" and resumed.resumed and resumed.epochs_completed == 2
     assert quant_scheme_of(torch.load(paths.best, weights_only=False)["model"]) == named_scheme("w4a16-fl8")
 
@@ -107,10 +120,16 @@ def test_interrupted_qat_run_resumes_with_its_scheme(prepared_dataset, tmp_path,
 def test_nonfinite_loss_is_reported_with_epoch_and_batch(prepared_dataset, tmp_path):
     from auto_quantize_model.ultralytics_ext.trainers import ScratchDetectionTrainer
 
-    trainer = ScratchDetectionTrainer(overrides={
-        "model": "yolov10n.yaml", "data": str(prepared_dataset.dataset_yaml), "device": "cpu",
-        "project": str(tmp_path), "name": "nan", "exist_ok": True,
-    })
+    trainer = ScratchDetectionTrainer(
+        overrides={
+            "model": "yolov10n.yaml",
+            "data": str(prepared_dataset.dataset_yaml),
+            "device": "cpu",
+            "project": str(tmp_path),
+            "name": "nan",
+            "exist_ok": True,
+        }
+    )
     trainer.epoch, trainer.aqm_batch_index, trainer.loss = 4, 7, torch.tensor(float("nan"))
     run_logging.on_train_batch_end(trainer)
     events = [json.loads(line) for line in (tmp_path / "nan" / "nonfinite_losses.jsonl").read_text().splitlines()]
@@ -154,8 +173,9 @@ def test_scheme_survives_ultralytics_ddp_relaunch(prepared_dataset, tmp_path):
     # launch it may do, and the launched workers inherit it.
     assert QUANT_SCHEME_ENV not in os.environ
     with _scheme_in_environment(trainer.quant_scheme):
-        done = subprocess.run([sys.executable, "-c", _DDP_WORKER, state_file], capture_output=True, text=True,
-                              check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", _DDP_WORKER, state_file], capture_output=True, text=True, check=True
+        )
     assert QUANT_SCHEME_ENV not in os.environ
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["trainer"] == "QATDetectionTrainer" and report["scheme"] == "w4a16-flfp"

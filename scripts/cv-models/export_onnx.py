@@ -3,7 +3,8 @@
 
 A float checkpoint goes through the Ultralytics exporter (``--half``: FP16 weights, float32 I/O); a QAT
 checkpoint becomes Brevitas QCDQ (int8 weights -> Clip -> DequantizeLinear), or with ``--weights-format int4``
-native INT4 weights (opset 21, converted from the QCDQ graph and checked to give the same outputs). Both keep one contract: input ``images`` (N, 3, H, W)
+native INT4 weights (opset 21, converted from the QCDQ graph and checked to give the same outputs).
+Both keep one contract: input ``images`` (N, 3, H, W)
 float32 RGB [0, 1] letterboxed, output ``output0`` end-to-end (N, 300, 6) or raw (N, 4 + nc, anchors).
 See models/cv-models/yolov10m/README.md.
 
@@ -43,19 +44,40 @@ from auto_quantize_model.onnx_contract import OUTPUT_FORMATS
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True, type=Path, help="Ultralytics .pt checkpoint (FP or QAT)")
-    parser.add_argument("--out", required=True, type=Path, help="output .onnx path (metadata goes to the same stem .json)")
-    parser.add_argument("--imgsz", type=int, default=640, help="square input size, a multiple of the stride (default 640)")
-    parser.add_argument("--format", choices=OUTPUT_FORMATS, default="e2e", dest="output_format",
-                        help="e2e: (N, 300, 6) NMS-free rows (default); raw: (N, 4+nc, anchors), needs NMS")  # fmt: skip
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: Ultralytics' choice for this torch)")
-    parser.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis (height/width too, as Ultralytics does)")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output .onnx path (metadata goes to the same stem .json)"
+    )
+    parser.add_argument(
+        "--imgsz", type=int, default=640, help="square input size, a multiple of the stride (default 640)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=OUTPUT_FORMATS,
+        default="e2e",
+        dest="output_format",
+        help="e2e: (N, 300, 6) NMS-free rows (default); raw: (N, 4+nc, anchors), needs NMS",
+    )
+    parser.add_argument(
+        "--opset", type=int, default=None, help="ONNX opset (default: Ultralytics' choice for this torch)"
+    )
+    parser.add_argument(
+        "--dynamic-batch", action="store_true", help="dynamic batch axis (height/width too, as Ultralytics does)"
+    )
     parser.add_argument("--half", action="store_true", help="FP16 weights with float32 I/O (float checkpoints only)")
-    parser.add_argument("--weights-format", choices=WEIGHTS_FORMATS, default=WEIGHTS_QCDQ,
-                        help="QAT checkpoints: qcdq (Brevitas int8 + Clip + DequantizeLinear, default) or int4 "
-                        "(native packed INT4 weights, opset 21)")  # fmt: skip
+    parser.add_argument(
+        "--weights-format",
+        choices=WEIGHTS_FORMATS,
+        default=WEIGHTS_QCDQ,
+        help="QAT checkpoints: qcdq (Brevitas int8 + Clip + DequantizeLinear, default) or int4 "
+        "(native packed INT4 weights, opset 21)",
+    )
     parser.add_argument("--validate", action="store_true", help="compare ONNX Runtime with PyTorch on real images")
-    parser.add_argument("--val-images", type=Path, default=None,
-                        help="image folder for --validate (default: the checkpoint dataset's val images)")  # fmt: skip
+    parser.add_argument(
+        "--val-images",
+        type=Path,
+        default=None,
+        help="image folder for --validate (default: the checkpoint dataset's val images)",
+    )
     parser.add_argument("--val-max-images", type=int, default=DEFAULT_VAL_MAX_IMAGES, help="images used by --validate")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return parser.parse_args(argv)
@@ -85,10 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("auto_quantize_model.export").setLevel(logging.INFO)
     try:
         result = export_onnx(
-            args.weights, args.out, imgsz=args.imgsz, output_format=args.output_format, opset=args.opset,
-            dynamic_batch=args.dynamic_batch, half=args.half, validate=args.validate, val_images=args.val_images,
-            val_max_images=args.val_max_images, overwrite=args.overwrite, weights_format=args.weights_format,
-        )  # fmt: skip
+            args.weights,
+            args.out,
+            imgsz=args.imgsz,
+            output_format=args.output_format,
+            opset=args.opset,
+            dynamic_batch=args.dynamic_batch,
+            half=args.half,
+            validate=args.validate,
+            val_images=args.val_images,
+            val_max_images=args.val_max_images,
+            overwrite=args.overwrite,
+            weights_format=args.weights_format,
+        )
     except (ExportInputError, ExportExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

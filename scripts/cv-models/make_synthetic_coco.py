@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     """Generate the set and print one line saying where it went; exit 2 on bad input."""
     args = parse_args(argv)
     try:
-        result = generate_synthetic_coco(args.out, args.train, args.val, args.imgsz, args.seed, overwrite=args.overwrite)
+        result = generate_synthetic_coco(
+            args.out, args.train, args.val, args.imgsz, args.seed, overwrite=args.overwrite
+        )
     except ValueError as error:
         print(f"make_synthetic_coco: error: {error}", file=sys.stderr)
         return 2

@@ -3,7 +3,8 @@
 
 Examples::
 
-    ptq.py --weights R/fp16/weights/best.pt --quant-scheme w8a16 --out R/ptq-w8a16/weights/best.pt --data R/dataset/dataset.yaml
+    ptq.py --weights R/seed-0/fp16/weights/best.pt --quant-scheme w8a16 \
+        --out R/seed-0/ptq-w8a16/weights/best.pt --data R/dataset/dataset.yaml
     ptq.py --weights R/fp16/weights/best.pt --quant-scheme w4a16-mse --out R/ptq-w4a16-mse/weights/best.pt \\
         --data R/dataset/dataset.yaml --bn-recalib-batches 32 --val
 
@@ -37,10 +38,18 @@ def parse_args(argv: list[str] | None = None) -> PTQRequest:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
     return PTQRequest(
-        weights=args.weights, out=args.out, quant_scheme=args.quant_scheme, data=args.data,
-        bn_recalib_batches=args.bn_recalib_batches, imgsz=args.imgsz, batch=args.batch, device=args.device,
-        workers=args.workers, measure_val=args.val, overwrite=args.overwrite,
-    )  # fmt: skip
+        weights=args.weights,
+        out=args.out,
+        quant_scheme=args.quant_scheme,
+        data=args.data,
+        bn_recalib_batches=args.bn_recalib_batches,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        device=args.device,
+        workers=args.workers,
+        measure_val=args.val,
+        overwrite=args.overwrite,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,21 +30,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-root", required=True, type=Path, help="experiment run root to publish")
     parser.add_argument("--name", default=None, help="report folder name (default: the run root's folder name)")
-    parser.add_argument("--dest", type=Path, default=REPO_ROOT / DEFAULT_REPORTS_SUBDIR,
-                        help=f"reports folder (default: {DEFAULT_REPORTS_SUBDIR} in this repository)")  # fmt: skip
+    parser.add_argument(
+        "--dest",
+        type=Path,
+        default=REPO_ROOT / DEFAULT_REPORTS_SUBDIR,
+        help=f"reports folder (default: {DEFAULT_REPORTS_SUBDIR} in this repository)",
+    )
     parser.add_argument("--allow-partial", action="store_true", help="publish an incomplete run root, marked partial")
     parser.add_argument("--max-mb", type=float, default=DEFAULT_MAX_BYTES / 1e6, help="size cap of one report in MB")
     args = parser.parse_args(argv)
     try:
-        result = publish_run_report(args.run_root, args.dest, args.name, allow_partial=args.allow_partial,
-                                    max_bytes=int(args.max_mb * 1e6))  # fmt: skip
+        result = publish_run_report(
+            args.run_root, args.dest, args.name, allow_partial=args.allow_partial, max_bytes=int(args.max_mb * 1e6)
+        )
     except PublishError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     what = "published" if result.created else "unchanged (identical report already published)"
     print(f"{what}: {result.report_dir}" + (" [partial]" if result.partial else ""))
-    print(f"  {result.copied} files copied ({result.report_bytes / 1e6:.2f} MB with MANIFEST.json), "
-          f"{result.left_behind} left behind (listed in MANIFEST.json)")  # fmt: skip
+    print(
+        f"  {result.copied} files copied ({result.report_bytes / 1e6:.2f} MB with MANIFEST.json), "
+        f"{result.left_behind} left behind (listed in MANIFEST.json)"
+    )
     print(f"index: {result.index}")
     return 0
 

@@ -49,13 +49,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", help="training seeds, e.g. 0,1,2 (each variant trains once per seed)")
     parser.add_argument("--fraction", type=float)
     parser.add_argument("--variants", help="e.g. fp16,qat-w4a16,ptq-w4a16,qat-w4a16-ft (see variants.py)")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any profile key (value parsed as YAML)")  # fmt: skip
-    parser.add_argument("--train-arg", dest="train_args", action="append", default=[], metavar="KEY=VALUE",
-                        help="Ultralytics argument added to every training (profile key train_overrides)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any profile key (value parsed as YAML)",
+    )
+    parser.add_argument(
+        "--train-arg",
+        dest="train_args",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Ultralytics argument added to every training (profile key train_overrides)",
+    )
     parser.add_argument("--stop-after", help="stop (exit 0) once this stage is done; a later call continues")
-    parser.add_argument("--redo", action="append", default=[], metavar="STAGE",
-                        help="rerun this done stage and every stage downstream of it (old outputs set aside)")  # fmt: skip
+    parser.add_argument(
+        "--redo",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="rerun this done stage and every stage downstream of it (old outputs set aside)",
+    )
     parser.add_argument("--publish", action="store_true", help="finally copy the report into the repository")
     parser.add_argument("--list-stages", action="store_true", help="print the stages of this run and exit")
     return parser.parse_args(argv)

@@ -9,7 +9,8 @@ Example::
 For each unit (a conv, or a block / head branch level) only that unit is quantized to --bits (weight-only PTQ)
 and val mAP50-95 is measured with Ultralytics' validator as in training (NMS-free, square letterbox); the FP
 model and "all units at --bits" are the references. Writes OUT/sensitivity.csv, OUT/sensitivity.png and
-OUT/mixed_precision_scheme.json (+ mixed_precision_plan.json: why; pass the scheme as --quant-scheme, or as a qat-/ptq-<path> variant). A rerun with
+OUT/mixed_precision_scheme.json (+ mixed_precision_plan.json: why; pass the scheme as --quant-scheme, or as a
+qat-/ptq-<path> variant). A rerun with
 the same settings resumes; different settings are refused. Exit codes: 0 done, 2 bad input.
 """
 
@@ -49,10 +50,19 @@ def parse_args(argv: list[str] | None = None) -> SweepRequest:
     )
     args = parser.parse_args(argv)
     return SweepRequest(
-        weights=args.weights, data=args.data, out=args.out, bits=args.bits, scaling=args.scaling,
-        granularity=args.granularity, max_val_images=args.max_val_images, imgsz=args.imgsz, device=args.device,
-        batch=args.batch, low_bit_param_fraction=args.w4_param_fraction, min_drop=args.min_drop,
-    )  # fmt: skip
+        weights=args.weights,
+        data=args.data,
+        out=args.out,
+        bits=args.bits,
+        scaling=args.scaling,
+        granularity=args.granularity,
+        max_val_images=args.max_val_images,
+        imgsz=args.imgsz,
+        device=args.device,
+        batch=args.batch,
+        low_bit_param_fraction=args.w4_param_fraction,
+        min_drop=args.min_drop,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,9 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = {row.unit: row for row in result.rows}
     print(f"FP mAP50-95 {rows['fp'].mAP50_95:.4f}; all units at {request.bits} bits {rows['all'].mAP50_95:.4f}")
-    print(f"mixed scheme {result.plan.scheme.name}: {len(result.plan.high_bit_units)} units at 8 bits "
-          f"({', '.join(result.plan.high_bit_units) or 'none'}), {result.plan.low_bit_param_fraction:.3f} of the "
-          f"quantized weights at {request.bits} bits")  # fmt: skip
+    print(
+        f"mixed scheme {result.plan.scheme.name}: {len(result.plan.high_bit_units)} units at 8 bits "
+        f"({', '.join(result.plan.high_bit_units) or 'none'}), {result.plan.low_bit_param_fraction:.3f} of the "
+        f"quantized weights at {request.bits} bits"
+    )
     print(f"wrote {result.csv_path}, {result.png_path}, {result.scheme_path}")
     return 0
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Train YOLOv10 from scratch as an FP16/AMP baseline (``fp16``) or as Brevitas W4A16 QAT (``qat-w4a16``).
 
-Artifacts go to ``<run-root>/seed-<seed>/fp16/`` or ``<run-root>/seed-<seed>/qat-<scheme>[-ft]/``. A finished stage is never
+Artifacts go to ``<run-root>/seed-<seed>/fp16/`` or ``<run-root>/seed-<seed>/qat-<scheme>[-ft]/``.
+A finished stage is never
 overwritten; ``--resume`` continues an interrupted one from ``last.pt``.
 
 Examples:
@@ -37,7 +38,11 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fraction", type=float, help="fraction of the train split to use (default 1.0)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted stage from its last.pt")
     parser.add_argument(
-        "--train-arg", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--train-arg",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override any Ultralytics training argument, e.g. --train-arg close_mosaic=10 (repeatable)",
     )
 
@@ -49,14 +54,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     qat = sub.add_parser("qat-w4a16", help="Brevitas W4A16 quantization-aware training")
     _common_flags(qat)
     qat.add_argument("--quant-scheme", help=f"a named scheme {SCHEME_NAMES} or a scheme JSON path (default w4a16)")
-    qat.add_argument("--init-from", type=Path,
-                     help="start QAT from this FP checkpoint (fine-tuning; the stage is qat-<scheme>-ft)")
+    qat.add_argument(
+        "--init-from", type=Path, help="start QAT from this FP checkpoint (fine-tuning; the stage is qat-<scheme>-ft)"
+    )
     return parser.parse_args(argv)
 
 
 # Flags that map one-to-one onto TrainRequest fields; absent ones keep TrainRequest's defaults.
-REQUEST_FLAGS = ("model", "epochs", "imgsz", "batch", "device", "hyp", "seed", "workers", "fraction", "quant_scheme",
-                 "init_from")  # fmt: skip
+REQUEST_FLAGS = (
+    "model",
+    "epochs",
+    "imgsz",
+    "batch",
+    "device",
+    "hyp",
+    "seed",
+    "workers",
+    "fraction",
+    "quant_scheme",
+    "init_from",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         given = {key: getattr(args, key, None) for key in REQUEST_FLAGS}
         request = TrainRequest(
-            run_root=args.run_root, data=args.data, quantized=quantized, resume=args.resume,
+            run_root=args.run_root,
+            data=args.data,
+            quantized=quantized,
+            resume=args.resume,
             overrides=parse_overrides(args.overrides, flag="--train-arg"),
             **{key: value for key, value in given.items() if value is not None},
         )

@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: run root {run_root.root} does not exist", file=sys.stderr)
         return 2
     result = write_summary(run_root)
-    print(f"wrote {result.path}, {result.csv_path.name} and {result.json_path.name}" + ("" if result.complete else " (incomplete)"))
+    print(
+        f"wrote {result.path}, {result.csv_path.name} and {result.json_path.name}"
+        + ("" if result.complete else " (incomplete)")
+    )
     for item in result.missing:
         print(f"missing: {item}")
     return 1 if args.strict and result.missing else 0

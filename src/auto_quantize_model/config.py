@@ -129,7 +129,8 @@ def _int(minimum: int | None = None, optional: bool = False, multiple_of: int | 
         if multiple_of and value % multiple_of:
             low = max(multiple_of, value - value % multiple_of)
             raise ConfigError(
-                f"{key}: must be a multiple of {multiple_of} (the model stride), got {value}; use {low} or {low + multiple_of}"
+                f"{key}: must be a multiple of {multiple_of} (the model stride), got {value}; "
+                f"use {low} or {low + multiple_of}"
             )
         return value
 
@@ -191,7 +192,11 @@ def _seed_list(key: str, value: Any) -> list[int]:
     items = _words(value)
     if isinstance(items, list) and all(isinstance(i, str) and i.isdigit() for i in items):
         items = [int(i) for i in items]
-    if not isinstance(items, list) or not items or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items):
+    if (
+        not isinstance(items, list)
+        or not items
+        or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items)
+    ):
         raise ConfigError(f"{key}: expected a non-empty list of integers >= 0 (e.g. 0,1,2), got {value!r}")
     if len(set(items)) != len(items):
         raise ConfigError(f"{key}: seeds {items} repeat a value")
@@ -221,7 +226,9 @@ def _opset(key: str, value: Any) -> int | None:
 
         newest = onnx.defs.onnx_opset_version()
         if value > newest:
-            raise ConfigError(f"{key}: opset {value} is newer than this onnx ({newest}); use {MIN_OPSET}..{newest} or null")
+            raise ConfigError(
+                f"{key}: opset {value} is newer than this onnx ({newest}); use {MIN_OPSET}..{newest} or null"
+            )
     return value
 
 
@@ -336,7 +343,8 @@ def _check_files(config: Mapping[str, Any]) -> str | None:
         if not resolve_project_path(config[key]).is_file():
             return f"{key}: recipe file {config[key]} not found (relative paths are read from the project root)"
     if not model_yaml_exists(config["model"]):
-        return f"model: {config['model']!r} is neither a YAML file nor a model config Ultralytics ships (e.g. yolov10m.yaml)"
+        model = config["model"]
+        return f"model: {model!r} is neither a YAML file nor a model config Ultralytics ships (e.g. yolov10m.yaml)"
     return None
 
 

@@ -142,8 +142,15 @@ def export_onnx(
     if out.exists() and not overwrite and weights.is_file():  # published before; maybe its stage was never recorded
         from auto_quantize_model.export_verify import existing_export
 
-        request = {"imgsz": imgsz, "output_format": output_format, "opset": opset, "dynamic_batch": dynamic_batch,
-                   "half": half, "weights_format": weights_format, "validate": validate}  # fmt: skip
+        request = {
+            "imgsz": imgsz,
+            "output_format": output_format,
+            "opset": opset,
+            "dynamic_batch": dynamic_batch,
+            "half": half,
+            "weights_format": weights_format,
+            "validate": validate,
+        }
         return existing_export(weights, out, request)
     _check_request(weights, out, output_format, overwrite, val_max_images)
     require_single_onnxruntime()  # before the export: its contract check and validation run onnxruntime
@@ -175,7 +182,9 @@ def export_onnx(
         validation = checks.validate_export(staged, reference, plan, settings, kind) if plan else None
         if validation and not validation["passed"]:
             raise ExportValidationError(checks.failure_message(staged.name, validation), validation)
-        metadata = _export_metadata(weights, out, staged, kind, scheme, settings, model, graph, output_shape, validation)
+        metadata = _export_metadata(
+            weights, out, staged, kind, scheme, settings, model, graph, output_shape, validation
+        )
         storage = _add_weights_metadata(metadata, staged, int4)
         return replace(_publish(staged, out, metadata, kind, scheme, validation), weights_format=storage)
 
@@ -298,10 +307,16 @@ def _export_fp(weights: Path, staged: Path, settings: ExportSettings) -> None:
     yolo = YOLO(str(weights), task="detect")
     yolo.model.pt_path = str(staged.with_suffix(".pt"))
     written = yolo.export(
-        format="onnx", imgsz=list(settings.imgsz), nms=False if settings.end2end else None, simplify=False,
-        opset=settings.opset, dynamic=settings.dynamic_batch, quantize=16 if settings.half else None,
-        batch=1, device="cpu",
-    )  # fmt: skip
+        format="onnx",
+        imgsz=list(settings.imgsz),
+        nms=False if settings.end2end else None,
+        simplify=False,
+        opset=settings.opset,
+        dynamic=settings.dynamic_batch,
+        quantize=16 if settings.half else None,
+        batch=1,
+        device="cpu",
+    )
     if Path(written).resolve() != staged.resolve():
         raise RuntimeError(f"Ultralytics wrote {written}, expected {staged}")
 
@@ -359,10 +374,16 @@ def _export_qcdq(model: Any, staged: Path, settings: ExportSettings, ckpt: dict[
     sample = torch.zeros(1, 3, *settings.imgsz)
     model(sample)  # dry run, as the Ultralytics exporter does: builds the anchors and checks the graph runs
     export_onnx_qcdq(
-        model, args=sample, export_path=str(staged), opset_version=settings.opset, dynamo=False,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes(settings.dynamic_batch),
+        model,
+        args=sample,
+        export_path=str(staged),
+        opset_version=settings.opset,
+        dynamo=False,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes=dynamic_axes(settings.dynamic_batch),
         keep_initializers_as_inputs=False,
-    )  # fmt: skip
+    )
     proto = onnx.load(str(staged))
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
     for key, value in ultralytics_metadata(model, settings, ckpt).items():
@@ -439,9 +460,13 @@ def ultralytics_metadata(model: Any, settings: ExportSettings, ckpt: dict[str, A
         "imgsz": list(settings.imgsz),
         "names": model.names,
         "args": {
-            "batch": 1, "quantize": None, "nms": False if settings.end2end else None,
-            "dynamic": settings.dynamic_batch, "simplify": False, "opset": settings.opset,
-        },  # fmt: skip
+            "batch": 1,
+            "quantize": None,
+            "nms": False if settings.end2end else None,
+            "dynamic": settings.dynamic_batch,
+            "simplify": False,
+            "opset": settings.opset,
+        },
         "channels": model.yaml.get("channels", 3),
         "end2end": settings.end2end,
     }
@@ -520,7 +545,9 @@ def inspect_onnx(path: Path) -> GraphSummary:
     )
 
 
-def expected_output_shape(settings: ExportSettings, nc: int, strides: Sequence[float], batch: int = 1) -> tuple[int, ...]:
+def expected_output_shape(
+    settings: ExportSettings, nc: int, strides: Sequence[float], batch: int = 1
+) -> tuple[int, ...]:
     """``output0`` shape of the contract: ``(N, min(300, anchors), 6)`` or ``(N, 4 + nc, anchors)``."""
     anchors = anchor_count(settings.imgsz, strides)
     return (batch, min(MAX_DET, anchors), 6) if settings.end2end else (batch, 4 + nc, anchors)
@@ -557,31 +584,64 @@ def _check_contract(path: Path, graph: GraphSummary, imgsz: tuple[int, int], wan
 # Metadata JSON and publishing
 # ----------------------------------------------------------------------------------------------
 def _export_metadata(
-    weights: Path, out: Path, staged: Path, kind: str, scheme: dict[str, Any] | None, settings: ExportSettings,
-    model: Any, graph: GraphSummary, output_shape: tuple[int, ...], validation: dict[str, Any] | None,
-) -> dict[str, Any]:  # fmt: skip
+    weights: Path,
+    out: Path,
+    staged: Path,
+    kind: str,
+    scheme: dict[str, Any] | None,
+    settings: ExportSettings,
+    model: Any,
+    graph: GraphSummary,
+    output_shape: tuple[int, ...],
+    validation: dict[str, Any] | None,
+) -> dict[str, Any]:
     """The ``<stem>.json`` record (schema in ``models/cv-models/yolov10m/README.md``)."""
     return {
         "schema_version": METADATA_SCHEMA_VERSION,
         "created_at": utc_now(),
         "kind": kind,
-        "onnx": {"path": str(out.resolve()), "size_bytes": staged.stat().st_size, "sha256": sha256_file(staged),
-                 "opset": graph.opset, "ir_version": graph.ir_version, "external_data": graph.external_data,
-                 "exporter": _exporter_name(kind), "precision": "fp16 weights, float32 I/O" if settings.half else "float32"},  # fmt: skip
-        "source": {"checkpoint": str(weights.resolve()), "sha256": sha256_file(weights),
-                   "size_bytes": weights.stat().st_size, "model_yaml": model.yaml.get("yaml_file")},  # fmt: skip
+        "onnx": {
+            "path": str(out.resolve()),
+            "size_bytes": staged.stat().st_size,
+            "sha256": sha256_file(staged),
+            "opset": graph.opset,
+            "ir_version": graph.ir_version,
+            "external_data": graph.external_data,
+            "exporter": _exporter_name(kind),
+            "precision": "fp16 weights, float32 I/O" if settings.half else "float32",
+        },
+        "source": {
+            "checkpoint": str(weights.resolve()),
+            "sha256": sha256_file(weights),
+            "size_bytes": weights.stat().st_size,
+            "model_yaml": model.yaml.get("yaml_file"),
+        },
         "quant_scheme": scheme,
-        "input": {"name": INPUT_NAME, "shape": graph.inputs[INPUT_NAME], "imgsz": list(settings.imgsz),
-                  "dynamic_batch": settings.dynamic_batch, "dtype": "float32"},  # fmt: skip
-        "output": {"name": OUTPUT_NAME, "format": settings.output_format, "shape": list(output_shape),
-                   "declared_shape": graph.outputs[OUTPUT_NAME],
-                   "layout": OUTPUT_LAYOUTS[settings.output_format], "max_det": output_shape[1] if settings.end2end else None},  # fmt: skip
+        "input": {
+            "name": INPUT_NAME,
+            "shape": graph.inputs[INPUT_NAME],
+            "imgsz": list(settings.imgsz),
+            "dynamic_batch": settings.dynamic_batch,
+            "dtype": "float32",
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "format": settings.output_format,
+            "shape": list(output_shape),
+            "declared_shape": graph.outputs[OUTPUT_NAME],
+            "layout": OUTPUT_LAYOUTS[settings.output_format],
+            "max_det": output_shape[1] if settings.end2end else None,
+        },
         "class_names": {str(k): v for k, v in model.names.items()},
         "nc": len(model.names),
         "preprocessing": PREPROCESSING,
-        "graph": {"op_counts": graph.op_counts, "QuantizeLinear": graph.op_counts.get("QuantizeLinear", 0),
-                  "DequantizeLinear": graph.op_counts.get("DequantizeLinear", 0), "Clip": graph.op_counts.get("Clip", 0),
-                  "weight_qdq_by_bit_width": graph.weight_qdq_bits},  # fmt: skip
+        "graph": {
+            "op_counts": graph.op_counts,
+            "QuantizeLinear": graph.op_counts.get("QuantizeLinear", 0),
+            "DequantizeLinear": graph.op_counts.get("DequantizeLinear", 0),
+            "Clip": graph.op_counts.get("Clip", 0),
+            "weight_qdq_by_bit_width": graph.weight_qdq_bits,
+        },
         "versions": package_versions(),
         "git": git_state(),
         "command": command_line(),
@@ -596,9 +656,13 @@ def _exporter_name(kind: str) -> str:
 
 
 def _publish(
-    staged: Path, out: Path, metadata: dict[str, Any], kind: str, scheme: dict[str, Any] | None,
+    staged: Path,
+    out: Path,
+    metadata: dict[str, Any],
+    kind: str,
+    scheme: dict[str, Any] | None,
     validation: dict[str, Any] | None,
-) -> ExportResult:  # fmt: skip
+) -> ExportResult:
     """Move the staged ONNX onto ``out`` (atomic rename) after writing its JSON; the ONNX goes last.
 
     A crash in between leaves a JSON without an ONNX, which the next export (allowed because the

@@ -71,7 +71,7 @@ def tolerance_for(kind: str, half: bool, provider: str) -> Tolerance:
 def resolve_val_images(
     val_images: str | os.PathLike | None, ckpt: dict[str, Any], weights: Path, max_images: int
 ) -> tuple[list[Path], str]:
-    """Up to ``max_images`` image files (sorted by name): ``val_images``, else the checkpoint dataset's ``val`` folder."""
+    """Up to ``max_images`` image files (sorted by name): ``val_images``, else the checkpoint dataset's val folder."""
     from ultralytics.data.utils import IMG_FORMATS
 
     if val_images is not None:
@@ -156,7 +156,9 @@ def unfused_reference_model(model: Any, settings: ExportSettings) -> Any:
     """
     import copy
 
-    return prepare_for_export(copy.deepcopy(model), settings.imgsz, settings.end2end, settings.dynamic_batch, fuse=False)
+    return prepare_for_export(
+        copy.deepcopy(model), settings.imgsz, settings.end2end, settings.dynamic_batch, fuse=False
+    )
 
 
 def reference_outputs(model: Any, plan: ValidationPlan) -> list[np.ndarray]:
@@ -181,12 +183,21 @@ def validate_export(
         for (start, size), expected in zip(plan.batches, reference):
             actual = session.run([OUTPUT_NAME], {INPUT_NAME: plan.inputs[start : start + size]})[0]
             result = compare_outputs(expected, actual.astype(np.float32), settings.output_format, tolerance)
-            runs.append({"providers_requested": providers, "providers_used": used, "batch": size,
-                         "images": [p.name for p in plan.images[start : start + size]], **result})  # fmt: skip
+            runs.append(
+                {
+                    "providers_requested": providers,
+                    "providers_used": used,
+                    "batch": size,
+                    "images": [p.name for p in plan.images[start : start + size]],
+                    **result,
+                }
+            )
     return _summarize_runs(runs, kind, settings, plan.source)
 
 
-def _summarize_runs(runs: list[dict[str, Any]], kind: str, settings: ExportSettings, image_source: str) -> dict[str, Any]:
+def _summarize_runs(
+    runs: list[dict[str, Any]], kind: str, settings: ExportSettings, image_source: str
+) -> dict[str, Any]:
     """Collapse per-batch results to the worst difference per provider and batch size."""
     groups: dict[tuple[str, int], dict[str, Any]] = {}
     for run in runs:
@@ -216,26 +227,43 @@ def _summarize_runs(runs: list[dict[str, Any]], kind: str, settings: ExportSetti
 def failure_message(name: str, report: dict[str, Any]) -> str:
     failed = [c for c in report["checks"] if not c["passed"]]
     details = "; ".join(
-        f"{c['providers_used'][0]} batch {c['batch']}: boxes {c['max_abs_diff_boxes']:.3g} (limit {c['box_limit']:.3g}), "
+        f"{c['providers_used'][0]} batch {c['batch']}: "
+        f"boxes {c['max_abs_diff_boxes']:.3g} (limit {c['box_limit']:.3g}), "
         f"scores {c['max_abs_diff_scores']:.3g} (limit {c['score_limit']:.3g})"
-        + (f", {c['unpaired_not_at_cutoff']} unpaired detections above the top-k cutoff" if c.get("unpaired_not_at_cutoff") else "")
+        + (
+            f", {c['unpaired_not_at_cutoff']} unpaired detections above the top-k cutoff"
+            if c.get("unpaired_not_at_cutoff")
+            else ""
+        )
         for c in failed
-    )  # fmt: skip
+    )
     return f"{name}: ONNX Runtime differs from PyTorch beyond the documented tolerance ({details}); nothing was written"
 
 
-def compare_outputs(expected: np.ndarray, actual: np.ndarray, output_format: str, tolerance: Tolerance) -> dict[str, Any]:
+def compare_outputs(
+    expected: np.ndarray, actual: np.ndarray, output_format: str, tolerance: Tolerance
+) -> dict[str, Any]:
     """Compare one batch of ``output0``; raw elementwise, end-to-end after pairing detections."""
     if expected.shape != actual.shape:
-        return {"passed": False, "error": f"shape {list(actual.shape)} != PyTorch {list(expected.shape)}",
-                "max_abs_diff_boxes": math.inf, "max_abs_diff_scores": math.inf,
-                "box_limit": 0.0, "score_limit": tolerance.score_abs}  # fmt: skip
+        return {
+            "passed": False,
+            "error": f"shape {list(actual.shape)} != PyTorch {list(expected.shape)}",
+            "max_abs_diff_boxes": math.inf,
+            "max_abs_diff_scores": math.inf,
+            "box_limit": 0.0,
+            "score_limit": tolerance.score_abs,
+        }
     if output_format == "raw":
         return _compare_raw(expected, actual, tolerance)
     results = [_compare_end_to_end(e, a, tolerance) for e, a in zip(expected, actual)]
-    merged = {key: max(r[key] for r in results) for key in results[0] if key not in ("passed", "box_limit", "score_limit")}
-    merged.update(passed=all(r["passed"] for r in results), box_limit=min(r["box_limit"] for r in results),
-                  score_limit=tolerance.score_abs)  # fmt: skip
+    merged = {
+        key: max(r[key] for r in results) for key in results[0] if key not in ("passed", "box_limit", "score_limit")
+    }
+    merged.update(
+        passed=all(r["passed"] for r in results),
+        box_limit=min(r["box_limit"] for r in results),
+        score_limit=tolerance.score_abs,
+    )
     return merged
 
 
@@ -245,8 +273,13 @@ def _compare_raw(expected: np.ndarray, actual: np.ndarray, tolerance: Tolerance)
     score_diff = float(np.abs(expected[:, 4:] - actual[:, 4:]).max())
     box_limit = tolerance.box_limit(expected[:, :4])
     passed = box_diff <= box_limit and score_diff <= tolerance.score_abs and bool(np.isfinite(actual).all())
-    return {"passed": passed, "max_abs_diff_boxes": box_diff, "max_abs_diff_scores": score_diff,
-            "box_limit": box_limit, "score_limit": tolerance.score_abs}  # fmt: skip
+    return {
+        "passed": passed,
+        "max_abs_diff_boxes": box_diff,
+        "max_abs_diff_scores": score_diff,
+        "box_limit": box_limit,
+        "score_limit": tolerance.score_abs,
+    }
 
 
 def pair_detections(
@@ -287,11 +320,20 @@ def _compare_end_to_end(expected: np.ndarray, actual: np.ndarray, tolerance: Tol
     a_idx = np.array([j for _, j in pairs], dtype=int)
     box_diff = float(np.abs(expected[e_idx, :4] - actual[a_idx, :4]).max()) if pairs else 0.0
     score_diff = float(np.abs(expected[e_idx, 4] - actual[a_idx, 4]).max()) if pairs else 0.0
-    not_at_cutoff = _unpaired_above_cutoff(expected, e_idx, tolerance) + _unpaired_above_cutoff(actual, a_idx, tolerance)
+    not_at_cutoff = _unpaired_above_cutoff(expected, e_idx, tolerance) + _unpaired_above_cutoff(
+        actual, a_idx, tolerance
+    )
     passed = not_at_cutoff == 0 and bool(np.isfinite(actual).all())
-    return {"passed": passed, "max_abs_diff_boxes": box_diff, "max_abs_diff_scores": score_diff,
-            "box_limit": box_limit, "score_limit": tolerance.score_abs, "paired_rows": len(pairs),
-            "unpaired_rows": len(expected) + len(actual) - 2 * len(pairs), "unpaired_not_at_cutoff": not_at_cutoff}  # fmt: skip
+    return {
+        "passed": passed,
+        "max_abs_diff_boxes": box_diff,
+        "max_abs_diff_scores": score_diff,
+        "box_limit": box_limit,
+        "score_limit": tolerance.score_abs,
+        "paired_rows": len(pairs),
+        "unpaired_rows": len(expected) + len(actual) - 2 * len(pairs),
+        "unpaired_not_at_cutoff": not_at_cutoff,
+    }
 
 
 def _unpaired_above_cutoff(rows: np.ndarray, paired: np.ndarray, tolerance: Tolerance) -> int:
@@ -299,5 +341,3 @@ def _unpaired_above_cutoff(rows: np.ndarray, paired: np.ndarray, tolerance: Tole
     unpaired = np.setdiff1d(np.arange(len(rows)), paired)
     cutoff = float(rows[:, 4].min()) if len(rows) else 0.0
     return int((rows[unpaired, 4] > cutoff + tolerance.score_abs).sum())
-
-

@@ -86,7 +86,9 @@ def _settings(metadata: dict[str, Any], request: dict[str, Any]) -> dict[str, tu
     onnx_record, input_record = metadata.get("onnx") or {}, metadata.get("input") or {}
     imgsz = request["imgsz"]
     size = [int(imgsz), int(imgsz)] if isinstance(imgsz, int) else [int(v) for v in imgsz]
-    recorded_half = metadata.get("weights_format") == "float16" or str(onnx_record.get("precision", "")).startswith("fp16")
+    recorded_half = metadata.get("weights_format") == "float16" or str(onnx_record.get("precision", "")).startswith(
+        "fp16"
+    )
     settings = {
         "imgsz": (size, input_record.get("imgsz")),
         "format": (request["output_format"], (metadata.get("output") or {}).get("format")),

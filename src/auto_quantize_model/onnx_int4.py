@@ -334,18 +334,27 @@ def convert_qcdq_to_int4(
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-        raise Int4ConversionError(f"{source}: the INT4 model fails onnx.checker (full check): {error}; "
-                                  "keep using the QCDQ file and report this") from error  # fmt: skip
+        raise Int4ConversionError(
+            f"{source}: the INT4 model fails onnx.checker (full check): {error}; "
+            "keep using the QCDQ file and report this"
+        ) from error
     int4 = [c for c in rewritten if c.fits_int4]
     int8 = [c for c in rewritten if not c.fits_int4]
     values = {c.codes_name: int(np.prod(inits[c.codes_name].dims)) for c in rewritten}
     return model, Int4ConversionResult(
-        source=source, opset_before=default_opset(original), opset_after=default_opset(model),
-        int4_weights=len(int4), int8_weights=len(int8),
-        int4_values=sum(values[c.codes_name] for c in int4), int8_values=sum(values[c.codes_name] for c in int8),
-        clips_removed=len(rewritten), chains_left_as_qcdq=len(chains) - len(rewritten),
-        bytes_before=original.ByteSize(), bytes_after=model.ByteSize(), upgraded_ops=upgraded_ops,
-    )  # fmt: skip
+        source=source,
+        opset_before=default_opset(original),
+        opset_after=default_opset(model),
+        int4_weights=len(int4),
+        int8_weights=len(int8),
+        int4_values=sum(values[c.codes_name] for c in int4),
+        int8_values=sum(values[c.codes_name] for c in int8),
+        clips_removed=len(rewritten),
+        chains_left_as_qcdq=len(chains) - len(rewritten),
+        bytes_before=original.ByteSize(),
+        bytes_after=model.ByteSize(),
+        upgraded_ops=upgraded_ops,
+    )
 
 
 def _check_same_codes(before: Any, after: Any, source: str) -> None:
@@ -353,8 +362,10 @@ def _check_same_codes(before: Any, after: Any, source: str) -> None:
     old, new = weight_codes(before), weight_codes(after)
     differing = sorted(k for k in old if k not in new or not np.array_equal(old[k], new[k]))
     if differing or set(new) != set(old):
-        raise Int4ConversionError(f"{source}: INT4 rewrite changed the weight codes of {differing[:5]}; this is a bug, "
-                                  "keep using the QCDQ file")  # fmt: skip
+        raise Int4ConversionError(
+            f"{source}: INT4 rewrite changed the weight codes of {differing[:5]}; this is a bug, "
+            "keep using the QCDQ file"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -397,9 +408,13 @@ def check_inputs_for(proto: Any, source: str, seed: int = 0) -> np.ndarray:
 
 
 def convert_qcdq_file_to_int4(
-    src: str | os.PathLike, dst: str | os.PathLike, *, opset: int = INT4_OPSET, check_inputs: np.ndarray | None = None,
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    opset: int = INT4_OPSET,
+    check_inputs: np.ndarray | None = None,
     atol: float = DEFAULT_OUTPUT_ATOL,
-) -> Int4ConversionResult:  # fmt: skip
+) -> Int4ConversionResult:
     """Convert the QCDQ file ``src`` to the INT4 file ``dst`` (written atomically) and check ONNX Runtime agrees.
 
     ``check_inputs`` (default: one seeded random image of the static input size) runs through both files on

@@ -55,8 +55,9 @@ def weight_storage(path: str | os.PathLike) -> WeightStorage:
     by_type: Counter = Counter()
     for init in proto.graph.initializer:
         by_type[onnx.TensorProto.DataType.Name(init.data_type)] += init.ByteSize()
-    return WeightStorage(path, path.stat().st_size, dict(sorted(by_type.items())), weight_storage_counts(proto),
-                         default_opset(proto))  # fmt: skip
+    return WeightStorage(
+        path, path.stat().st_size, dict(sorted(by_type.items())), weight_storage_counts(proto), default_opset(proto)
+    )
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,10 @@ def size_table(files: Mapping[str, str | os.PathLike]) -> list[SizeRow]:
     A ratio is ``None`` when the table has no file of that kind (e.g. no FP16 export yet).
     """
     storages = {label: weight_storage(path) for label, path in files.items()}
-    base = {kind: next((s.size_bytes for s in storages.values() if s.weights_format == kind), None)
-            for kind in (FLOAT32, FLOAT16)}  # fmt: skip
+    base = {
+        kind: next((s.size_bytes for s in storages.values() if s.weights_format == kind), None)
+        for kind in (FLOAT32, FLOAT16)
+    }
     return [
         SizeRow(
             label,

@@ -62,7 +62,9 @@ def model_name(config: Mapping[str, Any]) -> str:
 
 def needs_gpu(config: Mapping[str, Any]) -> bool:
     """A profile that trains on a CUDA device or evaluates with a GPU provider gets the preflight."""
-    return config["device"] not in ("cpu", "mps") or any("CUDA" in p or "Tensorrt" in p for p in config["eval_providers"])
+    return config["device"] not in ("cpu", "mps") or any(
+        "CUDA" in p or "Tensorrt" in p for p in config["eval_providers"]
+    )
 
 
 def train_stage_name(seed: int, variant: Variant) -> str:
@@ -90,9 +92,13 @@ class _Context:
 
 
 def plan_stages(
-    run_root: RunRoot, config: Mapping[str, Any], *, publish: bool = False, python: str | None = None,
+    run_root: RunRoot,
+    config: Mapping[str, Any],
+    *,
+    publish: bool = False,
+    python: str | None = None,
     tools: Path = SCRIPTS_DIR,
-) -> list[StageSpec]:  # fmt: skip
+) -> list[StageSpec]:
     """Every stage of the run, in order (``python`` runs the CLIs; default: this interpreter)."""
     ctx = _Context(run_root, config, python or sys.executable, Path(tools))
     stages = _setup_stages(ctx)
@@ -118,9 +124,21 @@ def _setup_stages(ctx: _Context) -> list[StageSpec]:
     source_root, prepare_needs = str(config["source_root"] or ""), ()
     if config["data_source"] == "synthetic":
         out = root.synthetic_source_dir
-        argv = (py, str(tools / "make_synthetic_coco.py"), "--out", str(out), "--train", str(config["synthetic_train"]),
-                "--val", str(config["synthetic_val"]), "--imgsz", str(config["synthetic_imgsz"]),
-                "--seed", str(config["data_seed"]), "--overwrite")  # fmt: skip
+        argv = (
+            py,
+            str(tools / "make_synthetic_coco.py"),
+            "--out",
+            str(out),
+            "--train",
+            str(config["synthetic_train"]),
+            "--val",
+            str(config["synthetic_val"]),
+            "--imgsz",
+            str(config["synthetic_imgsz"]),
+            "--seed",
+            str(config["data_seed"]),
+            "--overwrite",
+        )
         stages.append(StageSpec(SYNTHETIC_STAGE, argv, (out,), (), out))
         source_root, prepare_needs = str(out), (SYNTHETIC_STAGE,)
     caps = []
@@ -128,8 +146,18 @@ def _setup_stages(ctx: _Context) -> list[StageSpec]:
         if config[key] is not None:
             caps += [flag, str(config[key])]
     # --overwrite: a data stage only runs while it is not done, so its folder holds a failed attempt of this run.
-    argv = (py, str(tools / "prepare_coco_dataset.py"), "--source-root", source_root, "--out-dir", str(root.dataset_dir),
-            *caps, "--seed", str(config["data_seed"]), "--overwrite")  # fmt: skip
+    argv = (
+        py,
+        str(tools / "prepare_coco_dataset.py"),
+        "--source-root",
+        source_root,
+        "--out-dir",
+        str(root.dataset_dir),
+        *caps,
+        "--seed",
+        str(config["data_seed"]),
+        "--overwrite",
+    )
     outputs = (root.dataset_yaml, root.val_annotations)
     stages.append(StageSpec(PREPARE_STAGE, argv, outputs, prepare_needs, root.dataset_dir))
     return stages
@@ -152,13 +180,34 @@ def _fp_best(seed_root: SeedRoot) -> Path:
 def _train_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageSpec:
     config, paths = ctx.config, seed_root.train_run(variant.name)
     fine_tune = variant.kind == "qat-ft"
-    argv = [ctx.python, str(ctx.tools / "train_yolov10m_scratch_fp16_vs_w4a16_qat_brevitas.py"),
-            "qat-w4a16" if variant.quantized else "fp16", "--run-root", str(ctx.run_root.root),
-            "--data", str(ctx.run_root.dataset_yaml), "--model", str(config["model"]),
-            "--epochs", str(config["ft_epochs"] if fine_tune else config["epochs"]), "--imgsz", str(config["imgsz"]),
-            "--batch", str(config["batch"]), "--device", str(config["device"]),
-            "--hyp", str(config["ft_hyp"] if fine_tune else config["hyp"]), "--seed", str(seed_root.seed),
-            "--workers", str(config["workers"]), "--fraction", str(config["fraction"]), "--resume"]  # fmt: skip
+    argv = [
+        ctx.python,
+        str(ctx.tools / "train_yolov10m_scratch_fp16_vs_w4a16_qat_brevitas.py"),
+        "qat-w4a16" if variant.quantized else "fp16",
+        "--run-root",
+        str(ctx.run_root.root),
+        "--data",
+        str(ctx.run_root.dataset_yaml),
+        "--model",
+        str(config["model"]),
+        "--epochs",
+        str(config["ft_epochs"] if fine_tune else config["epochs"]),
+        "--imgsz",
+        str(config["imgsz"]),
+        "--batch",
+        str(config["batch"]),
+        "--device",
+        str(config["device"]),
+        "--hyp",
+        str(config["ft_hyp"] if fine_tune else config["hyp"]),
+        "--seed",
+        str(seed_root.seed),
+        "--workers",
+        str(config["workers"]),
+        "--fraction",
+        str(config["fraction"]),
+        "--resume",
+    ]
     for pair in config["train_overrides"]:
         argv += ["--train-arg", pair]
     needs = [PREPARE_STAGE]
@@ -172,10 +221,26 @@ def _train_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageS
 
 def _quantize_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageSpec:
     config, paths = ctx.config, seed_root.train_run(variant.name)
-    argv = (ctx.python, str(ctx.tools / "ptq.py"), "--weights", str(_fp_best(seed_root)),
-            "--quant-scheme", variant.scheme_spec, "--out", str(paths.best), "--data", str(ctx.run_root.dataset_yaml),
-            "--bn-recalib-batches", str(config["ptq_bn_recalib_batches"]), "--imgsz", str(config["imgsz"]),
-            "--batch", str(config["batch"]), "--device", str(config["device"]))  # fmt: skip
+    argv = (
+        ctx.python,
+        str(ctx.tools / "ptq.py"),
+        "--weights",
+        str(_fp_best(seed_root)),
+        "--quant-scheme",
+        variant.scheme_spec,
+        "--out",
+        str(paths.best),
+        "--data",
+        str(ctx.run_root.dataset_yaml),
+        "--bn-recalib-batches",
+        str(config["ptq_bn_recalib_batches"]),
+        "--imgsz",
+        str(config["imgsz"]),
+        "--batch",
+        str(config["batch"]),
+        "--device",
+        str(config["device"]),
+    )
     needs = (PREPARE_STAGE, train_stage_name(seed_root.seed, Variant("fp")))
     return StageSpec(train_stage_name(seed_root.seed, variant), argv, (paths.best,), needs, paths.dir)
 
@@ -183,9 +248,19 @@ def _quantize_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> Sta
 def _export_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant, weights_format: str, needs: str) -> StageSpec:
     config = ctx.config
     out = seed_root.onnx_model(model_name(config), variant.name, weights_format)
-    argv = [ctx.python, str(ctx.tools / "export_onnx.py"), "--weights", str(seed_root.train_run(variant.name).best),
-            "--out", str(out), "--imgsz", str(config["imgsz"]), "--format", str(config["export_format"]),
-            "--validate"]  # fmt: skip
+    argv = [
+        ctx.python,
+        str(ctx.tools / "export_onnx.py"),
+        "--weights",
+        str(seed_root.train_run(variant.name).best),
+        "--out",
+        str(out),
+        "--imgsz",
+        str(config["imgsz"]),
+        "--format",
+        str(config["export_format"]),
+        "--validate",
+    ]
     if config["export_opset"] is not None:
         argv += ["--opset", str(config["export_opset"])]
     if config["export_dynamic_batch"]:
@@ -197,13 +272,29 @@ def _export_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant, weights_
     return StageSpec(export_stage_name(seed_root.seed, variant, weights_format), tuple(argv), (out,), (needs,), out)
 
 
-def _eval_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant, weights_format: str, export: StageSpec) -> StageSpec:
+def _eval_stage(
+    ctx: _Context, seed_root: SeedRoot, variant: Variant, weights_format: str, export: StageSpec
+) -> StageSpec:
     config, root = ctx.config, ctx.run_root
     out_dir = seed_root.eval_dir(variant.name, weights_format)
-    argv = [ctx.python, str(ctx.tools / "eval_yolov10m_onnx_coco.py"), "--onnx", str(export.outputs[0]),
-            "--ann-file", str(root.val_annotations), "--images-dir", str(root.val_images_dir),
-            "--out-dir", str(out_dir), "--imgsz", str(config["imgsz"]), "--batch", str(config["eval_batch"]),
-            "--providers", *config["eval_providers"]]  # fmt: skip
+    argv = [
+        ctx.python,
+        str(ctx.tools / "eval_yolov10m_onnx_coco.py"),
+        "--onnx",
+        str(export.outputs[0]),
+        "--ann-file",
+        str(root.val_annotations),
+        "--images-dir",
+        str(root.val_images_dir),
+        "--out-dir",
+        str(out_dir),
+        "--imgsz",
+        str(config["imgsz"]),
+        "--batch",
+        str(config["eval_batch"]),
+        "--providers",
+        *config["eval_providers"],
+    ]
     if config["eval_max_images"] is not None:
         argv += ["--max-images", str(config["eval_max_images"])]
     if config["eval_fold_weights"]:
@@ -258,9 +349,13 @@ def _output_problem(stage: StageSpec, record: Mapping[str, Any]) -> str | None:
 
 
 def run_pipeline(
-    run_root: RunRoot, stages: Sequence[StageSpec], *, redo: Sequence[str] = (), stop_after: str | None = None,
+    run_root: RunRoot,
+    stages: Sequence[StageSpec],
+    *,
+    redo: Sequence[str] = (),
+    stop_after: str | None = None,
     say: Callable[[str], None] = print,
-) -> PipelineOutcome:  # fmt: skip
+) -> PipelineOutcome:
     """Run ``stages`` in order; raise :class:`PipelineError` naming the stage and its log when one fails."""
     if stop_after is not None and stop_after not in [stage.name for stage in stages]:
         raise PipelineError(f"--stop-after {stop_after}: not a stage of this run ({' '.join(s.name for s in stages)})")

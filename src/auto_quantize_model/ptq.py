@@ -116,7 +116,9 @@ def recalibrate_batchnorm(model: Any, images: Iterable[Any], num_batches: int) -
     return BNRecalibReport(len(norms), seen, count, round(time.perf_counter() - start, 3))
 
 
-def train_loader_images(data: Path, imgsz: int, batch: int, device: str, workers: int, train_args: dict) -> Iterator[Any]:
+def train_loader_images(
+    data: Path, imgsz: int, batch: int, device: str, workers: int, train_args: dict
+) -> Iterator[Any]:
     """Float image batches from Ultralytics' own train dataloader (training augmentation of ``train_args``)."""
     from ultralytics.cfg import get_cfg
     from ultralytics.data import build_dataloader, build_yolo_dataset
@@ -139,7 +141,9 @@ def train_loader_images(data: Path, imgsz: int, batch: int, device: str, workers
 def _check_request(request: PTQRequest) -> None:
     """Everything that can be checked before loading a model."""
     if not request.weights.is_file():
-        raise PTQInputError(f"{request.weights}: checkpoint not found; pass --weights with the FP run's weights/best.pt")
+        raise PTQInputError(
+            f"{request.weights}: checkpoint not found; pass --weights with the FP run's weights/best.pt"
+        )
     if request.out.suffix != ".pt":
         raise PTQInputError(f"{request.out}: the output must end in .pt (its metadata goes beside it as .json)")
     if request.out.exists() and not request.overwrite:
@@ -172,8 +176,10 @@ def quantize_checkpoint(request: PTQRequest) -> PTQResult:
     scheme = resolve_scheme(request.quant_scheme) if request.quant_scheme is not None else None
     model, ckpt = _load(request.weights)
     if scheme is not None and is_quantized(model):
-        raise PTQInputError(f"{request.weights}: is already quantized (QAT, scheme {quant_scheme_of(model).name}); "
-                            "PTQ needs the FP run's best.pt")  # fmt: skip
+        raise PTQInputError(
+            f"{request.weights}: is already quantized (QAT, scheme {quant_scheme_of(model).name}); "
+            "PTQ needs the FP run's best.pt"
+        )
     if scheme is None and not is_quantized(model):
         raise PTQInputError(f"{request.weights}: is a float checkpoint; pass --quant-scheme to quantize it")
     counts = quantize_model(model, scheme).counts() if scheme is not None else _bit_counts(model)
@@ -200,12 +206,14 @@ def quantize_checkpoint(request: PTQRequest) -> PTQResult:
         "batch": request.batch,
         "data": str(request.data) if request.data else None,
         "val_mAP50_95": val,
-        "val_settings": {"validator": "ultralytics DetectionValidator", "nms": False, "imgsz": imgsz} if val is not None else None,
+        "val_settings": {"validator": "ultralytics DetectionValidator", "nms": False, "imgsz": imgsz}
+        if val is not None
+        else None,
         "dtype": "float32",
         "versions": package_versions(),
         "git": git_state(),
         "command": command_line(),
-    }  # fmt: skip
+    }
     meta_path = write_json_atomic(request.out.with_suffix(".json"), metadata)
     return PTQResult(request.out, meta_path, scheme.name, counts, recalib, val)
 
@@ -214,8 +222,9 @@ def recalibrate_checkpoint(
     weights: str | os.PathLike, out: str | os.PathLike, data: str | os.PathLike, num_batches: int, **settings: Any
 ) -> PTQResult:
     """BN re-estimation after QAT: ``weights`` (a QAT best.pt) -> ``out`` with re-estimated running statistics."""
-    request = PTQRequest(Path(weights), Path(out), quant_scheme=None, data=Path(data), bn_recalib_batches=num_batches,
-                         **settings)  # fmt: skip
+    request = PTQRequest(
+        Path(weights), Path(out), quant_scheme=None, data=Path(data), bn_recalib_batches=num_batches, **settings
+    )
     return quantize_checkpoint(request)
 
 
@@ -261,7 +270,15 @@ def _measure_val(checkpoint: Path, data: Path, imgsz: int, batch: int, device: s
     from ultralytics import YOLO
 
     metrics = YOLO(str(checkpoint), task="detect").val(
-        data=str(data), imgsz=imgsz, batch=batch, device=device, nms=False, plots=False, verbose=False,
-        project=str(checkpoint.parent / ".ptq-val"), name=checkpoint.stem, exist_ok=True,
-    )  # fmt: skip
+        data=str(data),
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        nms=False,
+        plots=False,
+        verbose=False,
+        project=str(checkpoint.parent / ".ptq-val"),
+        name=checkpoint.stem,
+        exist_ok=True,
+    )
     return float(metrics.box.map)

@@ -206,7 +206,8 @@ def read_run_status(run_root: RunRoot) -> RunStatus:
     """Read ``summary.json``; a missing or unreadable one counts as incomplete and says so."""
     path = run_root.summary_json
     if not path.is_file():
-        fix = f"run the summary stage (scripts/cv-models/write_yolov10m_scratch_train_summary.py --run-root {run_root.root})"
+        summary_cli = "scripts/cv-models/write_yolov10m_scratch_train_summary.py"
+        fix = f"run the summary stage ({summary_cli} --run-root {run_root.root})"
         return RunStatus(False, (f"{path.name} missing: {fix}",), None)
     summary = read_json(path)
     if not isinstance(summary, Mapping) or not isinstance(summary.get("complete"), bool):
@@ -219,13 +220,17 @@ def check_publishable(run_root: RunRoot, status: RunStatus, allow_partial: bool)
     if not run_root.root.is_dir():
         raise PublishError(f"run root {run_root.root} does not exist")
     if not run_root.summary_md.is_file():
-        raise PublishError(f"{run_root.summary_md} missing: run the summary stage first "
-                           f"(scripts/cv-models/write_yolov10m_scratch_train_summary.py --run-root {run_root.root})")  # fmt: skip
+        raise PublishError(
+            f"{run_root.summary_md} missing: run the summary stage first "
+            f"(scripts/cv-models/write_yolov10m_scratch_train_summary.py --run-root {run_root.root})"
+        )
     if status.complete or allow_partial:
         return
     shown = "; ".join(status.missing[:5]) + (f"; and {len(status.missing) - 5} more" if len(status.missing) > 5 else "")
-    raise PublishError(f"{run_root.summary_json}: run root is not complete ({shown or 'no items listed'}); "
-                       "finish the run, or pass --allow-partial to publish it marked partial")  # fmt: skip
+    raise PublishError(
+        f"{run_root.summary_json}: run root is not complete ({shown or 'no items listed'}); "
+        "finish the run, or pass --allow-partial to publish it marked partial"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,9 +282,11 @@ def _parents(relative: str) -> Iterable[str]:
 def render_summary(plan: PublishPlan, run_id: str, partial: bool) -> str:
     """The report's summary.md: the run root's, links rewritten, with a note on where it came from."""
     text = rewrite_summary_links(plan.run_root.summary_md.read_text(encoding="utf-8"), plan)
-    note = (f"> Published report `{run_id}`{' (**partial**: the run root was not complete)' if partial else ''}. "
-            f"Weights, ONNX files, logs and other large files stay in the run root; [MANIFEST.json](MANIFEST.json) "
-            "lists them with sizes and sha256s.")  # fmt: skip
+    note = (
+        f"> Published report `{run_id}`{' (**partial**: the run root was not complete)' if partial else ''}. "
+        f"Weights, ONNX files, logs and other large files stay in the run root; [MANIFEST.json](MANIFEST.json) "
+        "lists them with sizes and sha256s."
+    )
     lines = text.splitlines()
     at = 1 if lines and lines[0].startswith("# ") else 0
     return "\n".join(lines[:at] + ["", note] + lines[at:]).rstrip() + "\n"
@@ -295,8 +302,10 @@ def check_size_cap(sizes: Mapping[str, int], max_bytes: int, run_root: RunRoot) 
         return total
     largest = sorted(sizes.items(), key=lambda item: (-item[1], item[0]))[:5]
     shown = ", ".join(f"{path} ({size / 1e6:.2f} MB)" for path, size in largest)
-    raise PublishError(f"report of {run_root.root} would be {total / 1e6:.2f} MB, over the cap of {max_bytes / 1e6:.2f} MB; "
-                       f"largest files: {shown}. Raise the cap with --max-mb if these belong in the repository")  # fmt: skip
+    raise PublishError(
+        f"report of {run_root.root} would be {total / 1e6:.2f} MB, over the cap of {max_bytes / 1e6:.2f} MB; "
+        f"largest files: {shown}. Raise the cap with --max-mb if these belong in the repository"
+    )
 
 
 def _file_entry(path: Path, relative: str) -> dict[str, Any]:
@@ -320,8 +329,11 @@ def build_manifest(plan: PublishPlan, run_id: str, status: RunStatus, report_fil
     published = []
     for relative, source in sorted(report_files.items()):
         data = source if isinstance(source, bytes) else None
-        published.append(_file_entry(source, relative) if data is None else
-                         {"path": relative, "size_bytes": len(data), "sha256": _sha256_bytes(data)})  # fmt: skip
+        published.append(
+            _file_entry(source, relative)
+            if data is None
+            else {"path": relative, "size_bytes": len(data), "sha256": _sha256_bytes(data)}
+        )
     summary = status.summary or {}
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
@@ -367,8 +379,10 @@ def differing_files(report_dir: Path, wanted: Mapping[str, bytes | Path]) -> lis
 
 def _conflict(report_dir: Path, differ: Sequence[str]) -> PublishError:
     shown = ", ".join(differ[:10]) + (f" and {len(differ) - 10} more" if len(differ) > 10 else "")
-    return PublishError(f"{report_dir} exists with different content ({shown}); refusing to overwrite it. "
-                        "Publish under another name (--name), or delete that folder if it is stale")  # fmt: skip
+    return PublishError(
+        f"{report_dir} exists with different content ({shown}); refusing to overwrite it. "
+        "Publish under another name (--name), or delete that folder if it is stale"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,8 +395,10 @@ def default_run_id(run_root: RunRoot) -> str:
 
 def check_run_id(run_id: str) -> None:
     if not RUN_ID_PATTERN.fullmatch(run_id) or run_id == INDEX_NAME:
-        raise PublishError(f"report name {run_id!r} is not a plain folder name (letters, digits, '.', '_', '+', '-'); "
-                           "pass another --name")  # fmt: skip
+        raise PublishError(
+            f"report name {run_id!r} is not a plain folder name (letters, digits, '.', '_', '+', '-'); "
+            "pass another --name"
+        )
 
 
 def publish_run_report(
@@ -597,8 +613,18 @@ standard deviation over the seeds when there are several; "best quantized" is th
 variant with the highest mean and "ratio" its mean over the FP16 mean; ONNX sizes are means
 over seeds. Newest first (by the summary's generation time).
 """
-INDEX_COLUMNS = ("run", "date", "profile", "model", "variants", "seeds", "FP16 mAP50-95",
-                 "best quantized (mAP50-95)", "ratio to FP16", "ONNX sizes")  # fmt: skip
+INDEX_COLUMNS = (
+    "run",
+    "date",
+    "profile",
+    "model",
+    "variants",
+    "seeds",
+    "FP16 mAP50-95",
+    "best quantized (mAP50-95)",
+    "ratio to FP16",
+    "ONNX sizes",
+)
 
 
 def render_index(rows: Sequence[IndexRow]) -> str:
@@ -606,8 +632,18 @@ def render_index(rows: Sequence[IndexRow]) -> str:
     lines = [INDEX_HEADER, "| " + " | ".join(INDEX_COLUMNS) + " |", "|" + "---|" * len(INDEX_COLUMNS)]
     for row in ordered:
         link = f"[{row.run_id}]({row.run_id}/{SUMMARY_MD_NAME})" + (" (partial)" if row.partial else "")
-        cells = [link, _date_text(row.date), row.profile, row.model, row.variants, row.seeds, row.fp_map,
-                 row.best_quantized, row.best_ratio, row.onnx_sizes]  # fmt: skip
+        cells = [
+            link,
+            _date_text(row.date),
+            row.profile,
+            row.model,
+            row.variants,
+            row.seeds,
+            row.fp_map,
+            row.best_quantized,
+            row.best_ratio,
+            row.onnx_sizes,
+        ]
         lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
     if not ordered:
         lines.append("| " + " | ".join(["(none yet)"] + ["—"] * (len(INDEX_COLUMNS) - 1)) + " |")

@@ -113,7 +113,10 @@ class RunView:
     problems: list[str] = field(default_factory=list)
 
     def cell(self, seed: int, variant: str, weights_format: str) -> Cell | None:
-        return next((c for c in self.cells if (c.seed, c.variant.name, c.weights_format) == (seed, variant, weights_format)), None)
+        return next(
+            (c for c in self.cells if (c.seed, c.variant.name, c.weights_format) == (seed, variant, weights_format)),
+            None,
+        )
 
     def training(self, seed: int, variant: str) -> Training | None:
         return next((t for t in self.trainings if (t.seed, t.variant.name) == (seed, variant)), None)
@@ -123,7 +126,11 @@ class RunView:
 # Reading
 # --------------------------------------------------------------------------------------------
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+    return (
+        float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else None
+    )
 
 
 def _load(path: Path, problems: list[str], root: Path) -> Any:
@@ -154,8 +161,13 @@ def best_epoch(results: Sequence[Mapping[str, Any]] | None) -> dict[str, Any] | 
         return None
     best = max(rows, key=lambda r: r[MAP_COLUMN])
     epoch = best.get("epoch")
-    return {"epochs": len(results), "best_epoch": int(epoch) if isinstance(epoch, float) else epoch,
-            "map": best[MAP_COLUMN], "map50": best.get(MAP50_COLUMN), "last_map": rows[-1][MAP_COLUMN]}  # fmt: skip
+    return {
+        "epochs": len(results),
+        "best_epoch": int(epoch) if isinstance(epoch, float) else epoch,
+        "map": best[MAP_COLUMN],
+        "map50": best.get(MAP50_COLUMN),
+        "last_map": rows[-1][MAP_COLUMN],
+    }
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -183,7 +195,9 @@ def load_view(run_root: RunRoot) -> RunView:
     return view
 
 
-def _expected(run_root: RunRoot, config: Mapping[str, Any] | None, problems: list[str]) -> tuple[list[Variant], list[int]]:
+def _expected(
+    run_root: RunRoot, config: Mapping[str, Any] | None, problems: list[str]
+) -> tuple[list[Variant], list[int]]:
     if not config:
         problems.append(f"run config missing: {_rel(run_root.run_config, run_root.root)}")
         return [Variant("fp")], run_root.seeds_present() or [0]
@@ -206,7 +220,9 @@ def _load_training(seed_root: SeedRoot, variant: Variant, problems: list[str], r
     return training
 
 
-def _load_cell(seed_root: SeedRoot, variant: Variant, fmt: str, model: str | None, problems: list[str], root: Path) -> Cell:
+def _load_cell(
+    seed_root: SeedRoot, variant: Variant, fmt: str, model: str | None, problems: list[str], root: Path
+) -> Cell:
     onnx = seed_root.onnx_model(model or "model", variant.name, fmt)
     cell = Cell(seed_root.seed, variant, fmt, onnx)
     cell.metrics = _load(seed_root.eval_metrics(variant.name, fmt), problems, root)
@@ -233,7 +249,9 @@ def missing_items(view: RunView, state: Mapping[str, Any]) -> list[str]:
             missing.append(f"seed {training.seed} {training.variant.name}: no {_rel(training.paths.best, root)}")
     for cell in view.cells:
         if not cell.onnx.is_file():
-            missing.append(f"seed {cell.seed} {cell.variant.name} {cell.weights_format}: no ONNX {_rel(cell.onnx, root)}")
+            missing.append(
+                f"seed {cell.seed} {cell.variant.name} {cell.weights_format}: no ONNX {_rel(cell.onnx, root)}"
+            )
         if cell.metrics is None:
             missing.append(f"seed {cell.seed} {cell.variant.name} {cell.weights_format}: not evaluated")
     return missing
@@ -320,7 +338,11 @@ def section_header(view: RunView, missing: Sequence[str]) -> list[str]:
         "[summary.json](summary.json)",
         "",
     ]
-    status = "Complete: every expected artifact is present." if not missing else f"Incomplete: {len(missing)} item(s) missing (see the end)."
+    status = (
+        "Complete: every expected artifact is present."
+        if not missing
+        else f"Incomplete: {len(missing)} item(s) missing (see the end)."
+    )
     return lines + [f"**Status:** {status}", ""]
 
 
@@ -341,11 +363,18 @@ def _bootstrap(view: RunView, variant: Variant) -> Any:
         if ids is None or ids != quant.metrics.get(mk.IMAGE_IDS):
             continue
         seed_root = view.run_root.seed(seed)
-        pairs.append((seed_root.eval_detections(FP_VARIANT, "float32"), seed_root.eval_detections(variant.name, variant.headline_format)))
+        pairs.append(
+            (
+                seed_root.eval_detections(FP_VARIANT, "float32"),
+                seed_root.eval_detections(variant.name, variant.headline_format),
+            )
+        )
         image_ids = ids
     if not pairs:
         return None
-    return paired_bootstrap_map(view.run_root.val_annotations, image_ids, pairs, n_resamples=BOOTSTRAP_RESAMPLES, seed=0)
+    return paired_bootstrap_map(
+        view.run_root.val_annotations, image_ids, pairs, n_resamples=BOOTSTRAP_RESAMPLES, seed=0
+    )
 
 
 def section_headline(view: RunView) -> tuple[list[str], dict[str, Any]]:
@@ -356,8 +385,16 @@ def section_headline(view: RunView) -> tuple[list[str], dict[str, Any]]:
     fp_map = _mean(c.map50_95 for c in fp_cells.values())
     fp_bytes = _mean(c.onnx_bytes for c in fp_cells.values())
     fp_latency = _mean(c.latency_p50 for c in fp_cells.values())
-    header = ["variant (ONNX scored)", *[f"seed {s}" for s in view.seeds], "mean ± std", "ratio of means to FP",
-              "diff 95% CI (paired bootstrap)", "ratio 95% CI", "ONNX size ratio", "latency p50 ratio"]  # fmt: skip
+    header = [
+        "variant (ONNX scored)",
+        *[f"seed {s}" for s in view.seeds],
+        "mean ± std",
+        "ratio of means to FP",
+        "diff 95% CI (paired bootstrap)",
+        "ratio 95% CI",
+        "ONNX size ratio",
+        "latency p50 ratio",
+    ]
     rows, results, verdicts = [], {}, []
     for variant in view.variants:
         cells = [view.cell(s, variant.name, variant.headline_format) for s in view.seeds]
@@ -365,19 +402,33 @@ def section_headline(view: RunView) -> tuple[list[str], dict[str, Any]]:
         result = _bootstrap(view, variant) if variant.quantized else None
         results[variant.name] = result
         mean = _mean(maps)
-        rows.append([f"{variant.name} ({variant.headline_format})", *[_fmt(m, 4) for m in maps], _mean_std(maps),
-                     _fmt(_ratio(mean, fp_map), 3) if variant.quantized else "1 (baseline)",
-                     format_ci(result.diff_ci) if result else "—", format_ci(result.ratio_ci, 3) if result else "—",
-                     _fmt(_ratio(_mean(c.onnx_bytes for c in cells if c), fp_bytes), 3),
-                     _fmt(_ratio(_mean(c.latency_p50 for c in cells if c), fp_latency), 2)])  # fmt: skip
+        rows.append(
+            [
+                f"{variant.name} ({variant.headline_format})",
+                *[_fmt(m, 4) for m in maps],
+                _mean_std(maps),
+                _fmt(_ratio(mean, fp_map), 3) if variant.quantized else "1 (baseline)",
+                format_ci(result.diff_ci) if result else "—",
+                format_ci(result.ratio_ci, 3) if result else "—",
+                _fmt(_ratio(_mean(c.onnx_bytes for c in cells if c), fp_bytes), 3),
+                _fmt(_ratio(_mean(c.latency_p50 for c in cells if c), fp_latency), 2),
+            ]
+        )
         if result:
             verdicts.append(f"- **{variant.name}:** {verdict(result, quant_label=variant.name, fp_label='FP')}")
     lines = ["## Headline: ONNX-evaluator mAP50-95 per seed", ""]
-    lines += ["Every model is scored by the same ONNX evaluator (onnxruntime + COCOeval) on the same val images. "
-              "Ratios are against the FP baseline's float32 ONNX; CIs resample val images with the same "
-              f"resample for both models ({BOOTSTRAP_RESAMPLES} resamples, from the saved detections); they do not "
-              "include the spread between training seeds, which the ± std shows.", ""]  # fmt: skip
-    lines += _table(header, rows) + (verdicts or ["- No quantized variant has been evaluated against the baseline yet."]) + [""]
+    lines += [
+        "Every model is scored by the same ONNX evaluator (onnxruntime + COCOeval) on the same val images. "
+        "Ratios are against the FP baseline's float32 ONNX; CIs resample val images with the same "
+        f"resample for both models ({BOOTSTRAP_RESAMPLES} resamples, from the saved detections); they do not "
+        "include the spread between training seeds, which the ± std shows.",
+        "",
+    ]
+    lines += (
+        _table(header, rows)
+        + (verdicts or ["- No quantized variant has been evaluated against the baseline yet."])
+        + [""]
+    )
     return lines, results
 
 
@@ -387,11 +438,16 @@ def section_precision(view: RunView) -> list[str]:
     for variant in view.variants:
         seed = view.seeds[0]
         training = view.training(seed, variant.name)
-        formats = ", ".join(f"{fmt}: {_weights_description(view.cell(seed, variant.name, fmt))}" for fmt in variant.weight_formats)
+        formats = ", ".join(
+            f"{fmt}: {_weights_description(view.cell(seed, variant.name, fmt))}" for fmt in variant.weight_formats
+        )
         rows.append([variant.name, precision_label(training), formats])
     lines = ["## What ran", ""]
-    lines += ["The folder and stage names follow the spec (`fp16`, `qat-w4a16`); this table says what really ran "
-              f"(seed {view.seeds[0]}; from `train_metadata.json` and the export metadata).", ""]  # fmt: skip
+    lines += [
+        "The folder and stage names follow the spec (`fp16`, `qat-w4a16`); this table says what really ran "
+        f"(seed {view.seeds[0]}; from `train_metadata.json` and the export metadata).",
+        "",
+    ]
     return lines + _table(["variant", "training precision", "ONNX weights"], rows)
 
 
@@ -411,16 +467,38 @@ def section_onnx(view: RunView) -> list[str]:
     for cell in (c for c in view.cells if c.seed == seed):
         size = cell.onnx_bytes
         session = (cell.metrics or {}).get(mk.SESSION) or {}
-        rows.append([cell.variant.name, cell.weights_format, f"`{_rel(cell.onnx, view.run_root.root)}`",
-                     _fmt(size / 1e6, 2) if size else "—", _fmt(_ratio(size, base32), 3), _fmt(_ratio(size, base16), 3),
-                     _fmt(cell.map50_95, 4), _fmt(cell.latency_p50, 2), session.get("fold_weights")])  # fmt: skip
-    header = ["variant", "weights", "ONNX file", "MB", "x float32", "x float16", "mAP50-95", "latency p50 (ms/img)",
-              "folded DQ"]  # fmt: skip
+        rows.append(
+            [
+                cell.variant.name,
+                cell.weights_format,
+                f"`{_rel(cell.onnx, view.run_root.root)}`",
+                _fmt(size / 1e6, 2) if size else "—",
+                _fmt(_ratio(size, base32), 3),
+                _fmt(_ratio(size, base16), 3),
+                _fmt(cell.map50_95, 4),
+                _fmt(cell.latency_p50, 2),
+                session.get("fold_weights"),
+            ]
+        )
+    header = [
+        "variant",
+        "weights",
+        "ONNX file",
+        "MB",
+        "x float32",
+        "x float16",
+        "mAP50-95",
+        "latency p50 (ms/img)",
+        "folded DQ",
+    ]
     lines = [f"## ONNX artifacts (seed {seed})", ""] + _table(header, rows)
-    lines += [f"{ORT_NOTE} Latency: the evaluator's per-image `session.run` median on the providers it records; "
-              "\"folded DQ\" true means constant DequantizeLinear was folded at session load "
-              "(`session.disable_quant_qdq=1`), what a deployment would do. INT4 and QCDQ hold the same codes, so "
-              "their mAP must be equal.", ""]  # fmt: skip
+    lines += [
+        f"{ORT_NOTE} Latency: the evaluator's per-image `session.run` median on the providers it records; "
+        '"folded DQ" true means constant DequantizeLinear was folded at session load '
+        "(`session.disable_quant_qdq=1`), what a deployment would do. INT4 and QCDQ hold the same codes, so "
+        "their mAP must be equal.",
+        "",
+    ]
     return lines
 
 
@@ -431,15 +509,36 @@ def section_validator(view: RunView) -> list[str]:
         info = training.best or {}
         cell = view.cell(training.seed, training.variant.name, training.variant.headline_format)
         onnx_map = cell.map50_95 if cell else None
-        rows.append([training.variant.name, training.seed, info.get("epochs"), info.get("best_epoch"), info.get("map"),
-                     info.get("last_map"), onnx_map, _ratio(onnx_map, info.get("map"))])  # fmt: skip
+        rows.append(
+            [
+                training.variant.name,
+                training.seed,
+                info.get("epochs"),
+                info.get("best_epoch"),
+                info.get("map"),
+                info.get("last_map"),
+                onnx_map,
+                _ratio(onnx_map, info.get("map")),
+            ]
+        )
     lines = ["## In-training validation (Ultralytics validator)", ""]
-    lines += ["From `results.csv` of each training (PyTorch model, Ultralytics metrics), not from the ONNX evaluator. "
-              "Validation during training uses square letterboxed batches (`rect=False`), the inputs the fixed-size "
-              "ONNX model sees; the remaining difference to the ONNX column is AP integration (Ultralytics' own AP vs "
-              "COCOeval), the fp16-saved checkpoint and export error.", ""]  # fmt: skip
-    header = ["variant", "seed", "epochs", "best epoch", "val mAP50-95 (best)", "val mAP50-95 (last)",
-              "ONNX mAP50-95", "ONNX / val"]  # fmt: skip
+    lines += [
+        "From `results.csv` of each training (PyTorch model, Ultralytics metrics), not from the ONNX evaluator. "
+        "Validation during training uses square letterboxed batches (`rect=False`), the inputs the fixed-size "
+        "ONNX model sees; the remaining difference to the ONNX column is AP integration (Ultralytics' own AP vs "
+        "COCOeval), the fp16-saved checkpoint and export error.",
+        "",
+    ]
+    header = [
+        "variant",
+        "seed",
+        "epochs",
+        "best epoch",
+        "val mAP50-95 (best)",
+        "val mAP50-95 (last)",
+        "ONNX mAP50-95",
+        "ONNX / val",
+    ]
     return lines + _table(header, rows, digits=4)
 
 
@@ -451,13 +550,18 @@ def section_detail(view: RunView) -> list[str]:
     if not cells:
         return []
     classes = list(dict.fromkeys(name for c in cells for name in (c.metrics.get(mk.PER_CLASS) or {})))
-    rows = [[name] + [((c.metrics.get(mk.PER_CLASS) or {}).get(name) or {}).get("AP50_95") for c in cells] for name in classes]
+    rows = [
+        [name] + [((c.metrics.get(mk.PER_CLASS) or {}).get(name) or {}).get("AP50_95") for c in cells]
+        for name in classes
+    ]
     lines = [f"## Per-class AP50-95 and operating point (ONNX evaluator, seed {seed})", ""]
     lines += _table(["class", *[c.variant.name for c in cells]], rows, digits=4)
     point_rows = []
     for c in cells:
         point = c.metrics.get(mk.AT_CONF_PROD) or {}
-        point_rows.append([c.variant.name, point.get("conf"), point.get("precision"), point.get("recall"), point.get("f1")])
+        point_rows.append(
+            [c.variant.name, point.get("conf"), point.get("precision"), point.get("recall"), point.get("f1")]
+        )
     lines += ["At the production confidence threshold (`--conf-prod`):", ""]
     return lines + _table(["variant", "conf", "precision", "recall", "F1"], point_rows, digits=3)
 
@@ -467,12 +571,17 @@ def section_training(view: RunView, plot: Path | None) -> list[str]:
     lines = ["## Training curves", ""]
     if plot is not None:
         lines += [f"![val mAP50-95 per epoch]({_rel(plot, root)})", ""]
-    lines += [f"TensorBoard: `tensorboard --logdir {root}` (every seed and variant; `seed-<k>/<variant>/tensorboard/`).", ""]
+    lines += [
+        f"TensorBoard: `tensorboard --logdir {root}` (every seed and variant; `seed-<k>/<variant>/tensorboard/`).",
+        "",
+    ]
     for training in view.trainings:
         png = training.paths.loss_curves_png
         if png.is_file():
-            lines += [f"- seed {training.seed} {training.variant.name}: [loss curves]({_rel(png, root)}), "
-                      f"[training config]({_rel(training.paths.config_yaml, root)})"]  # fmt: skip
+            lines += [
+                f"- seed {training.seed} {training.variant.name}: [loss curves]({_rel(png, root)}), "
+                f"[training config]({_rel(training.paths.config_yaml, root)})"
+            ]
     return lines + [""]
 
 
@@ -489,8 +598,16 @@ def section_stages(view: RunView, state: Mapping[str, Any]) -> list[str]:
         rec = stages.get(name, {})
         status = rec.get("status", "not run")
         status = "running (writing this summary)" if name == SUMMARY_STAGE and status == "running" else status
-        rows.append([name, status, rec.get("attempts"), _duration(rec.get("duration_s")), rec.get("exit_code"),
-                     f"[log]({rec['log']})" if rec.get("log") else "—"])  # fmt: skip
+        rows.append(
+            [
+                name,
+                status,
+                rec.get("attempts"),
+                _duration(rec.get("duration_s")),
+                rec.get("exit_code"),
+                f"[log]({rec['log']})" if rec.get("log") else "—",
+            ]
+        )
     total = sum(r.get("duration_s") or 0 for r in stages.values() if isinstance(r.get("duration_s"), (int, float)))
     lines = ["## Pipeline stages (run.json)", ""]
     lines += _table(["stage", "status", "attempts", "duration", "exit code", "log"], rows)
@@ -504,8 +621,13 @@ def section_dataset(view: RunView) -> list[str]:
         return []
     splits = provenance.get("splits") or {}
     rows = [[name, (info or {}).get("images"), (info or {}).get("annotations")] for name, info in splits.items()]
-    lines = ["## Dataset", "", f"Source `{provenance.get('source_root', provenance.get('source'))}`; "
-             f"details in `{_rel(root.dataset_provenance, root.root)}`.", ""]  # fmt: skip
+    lines = [
+        "## Dataset",
+        "",
+        f"Source `{provenance.get('source_root', provenance.get('source'))}`; "
+        f"details in `{_rel(root.dataset_provenance, root.root)}`.",
+        "",
+    ]
     return lines + _table(["split", "images", "annotations"], rows)
 
 
@@ -538,8 +660,13 @@ def write_map_comparison_plot(view: RunView, out_png: Path) -> Path | None:
     fig, axis = plt.subplots(figsize=(7, 4), constrained_layout=True)
     for training, points in curves:
         style = styles[view.seeds.index(training.seed) % len(styles)] if training.seed in view.seeds else "-"
-        axis.plot([x for x, _ in points], [y for _, y in points], style, color=colours.get(training.variant.name),
-                  label=f"{training.variant.name} s{training.seed}")  # fmt: skip
+        axis.plot(
+            [x for x, _ in points],
+            [y for _, y in points],
+            style,
+            color=colours.get(training.variant.name),
+            label=f"{training.variant.name} s{training.seed}",
+        )
     axis.set(xlabel="epoch", ylabel="val mAP50-95 (Ultralytics validator)", title="In-training val mAP50-95")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
@@ -558,13 +685,20 @@ def summary_rows(view: RunView) -> list[dict[str, Any]]:
         best = training.best if training else None
         annotations = (cell.metrics or {}).get(mk.ANNOTATIONS) or {}
         sha = annotations.get(mk.SHA256) or sha
-        rows.append({
-            ss.VARIANT: cell.variant.name, ss.SEED: cell.seed, ss.WEIGHTS_FORMAT: cell.weights_format,
-            ss.MAP50_95: cell.map50_95, ss.MAP50: _number((cell.metrics or {}).get(mk.MAP50)),
-            ss.VAL_MAP50_95_BEST: (best or {}).get("map"), ss.ONNX: _rel(cell.onnx, view.run_root.root),
-            ss.ONNX_BYTES: cell.onnx_bytes, ss.LATENCY_MS_P50: cell.latency_p50,
-            ss.VAL_ANN_SHA256: annotations.get(mk.SHA256),
-        })  # fmt: skip
+        rows.append(
+            {
+                ss.VARIANT: cell.variant.name,
+                ss.SEED: cell.seed,
+                ss.WEIGHTS_FORMAT: cell.weights_format,
+                ss.MAP50_95: cell.map50_95,
+                ss.MAP50: _number((cell.metrics or {}).get(mk.MAP50)),
+                ss.VAL_MAP50_95_BEST: (best or {}).get("map"),
+                ss.ONNX: _rel(cell.onnx, view.run_root.root),
+                ss.ONNX_BYTES: cell.onnx_bytes,
+                ss.LATENCY_MS_P50: cell.latency_p50,
+                ss.VAL_ANN_SHA256: annotations.get(mk.SHA256),
+            }
+        )
     return rows
 
 
@@ -582,15 +716,30 @@ def write_summary(run_root: RunRoot) -> SummaryResult:
     state = load_run_state(run_root)
     plot = write_map_comparison_plot(view, run_root.map_comparison_png)
     headline, _ = section_headline(view)
-    sections = (section_precision(view) + section_onnx(view) + section_validator(view) + section_detail(view)
-                + section_training(view, plot) + section_dataset(view) + section_stages(view, state))  # fmt: skip
+    sections = (
+        section_precision(view)
+        + section_onnx(view)
+        + section_validator(view)
+        + section_detail(view)
+        + section_training(view, plot)
+        + section_dataset(view)
+        + section_stages(view, state)
+    )
     missing = missing_items(view, state)
     text = "\n".join(section_header(view, missing) + headline + sections + section_missing(missing)).rstrip() + "\n"
     write_text_atomic(run_root.summary_csv, _csv_text(summary_rows(view)))
     config = view.config or {}
-    write_json_atomic(run_root.summary_json, {
-        "complete": not missing, "missing": missing, "generated_at": utc_now(), "profile": config.get("profile"),
-        "model": config.get("model"), "variants": [v.name for v in view.variants], "seeds": view.seeds,
-    })  # fmt: skip
+    write_json_atomic(
+        run_root.summary_json,
+        {
+            "complete": not missing,
+            "missing": missing,
+            "generated_at": utc_now(),
+            "profile": config.get("profile"),
+            "model": config.get("model"),
+            "variants": [v.name for v in view.variants],
+            "seeds": view.seeds,
+        },
+    )
     write_text_atomic(run_root.summary_md, text)  # last: its presence means the other two are current
     return SummaryResult(run_root.summary_md, missing, run_root.summary_csv, run_root.summary_json)

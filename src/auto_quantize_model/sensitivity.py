@@ -179,8 +179,12 @@ def _block_name(index: int, rest: str, head_index: int) -> str:
 
 def unit_scheme(unit: SweepUnit, bits: int, scaling: str) -> QuantScheme:
     """Only ``unit`` at ``bits``: everything float, then the unit's convs (later overrides win)."""
-    return QuantScheme(f"sens-{unit.name}", weight_bit_width=bits, scaling=scaling,
-                       layer_overrides=(("*", None), (unit.selector, bits)))  # fmt: skip
+    return QuantScheme(
+        f"sens-{unit.name}",
+        weight_bit_width=bits,
+        scaling=scaling,
+        layer_overrides=(("*", None), (unit.selector, bits)),
+    )
 
 
 def all_units_scheme(bits: int, scaling: str) -> QuantScheme:
@@ -230,8 +234,9 @@ def mixed_precision_scheme(
     order = {unit.name: i for i, unit in enumerate(units)}
     high.sort(key=lambda unit: order[unit.name])  # module order reads better in the file
     name = f"w{bits}a16-mixed{round(low_bit_param_fraction * 100)}" + ("" if scaling == "absmax" else f"-{scaling}")
-    scheme = QuantScheme(name, weight_bit_width=bits, scaling=scaling,
-                         layer_overrides=tuple((unit.selector, HIGH_BITS) for unit in high))  # fmt: skip
+    scheme = QuantScheme(
+        name, weight_bit_width=bits, scaling=scaling, layer_overrides=tuple((unit.selector, HIGH_BITS) for unit in high)
+    )
     fraction = 1.0 - used / total if total else 1.0
     return MixedPrecisionPlan(scheme, tuple(unit.name for unit in high), fraction)
 
@@ -315,8 +320,13 @@ def write_val_subset(subset: ValSubset, folder: Path) -> Path:
     listing = write_text_atomic(folder / "val_images.txt", "".join(f"{image}\n" for image in subset.images))
     spec = subset.spec
     train = spec["train"] if isinstance(spec["train"], (str, list)) else str(spec["train"])
-    content = {"path": str(folder.resolve()), "train": train, "val": str(listing.resolve()),
-               "nc": spec["nc"], "names": dict(spec["names"])}  # fmt: skip
+    content = {
+        "path": str(folder.resolve()),
+        "train": train,
+        "val": str(listing.resolve()),
+        "nc": spec["nc"],
+        "names": dict(spec["names"]),
+    }
     return write_text_atomic(folder / "dataset.yaml", yaml.safe_dump(content, sort_keys=False))
 
 
@@ -324,9 +334,19 @@ class TrainerLikeValidator:
     """Ultralytics' ``DetectionValidator`` with the trainer's val settings; the dataloader is built once."""
 
     def __init__(self, data_yaml: Path, imgsz: int, batch: int, device: str, save_dir: Path) -> None:
-        self.args = {"data": str(data_yaml), "imgsz": imgsz, "batch": batch, "device": device, "mode": "val",
-                     "task": "detect", "nms": False, "rect": False, "plots": False,
-                     "save_json": False, "verbose": False}  # fmt: skip
+        self.args = {
+            "data": str(data_yaml),
+            "imgsz": imgsz,
+            "batch": batch,
+            "device": device,
+            "mode": "val",
+            "task": "detect",
+            "nms": False,
+            "rect": False,
+            "plots": False,
+            "save_json": False,
+            "verbose": False,
+        }
         self.save_dir = save_dir
         self.dataloader = None
 
@@ -367,8 +387,16 @@ def read_rows(path: Path) -> list[SweepRow]:
     with open(path, newline="", encoding="utf-8") as handle:
         for record in csv.DictReader(handle):
             bits = int(record["bits"]) if record["bits"] else None
-            rows.append(SweepRow(record["unit"], record["kind"], int(record["params"]), bits,
-                                 float(record["mAP50_95"]), float(record["drop"])))  # fmt: skip
+            rows.append(
+                SweepRow(
+                    record["unit"],
+                    record["kind"],
+                    int(record["params"]),
+                    bits,
+                    float(record["mAP50_95"]),
+                    float(record["drop"]),
+                )
+            )
     return rows
 
 
@@ -389,13 +417,17 @@ def check_or_save_settings(path: Path, settings: dict[str, Any], csv_path: Path)
     """First run: save ``settings``. Rerun: refuse when a compared setting differs, naming each difference."""
     if not path.is_file():
         if csv_path.is_file():
-            raise SweepInputError(f"{csv_path} exists without {path.name}; its settings are unknown: delete it or "
-                                  "choose another --out")  # fmt: skip
+            raise SweepInputError(
+                f"{csv_path} exists without {path.name}; its settings are unknown: delete it or choose another --out"
+            )
         write_json_atomic(path, settings)
         return
     saved = read_json(path)
-    differences = [f"{key}: {saved.get(key)!r} then, {settings[key]!r} now" for key in COMPARED_SETTINGS
-                   if saved.get(key) != settings[key]]  # fmt: skip
+    differences = [
+        f"{key}: {saved.get(key)!r} then, {settings[key]!r} now"
+        for key in COMPARED_SETTINGS
+        if saved.get(key) != settings[key]
+    ]
     if differences:
         raise SweepInputError(
             f"{path}: this sweep was measured with other settings ({'; '.join(differences)}); rerun with the "
@@ -415,8 +447,10 @@ def _check_request(request: SweepRequest) -> None:
     if not request.data.is_file():
         raise SweepInputError(f"{request.data}: dataset YAML not found; pass --data with the run root's dataset.yaml")
     if not MIN_BIT_WIDTH <= request.bits < HIGH_BITS:
-        raise SweepInputError(f"--bits {request.bits}: must be in [{MIN_BIT_WIDTH}, {HIGH_BITS - 1}] "
-                              f"(the mixed scheme keeps sensitive units at {HIGH_BITS})")  # fmt: skip
+        raise SweepInputError(
+            f"--bits {request.bits}: must be in [{MIN_BIT_WIDTH}, {HIGH_BITS - 1}] "
+            f"(the mixed scheme keeps sensitive units at {HIGH_BITS})"
+        )
     assert HIGH_BITS <= MAX_BIT_WIDTH
     if request.scaling not in SCALINGS or request.scaling == "lsq":
         raise SweepInputError(f"--scaling {request.scaling!r}: PTQ needs a scale that is not learned: absmax or mse")
@@ -459,20 +493,30 @@ class Measurement:
 def measurement_plan(units: Sequence[SweepUnit], bits: int, scaling: str) -> list[Measurement]:
     """FP first (every drop needs it), then all units at ``bits``, then each unit alone, in module order."""
     total = sum(unit.params for unit in units)
-    plan = [Measurement(FP_REFERENCE, REFERENCE_KIND, total, None, None),
-            Measurement(ALL_REFERENCE, REFERENCE_KIND, total, bits, all_units_scheme(bits, scaling))]  # fmt: skip
+    plan = [
+        Measurement(FP_REFERENCE, REFERENCE_KIND, total, None, None),
+        Measurement(ALL_REFERENCE, REFERENCE_KIND, total, bits, all_units_scheme(bits, scaling)),
+    ]
     return plan + [Measurement(u.name, u.kind, u.params, bits, unit_scheme(u, bits, scaling)) for u in units]
 
 
 def sweep_settings(request: SweepRequest, imgsz: int, val_sha: str, val_count: int) -> dict[str, Any]:
     """What ``sensitivity_settings.json`` records (:data:`COMPARED_SETTINGS` must match on a rerun)."""
     return {
-        "weights": str(request.weights.resolve()), "weights_sha256": sha256_file(request.weights),
-        "data": str(request.data.resolve()), "val_images": val_count, "val_images_sha256": val_sha,
-        "bits": request.bits, "scaling": request.scaling, "granularity": request.granularity,
-        "max_val_images": request.max_val_images, "imgsz": imgsz, "batch": request.batch, "device": request.device,
+        "weights": str(request.weights.resolve()),
+        "weights_sha256": sha256_file(request.weights),
+        "data": str(request.data.resolve()),
+        "val_images": val_count,
+        "val_images_sha256": val_sha,
+        "bits": request.bits,
+        "scaling": request.scaling,
+        "granularity": request.granularity,
+        "max_val_images": request.max_val_images,
+        "imgsz": imgsz,
+        "batch": request.batch,
+        "device": request.device,
         "validator": "ultralytics DetectionValidator, nms=False, rect=False (square letterbox), fused model",
-    }  # fmt: skip
+    }
 
 
 def run_sweep(request: SweepRequest, log: Callable[[str], None] = print) -> SweepResult:
@@ -489,9 +533,12 @@ def run_sweep(request: SweepRequest, log: Callable[[str], None] = print) -> Swee
     plan = measurement_plan(units, request.bits, request.scaling)
     rows = {row.unit: row for row in read_rows(out / SENSITIVITY_CSV)}
     pending = [item for item in plan if item.unit not in rows]
-    log(f"sensitivity sweep: {len(units)} {request.granularity} units + 2 references on {len(subset.images)} val images at "
+    log(
+        f"sensitivity sweep: {len(units)} {request.granularity} units + 2 references "
+        f"on {len(subset.images)} val images at "
         f"imgsz {imgsz}; {len(plan) - len(pending)} already measured in {out / SENSITIVITY_CSV}, "
-        f"{len(pending)} to measure")  # fmt: skip
+        f"{len(pending)} to measure"
+    )
     validator = TrainerLikeValidator(data_yaml, imgsz, request.batch, request.device, out / ".val")
     seconds = _measure(model, pending, plan, rows, validator, out, log)
     ordered = tuple(rows[item.unit] for item in plan)
@@ -503,8 +550,9 @@ def run_sweep(request: SweepRequest, log: Callable[[str], None] = print) -> Swee
     write_json_atomic(out / MIXED_PLAN_JSON, _plan_record(mixed, request))
     png_path = plot_sensitivity(out / SENSITIVITY_PNG, ordered, set(mixed.high_bit_units), request.bits)
     mean = sum(seconds) / len(seconds) if seconds else None
-    return SweepResult(out, out / SENSITIVITY_CSV, png_path, scheme_path, ordered, mixed, len(pending),
-                       len(plan) - len(pending), mean)  # fmt: skip
+    return SweepResult(
+        out, out / SENSITIVITY_CSV, png_path, scheme_path, ordered, mixed, len(pending), len(plan) - len(pending), mean
+    )
 
 
 def _measure(
@@ -527,14 +575,17 @@ def _measure(
         value = round(validator.map50_95(candidate), CSV_DECIMALS)
         seconds.append(time.perf_counter() - tick)
         fp_value = value if item.unit == FP_REFERENCE else rows[FP_REFERENCE].mAP50_95
-        rows[item.unit] = SweepRow(item.unit, item.kind, item.params, item.bits, value,
-                                   round(fp_value - value, CSV_DECIMALS))  # fmt: skip
+        rows[item.unit] = SweepRow(
+            item.unit, item.kind, item.params, item.bits, value, round(fp_value - value, CSV_DECIMALS)
+        )
         timing[item.unit] = round(seconds[-1], 3)
         write_rows(out / SENSITIVITY_CSV, [rows[p.unit] for p in plan if p.unit in rows])
         write_json_atomic(timing_path, timing)
         eta = (time.perf_counter() - started) / done * (len(pending) - done)
-        log(f"[{done}/{len(pending)}] {item.unit:<28} mAP50-95 {value:.4f}  drop {rows[item.unit].drop:+.4f}  "
-            f"({seconds[-1]:.1f} s, ETA {_duration(eta)})")  # fmt: skip
+        log(
+            f"[{done}/{len(pending)}] {item.unit:<28} mAP50-95 {value:.4f}  drop {rows[item.unit].drop:+.4f}  "
+            f"({seconds[-1]:.1f} s, ETA {_duration(eta)})"
+        )
     return seconds
 
 
@@ -566,12 +617,17 @@ def plot_sensitivity(path: Path, rows: Sequence[SweepRow], high_bit_units: set[s
     top.axhline(0.0, color="black", linewidth=0.8, label=f"FP (mAP50-95 {refs[FP_REFERENCE].mAP50_95:.4f})")
     if ALL_REFERENCE in refs:
         all_row = refs[ALL_REFERENCE]
-        top.axhline(all_row.drop, color="tab:orange", linestyle="--",
-                    label=f"all units at {bits} bits (mAP50-95 {all_row.mAP50_95:.4f}, "
-                          f"drop {all_row.drop:+.4f})")  # fmt: skip
+        top.axhline(
+            all_row.drop,
+            color="tab:orange",
+            linestyle="--",
+            label=f"all units at {bits} bits (mAP50-95 {all_row.mAP50_95:.4f}, drop {all_row.drop:+.4f})",
+        )
     handles, _ = top.get_legend_handles_labels()
-    handles += [Patch(color="tab:red", label=f"unit kept at {HIGH_BITS} bits by the mixed scheme"),
-                Patch(color="tab:blue", label=f"unit at {bits} bits in the mixed scheme")]  # fmt: skip
+    handles += [
+        Patch(color="tab:red", label=f"unit kept at {HIGH_BITS} bits by the mixed scheme"),
+        Patch(color="tab:blue", label=f"unit at {bits} bits in the mixed scheme"),
+    ]
     top.set_ylabel(f"mAP50-95 drop (FP - unit alone at {bits} bits)")
     top.set_title(f"Weight-quantization sensitivity: one unit at {bits} bits, the rest float")
     low, high = top.get_ylim()

@@ -132,7 +132,9 @@ def _locked_log(log_path: Path, stage: str) -> Iterator[BinaryIO]:
         try:
             fcntl.flock(log.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StageBusy(f"stage {stage} is already running for this run root (its log {log_path} is locked)") from None
+            raise StageBusy(
+                f"stage {stage} is already running for this run root (its log {log_path} is locked)"
+            ) from None
         yield log
     finally:
         with contextlib.suppress(OSError):  # bytes a full disk refused are already reported by _tee
@@ -203,7 +205,9 @@ def _execute(
         proc.stdout.close()
 
 
-def _skip(run_root: RunRoot, stage: str, record: Mapping[str, Any], outputs: Sequence[Path], out: BinaryIO) -> StageResult:
+def _skip(
+    run_root: RunRoot, stage: str, record: Mapping[str, Any], outputs: Sequence[Path], out: BinaryIO
+) -> StageResult:
     """A ``done`` stage is never rerun (its artifacts are final); say so, and warn about lost outputs."""
     missing = [str(path) for path in outputs if not Path(path).exists()]
     message = f"skip: stage {stage} already done (finished {record.get('ended_at')})"
@@ -273,17 +277,34 @@ def _begin_attempt(run_root: RunRoot, stage: str, argv: list[str], previous: Map
     note = f" (previous attempt {state})" if previous else ""
     _emit(f"===== [{started_at}] stage {stage}, attempt {attempt}{note} =====\n$ {shlex.join(argv)}\n", log, out)
     update_stage_record(
-        run_root, stage, status="running", attempts=attempt, started_at=started_at, ended_at=None,
-        duration_s=None, exit_code=None, command=argv, log=_relative(run_root.stage_log(stage), run_root.root),
-        pid=os.getpid(), host=socket.gethostname(), error=None,
-    )  # fmt: skip
+        run_root,
+        stage,
+        status="running",
+        attempts=attempt,
+        started_at=started_at,
+        ended_at=None,
+        duration_s=None,
+        exit_code=None,
+        command=argv,
+        log=_relative(run_root.stage_log(stage), run_root.root),
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        error=None,
+    )
     return attempt
 
 
 def _finish_attempt(
-    run_root: RunRoot, stage: str, attempt: int, exit_code: int, duration: float, outputs: Sequence[Path], log, out,
+    run_root: RunRoot,
+    stage: str,
+    attempt: int,
+    exit_code: int,
+    duration: float,
+    outputs: Sequence[Path],
+    log,
+    out,
     log_error: str | None = None,
-) -> StageResult:  # fmt: skip
+) -> StageResult:
     """Check the declared outputs, record done/failed, write the footer; return the result."""
     missing = [str(p) for p in outputs if not Path(p).exists()] if exit_code == 0 else []
     error = log_error or (f"exited 0 but did not write: {', '.join(missing)}" if missing else None)

@@ -70,7 +70,7 @@ class RunExistsError(RuntimeError):
     """The stage folder holds a finished or interrupted run that this call must not overwrite."""
 
 
-class StageState(str, enum.Enum):
+class StageState(enum.StrEnum):
     """Where a training stage's folder stands (see the module docstring)."""
 
     FRESH = "fresh"
@@ -88,8 +88,11 @@ class StagePlan:
     notes: tuple[str, ...] = ()  # what was set aside and why; logged and recorded in the attempt
 
     def to_record(self) -> dict[str, Any]:
-        return {"state": self.state.value, "checkpoint": str(self.checkpoint) if self.checkpoint else None,
-                "notes": list(self.notes)}  # fmt: skip
+        return {
+            "state": self.state.value,
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "notes": list(self.notes),
+        }
 
 
 @dataclass(frozen=True)
@@ -203,9 +206,13 @@ def train_stage(request: TrainRequest) -> TrainResult:
 def check_request(request: TrainRequest) -> None:
     """Flag values that are wrong whatever the folder holds; raised before anything is written."""
     check_numbers(
-        epochs=request.epochs, imgsz=request.imgsz, batch=request.batch, workers=request.workers,
-        fraction=request.fraction, seed=request.seed,
-    )  # fmt: skip
+        epochs=request.epochs,
+        imgsz=request.imgsz,
+        batch=request.batch,
+        workers=request.workers,
+        fraction=request.fraction,
+        seed=request.seed,
+    )
     check_model(request.model)
 
 
@@ -240,9 +247,10 @@ def plan_stage(paths: TrainRunPaths, request: TrainRequest) -> StagePlan:
         return StagePlan(StageState.FRESH)
     if not request.resume:
         what = (
-            "an interrupted run is here" if paths.last.is_file()
+            "an interrupted run is here"
+            if paths.last.is_file()
             else f"folder exists without a checkpoint ({', '.join(leftovers[:5])})"
-        )  # fmt: skip
+        )
         raise RunExistsError(f"{paths.dir}: {what}; pass --resume to continue or finish it, or use a new --run-root")
     plan = _plan_from_checkpoints(paths)
     for note in plan.notes:
@@ -391,10 +399,15 @@ def _validate_best(paths: TrainRunPaths, request: TrainRequest) -> dict[str, Any
     train_args = dict(ckpt.get("train_args") or {})
     batch = int(train_args.get("batch") or 16)
     args = {
-        **train_args, "mode": "val", "data": str(Path(request.data).resolve()), "device": request.device,
-        "workers": request.workers, "save_dir": str(paths.dir), "compile": False,
+        **train_args,
+        "mode": "val",
+        "data": str(Path(request.data).resolve()),
+        "device": request.device,
+        "workers": request.workers,
+        "save_dir": str(paths.dir),
+        "compile": False,
         "batch": max(batch, 1) * 2,  # the trainer's test loader: twice the training batch
-    }  # fmt: skip  (rect comes from train_args: square val batches unless rect=True, as the trainer builds them)
+    }  # rect comes from train_args: square val batches unless rect=True, as the trainer builds them
     print(f"Validating {paths.best} (final validation of a stage whose last epoch was saved)...")
     metrics = DetectionValidator(args=args, save_dir=paths.dir)(model=str(paths.best))
     metrics.pop("fitness", None)
@@ -459,9 +472,14 @@ def _write_start_records(
         scheme.save(paths.quant_scheme_json)
     previous = read_json(paths.metadata_json) if paths.metadata_json.is_file() else {}
     attempt = {
-        "started_at": utc_now(), "resumed": resuming, "command": command_line(), "pid": os.getpid(),
-        "host": socket.gethostname(), "previous_status": _previous_status(previous), **plan.to_record(),
-    }  # fmt: skip
+        "started_at": utc_now(),
+        "resumed": resuming,
+        "command": command_line(),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "previous_status": _previous_status(previous),
+        **plan.to_record(),
+    }
     attempts = previous.get("attempts", []) + [attempt]
     write_json_atomic(
         paths.metadata_json,
@@ -532,4 +550,3 @@ def _result(request: TrainRequest, paths: TrainRunPaths, status: str, resumed: b
         epochs_completed=int(metadata.get("epochs_completed", 0)),
         best_fitness=metadata.get("best_fitness"),
     )
-

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -112,7 +112,10 @@ def prepare_coco_dataset(
     """
     root = _existing_dir(Path(source_root).expanduser().resolve(), "source root (--source-root)")
     out = Path(out_dir).expanduser().resolve()
-    caps = {"train": _check_cap(max_train_images, "max_train_images"), "val": _check_cap(max_val_images, "max_val_images")}
+    caps = {
+        "train": _check_cap(max_train_images, "max_train_images"),
+        "val": _check_cap(max_val_images, "max_val_images"),
+    }
     splits = {
         "train": _load_split("train", root / train_ann, root / train_images),
         "val": _load_split("val", root / val_ann, root / val_images),
@@ -163,7 +166,9 @@ def _load_split(name: str, ann_path: Path, images_dir: Path) -> _CocoSplit:
         raw = read_json(ann_path)
     except ValueError as error:
         raise DatasetError(str(error)) from error
-    if not isinstance(raw, dict) or any(not isinstance(raw.get(key), list) for key in ("images", "annotations", "categories")):
+    if not isinstance(raw, dict) or any(
+        not isinstance(raw.get(key), list) for key in ("images", "annotations", "categories")
+    ):
         raise DatasetError(
             f"{ann_path}: not a COCO detection file; it needs top-level lists 'images', 'annotations' and 'categories'"
         )
@@ -277,7 +282,8 @@ def _check_image_files(split: _CocoSplit, image_ids: Iterable[int]) -> None:
     if bad_names:
         raise DatasetError(
             f"{split.ann_path}: {len(bad_names)} image file_name(s) unusable, e.g. {bad_names[:_MAX_LISTED]}; "
-            f"file names must be relative, unique by stem and end in an image suffix ({', '.join(sorted(_IMAGE_SUFFIXES))})"
+            "file names must be relative, unique by stem and end in an image suffix "
+            f"({', '.join(sorted(_IMAGE_SUFFIXES))})"
         )
     if missing:
         raise DatasetError(
@@ -334,7 +340,9 @@ def _check_out_dir(out: Path, source_image_dirs: list[Path], overwrite: bool) ->
         raise DatasetError(f"{out}: output exists and is not a folder; pass another --out-dir")
     for images_dir in source_image_dirs:
         if any(images_dir.resolve().is_relative_to(out / owned) for owned in (*_OWNED_DIRS, _STAGING)):
-            raise DatasetError(f"{out}: --out-dir would replace the source images in {images_dir}; pass another --out-dir")
+            raise DatasetError(
+                f"{out}: --out-dir would replace the source images in {images_dir}; pass another --out-dir"
+            )
     # A staging tree left by an interrupted run is ours and gets replaced, so it does not count.
     if out.is_dir() and any(entry.name != _STAGING for entry in out.iterdir()):
         if not overwrite:
@@ -445,7 +453,9 @@ def label_lines(image: dict, annotations: Iterable[dict], class_of: dict[int, in
             tally["degenerate"] += 1
             continue
         tally["clipped"] += (x0, y0, x1, y1) != (x, y, x + w, y + h)
-        line = f"{class_of[ann['category_id']]} {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} {nw:.6f} {nh:.6f}"
+        line = (
+            f"{class_of[ann['category_id']]} {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} {nw:.6f} {nh:.6f}"
+        )
         if line in seen:
             tally["duplicate"] += 1
             continue
@@ -499,7 +509,7 @@ def _write_provenance(
 
     record = {
         "tool": _TOOL,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source_root": str(root),
         "images_copied": False,
         "subset_seed": seed,

@@ -272,7 +272,20 @@ def _polygon(rng, category_id: int, cx: float, cy: float, radius: float, angle: 
         corners = [(math.cos(a), math.sin(a)) for a in (0, 2 * math.pi / 3, 4 * math.pi / 3)]
     else:  # cross: a plus sign with arms a third of its span wide
         t = rng.uniform(0.25, 0.4)
-        corners = [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t)]
+        corners = [
+            (-t, -1),
+            (t, -1),
+            (t, -t),
+            (1, -t),
+            (1, t),
+            (t, t),
+            (t, 1),
+            (-t, 1),
+            (-t, t),
+            (-1, t),
+            (-1, -t),
+            (-t, -t),
+        ]
     cos, sin = math.cos(angle), math.sin(angle)
     return [(cx + radius * (x * cos - y * sin), cy + radius * (x * sin + y * cos)) for x, y in corners]
 

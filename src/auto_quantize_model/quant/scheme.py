@@ -152,7 +152,7 @@ def _check_list_shapes(layer_overrides: Any, keep_float: Any) -> None:
                 f'["model.23.*", 8], got {item!r}'
             )
     if isinstance(keep_float, (str, bytes)) or not isinstance(keep_float, (list, tuple)):
-        raise ValueError(f"keep_float must be a list of selectors such as [\"dfl\"], got {keep_float!r}")
+        raise ValueError(f'keep_float must be a list of selectors such as ["dfl"], got {keep_float!r}')
 
 
 _FIRST_AND_HEAD = ("first_conv", "head_pred")
@@ -181,8 +181,6 @@ def named_scheme(name: str) -> QuantScheme:
         return _NAMED_SCHEMES[name]
     except KeyError:
         raise ValueError(f"unknown scheme {name!r}; known: {SCHEME_NAMES}") from None
-
-
 
 
 def resolve_scheme(spec: str | os.PathLike) -> QuantScheme:

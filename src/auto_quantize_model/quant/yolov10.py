@@ -21,7 +21,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import torch
@@ -124,7 +124,7 @@ def _resolve_scheme_selector(model: nn.Module, scheme: QuantScheme, selector: st
 # ----------------------------------------------------------------------------------------------
 # The quantized conv
 # ----------------------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
+@cache
 def weight_quantizer(bit_width: int, granularity: str, scaling: str = "absmax") -> type:
     """Brevitas injector: signed, narrow-range ints with float scales (per channel or tensor).
 
@@ -146,7 +146,7 @@ def absmax_scale(weight: torch.Tensor, max_code: float, min_scale: float, per_ch
 
 
 def mse_scale(weight: torch.Tensor, max_code: float, min_scale: float, per_channel: bool) -> torch.Tensor:
-    """The scale minimising ``sum((q(w) - w)^2)`` per channel (or tensor), as Brevitas' ``Int8WeightPerChannelFloatMSE``.
+    """The scale minimising ``sum((q(w) - w)^2)`` per channel (or tensor), like ``Int8WeightPerChannelFloatMSE``.
 
     Brevitas' grid: thresholds ``t = lo + (hi - lo) * k / (n - 1)`` from ``lo = max|w| / n`` to ``hi = max|w|``
     (``n = MSE_GRID_POINTS``), scale ``t / max_code``, the first minimum wins. Done here in one vectorised pass per
@@ -231,7 +231,9 @@ class _ScaleFakeQuant(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, threshold: torch.Tensor, max_code: float, min_scale: float, grad_scale: float):
+    def forward(
+        ctx, weight: torch.Tensor, threshold: torch.Tensor, max_code: float, min_scale: float, grad_scale: float
+    ):
         s = threshold.abs().clamp_min(min_scale) / max_code
         ratio = weight / s
         code = ratio.round()
@@ -288,11 +290,23 @@ class WeightQuantConv2d(QuantConv2d):
     ) -> None:
         check_quant_settings(bit_width, granularity, "absmax" if scaling == FIXED_SCALING else scaling)
         super().__init__(
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
-            groups=groups, padding_mode=padding_mode, bias=bias, device=device, dtype=dtype,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            padding_mode=padding_mode,
+            bias=bias,
+            device=device,
+            dtype=dtype,
             weight_quant=weight_quantizer(bit_width, granularity, scaling),
-            input_quant=None, output_quant=None, bias_quant=None, return_quant_tensor=False,
-        )  # fmt: skip
+            input_quant=None,
+            output_quant=None,
+            bias_quant=None,
+            return_quant_tensor=False,
+        )
         self.bit_width, self.granularity, self.scaling = bit_width, granularity, scaling
         # Looked up once here instead of through the proxy/injector on every forward.
         self._max_code = float(2 ** (bit_width - 1) - 1)  # narrow signed range: [-max_code, max_code]
@@ -304,17 +318,25 @@ class WeightQuantConv2d(QuantConv2d):
 
     @classmethod
     def from_float(
-        cls, conv: nn.Conv2d, bit_width: int, granularity: str = "per_channel", scaling: str = "absmax",
+        cls,
+        conv: nn.Conv2d,
+        bit_width: int,
+        granularity: str = "per_channel",
+        scaling: str = "absmax",
         lsq_init: str = "mse",
-    ) -> WeightQuantConv2d:  # fmt: skip
+    ) -> WeightQuantConv2d:
         """Quantized twin of ``conv`` sharing its weight and bias Parameters (values unchanged).
 
         A stored scale is initialised from the weights: ``mse`` by the MSE search, ``lsq`` by ``lsq_init``.
         """
         layer = cls(
-            **_conv_geometry(conv), bit_width=bit_width, granularity=granularity, scaling=scaling,
-            device=conv.weight.device, dtype=conv.weight.dtype,
-        )  # fmt: skip
+            **_conv_geometry(conv),
+            bit_width=bit_width,
+            granularity=granularity,
+            scaling=scaling,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
         _adopt_parameters(layer, conv.weight, conv.bias)
         if scaling in ("mse", "lsq"):
             layer.init_scale("mse" if scaling == "mse" else lsq_init)
@@ -454,9 +476,13 @@ def fold_batchnorm_exactly(layer: WeightQuantConv2d, bn: nn.BatchNorm2d) -> Weig
     new_bias = (bias - bn.running_mean.float()) * factor + bn.bias.float()
     geometry = {**_conv_geometry(layer), "bias": True}
     fused = WeightQuantConv2d(
-        **geometry, bit_width=layer.bit_width, granularity="per_channel", scaling=FIXED_SCALING,
-        device=codes.device, dtype=torch.float32,
-    )  # fmt: skip
+        **geometry,
+        bit_width=layer.bit_width,
+        granularity="per_channel",
+        scaling=FIXED_SCALING,
+        device=codes.device,
+        dtype=torch.float32,
+    )
     fused.weight.copy_(new_codes * new_scale)
     fused.bias.copy_(new_bias)
     fused.scale_parameter.copy_(new_scale * fused._max_code)
@@ -534,7 +560,6 @@ class QuantizationReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary for run metadata."""
         return {"scheme": self.scheme, "counts": self.counts(), "layer_bits": dict(self.layer_bits)}
-
 
 
 def _check_quantizable(model: nn.Module) -> None:
