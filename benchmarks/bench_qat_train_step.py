@@ -1,8 +1,9 @@
-"""Train-step time of W4A16 QAT vs FP for the same YOLOv10 model, batch and inputs.
+"""Train-step time of W4A16 QAT vs FP for the same YOLOv10 model, batch and inputs, per scale method.
 
 One train step = forward + Ultralytics loss (E2ELoss) + backward + SGD step, as a trainer runs it.
-The FP model and its W4 twin (same initial weights, :func:`quantize_model` with ``w4a16``) are timed
-interleaved (FP, W4, FP, W4, ...) so drifting machine load hits both alike; medians are reported.
+The FP model and its W4 twins (same initial weights, :func:`quantize_model` with ``w4a16`` (abs-max),
+``w4a16-mse`` (fixed MSE scales) and ``w4a16-lsq`` (learned scales, in the SGD step too)) are timed interleaved
+(FP, W4, W4-mse, W4-lsq, FP, ...) so drifting machine load hits all alike; medians are reported.
 ``--reference`` adds a third variant that runs Brevitas' stock ``QuantConv2d.forward`` (proxy +
 ``QuantTensor`` + ~20 autograd nodes per conv) on the same quantized layers, i.e. the cost before
 the fused quantizer.
@@ -11,6 +12,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_qat_train_step.py            # the two default cases
     .venv/bin/python benchmarks/bench_qat_train_step.py --cases yolov10n:160:8 --repeats 9 --reference
+    .venv/bin/python benchmarks/bench_qat_train_step.py --cases yolov10m:640:2 --schemes w4a16 w4a16-mse w4a16-lsq
 """
 
 from __future__ import annotations
@@ -24,15 +26,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import auto_quantize_model  # noqa: F401  (pins Ultralytics offline before it is imported)
 import torch
 from brevitas.nn import QuantConv2d
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 
+import auto_quantize_model  # noqa: F401  (pins Ultralytics offline before it is imported)
 from auto_quantize_model.quant.yolov10 import WeightQuantConv2d, quantize_model
 
 DEFAULT_CASES = ("yolov10n:160:8", "yolov10m:640:2")
+DEFAULT_SCHEMES = ("w4a16", "w4a16-mse", "w4a16-lsq")
 N_CLASSES = 80
 BOXES_PER_IMAGE = 6
 
@@ -101,15 +104,22 @@ def brevitas_reference_forward() -> Iterator[None]:
         WeightQuantConv2d.forward = fast
 
 
-def run_case(case: Case, repeats: int, warmup: int, reference: bool) -> dict[str, list[float]]:
+def run_case(
+    case: Case, repeats: int, warmup: int, reference: bool, schemes: tuple[str, ...] = DEFAULT_SCHEMES
+) -> dict[str, list[float]]:
     """Interleave the variants' train steps; return each variant's step times."""
     batch = synthetic_batch(case)
     fp = build_model(case)
-    w4 = copy.deepcopy(fp)
-    quantize_model(w4, "w4a16")
-    w4.args = fp.args
-    steps = {"fp": make_step(fp, batch), "w4": make_step(w4, batch)}
+    steps = {"fp": make_step(fp, batch)}
+    for scheme in schemes:
+        twin = copy.deepcopy(fp)
+        quantize_model(twin, scheme)
+        twin.args = fp.args
+        steps[scheme] = make_step(twin, batch)
     if reference:
+        w4 = copy.deepcopy(fp)
+        quantize_model(w4, "w4a16")
+        w4.args = fp.args
         ref = copy.deepcopy(w4)
         ref_step = make_step(ref, batch)
 
@@ -133,7 +143,8 @@ def report(case: Case, times: dict[str, list[float]]) -> str:
     rows = []
     for name, values in times.items():
         median = statistics.median(values)
-        rows.append(f"| {case} | {name} | {median:.3f} | {min(values):.3f} | {median / fp:.2f}x |")
+        spread = f"{min(values):.3f}-{max(values):.3f}"
+        rows.append(f"| {case} | {name} | {median:.3f} | {spread} | {median / fp:.2f}x |")
     return "\n".join(rows)
 
 
@@ -144,15 +155,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reference", action="store_true", help="also time Brevitas' stock forward")
+    parser.add_argument("--schemes", nargs="+", default=list(DEFAULT_SCHEMES), help="quantized variants to time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
+    print(f"load average at start: {open('/proc/loadavg').read().split()[:3]}")
     print(f"median of {args.repeats} interleaved steps after {args.warmup} warm-up steps\n")
-    print("| case | variant | median s | min s | vs FP |\n|---|---|---|---|---|")
+    print("| case | variant | median s | min-max s | vs FP |\n|---|---|---|---|---|")
     for text in args.cases:
         case = Case.parse(text)
-        print(report(case, run_case(case, args.repeats, args.warmup, args.reference)), flush=True)
+        times = run_case(case, args.repeats, args.warmup, args.reference, tuple(args.schemes))
+        print(report(case, times), flush=True)
+    print(f"\nload average at end: {open('/proc/loadavg').read().split()[:3]}")
 
 
 if __name__ == "__main__":
