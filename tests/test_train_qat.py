@@ -13,7 +13,6 @@ from conftest import TINY_EPOCHS, TINY_IMGSZ, tiny_train_request
 
 from auto_quantize_model.quant.scheme import named_scheme
 from auto_quantize_model.quant.yolov10 import is_quantized, quant_scheme_of, quantized_layers
-from auto_quantize_model.run_root import RunRoot
 from auto_quantize_model.train import train_stage
 from auto_quantize_model.ultralytics_ext import callbacks as run_logging
 
@@ -82,6 +81,7 @@ def test_qat_best_reopens_with_ultralytics_yolo_and_matches_a_model_rebuilt_from
     rebuilt = DetectionModel(saved.yaml, nc=saved.nc, verbose=False)
     quantize_model(rebuilt, QuantScheme.load(qat_run.paths.quant_scheme_json))
     rebuilt.load_state_dict({k: v.float() for k, v in saved.state_dict().items()})
+    rebuilt.model[-1].end2end = saved.model[-1].end2end  # a head flag, not a weight: same output layout
     rebuilt.eval()
     torch.manual_seed(0)
     with torch.no_grad():
@@ -106,7 +106,7 @@ def test_interrupted_qat_run_resumes_with_its_scheme(prepared_dataset, tmp_path,
     with pytest.raises(_Interrupt):
         train_stage(request)
     monkeypatch.undo()
-    paths = RunRoot(tmp_path).qat("w4a16-fl8")
+    paths = request.paths
     assert quant_scheme_of(torch.load(paths.last, weights_only=False)["ema"]) == named_scheme("w4a16-fl8")
     resumed = train_stage(
         tiny_train_request(

@@ -438,7 +438,7 @@ def section_precision(view: RunView) -> list[str]:
     for variant in view.variants:
         seed = view.seeds[0]
         training = view.training(seed, variant.name)
-        formats = ", ".join(
+        formats = "; ".join(
             f"{fmt}: {_weights_description(view.cell(seed, variant.name, fmt))}" for fmt in variant.weight_formats
         )
         rows.append([variant.name, precision_label(training), formats])
@@ -452,8 +452,9 @@ def section_precision(view: RunView) -> list[str]:
 
 
 def _weights_description(cell: Cell | None) -> str:
+    """How the file stores its weights, from its export metadata (e.g. "float16 weights, float32 input/output")."""
     export = (cell.export if cell else None) or {}
-    described = export.get("weights_format") or export.get("kind")
+    described = (export.get("onnx") or {}).get("precision") or export.get("weights_format")
     return str(described) if described else "not exported"
 
 
