@@ -39,6 +39,7 @@ from auto_quantize_model.config import (
     check_keys,
     dump_yaml,
     load_yaml_mapping,
+    resolve_project_path,
 )
 from auto_quantize_model.io_utils import read_json, write_json_atomic, write_text_atomic
 from auto_quantize_model.provenance import (
@@ -57,7 +58,6 @@ from auto_quantize_model.run_root import (
 from auto_quantize_model.train_checks import check_init_from, check_model, check_numbers
 from auto_quantize_model.ultralytics_ext.env import (
     pin_ultralytics_settings,
-    project_root,
 )
 
 DEFAULT_HYP = Path("conf") / "cv-models" / "yolov10m" / "hyp.scratch.yaml"
@@ -148,7 +148,7 @@ def resolve_train_args(request: TrainRequest) -> dict[str, Any]:
     from ultralytics.cfg import get_cfg
     from ultralytics.utils import DEFAULT_CFG_DICT
 
-    hyp_path = _resolve_path(request.hyp)
+    hyp_path = resolve_project_path(request.hyp)
     recipe = load_yaml_mapping(hyp_path)
     check_keys(recipe, DEFAULT_CFG_DICT, str(hyp_path), forbidden=CLI_OWNED_ARGS)
     check_keys(request.overrides, DEFAULT_CFG_DICT, "--train-arg overrides", forbidden=CLI_OWNED_ARGS)
@@ -226,12 +226,6 @@ def _failure_recorded(paths: TrainRunPaths) -> Iterator[None]:
         with contextlib.suppress(OSError):  # a full disk must not hide the original error
             _update_metadata(paths, status="failed", error=reason, failed_at=utc_now())
         raise
-
-
-def _resolve_path(path: Path) -> Path:
-    """Relative config paths are read from the working directory, else from the project root."""
-    path = Path(path)
-    return path if path.is_absolute() or path.exists() else project_root() / path
 
 
 def plan_stage(paths: TrainRunPaths, request: TrainRequest) -> StagePlan:
