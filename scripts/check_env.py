@@ -12,7 +12,7 @@ Examples::
     scripts/check_env.py                                    # CPU profile (demo, tests)
     scripts/check_env.py --device 0                         # GPU profile: CUDA then CPU providers
     scripts/check_env.py --device 0 --providers CUDAExecutionProvider CPUExecutionProvider \\
-        --qcdq-onnx R/onnx/yolov10m-qat-w4a16-qcdq.onnx --int4-onnx R/onnx/yolov10m-qat-w4a16-int4.onnx
+        --qcdq-onnx R/seed-0/onnx/yolov10m-qat-w4a16-qcdq.onnx --int4-onnx R/seed-0/onnx/yolov10m-qat-w4a16-int4.onnx
     pixi run -e rtx5090 check-env --device 0
 
 Exit codes: 0 every check passed, 1 a check failed (the last line says why), 2 bad arguments.

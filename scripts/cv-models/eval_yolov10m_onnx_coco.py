@@ -3,8 +3,8 @@
 
 Example::
 
-    python scripts/cv-models/eval_yolov10m_onnx_coco.py --onnx R/onnx/yolov10m-fp16.onnx \\
-        --ann-file R/dataset/instances_val.json --images-dir R/dataset/images/val --out-dir R/baseline-coco
+    python scripts/cv-models/eval_yolov10m_onnx_coco.py --onnx R/seed-0/onnx/yolov10m-fp16-float32.onnx \\
+        --ann-file R/dataset/instances_val.json --images-dir R/dataset/images/val --out-dir R/seed-0/eval/fp16-float32
 
 Writes ``OUT/metrics.json`` and ``OUT/detections.json`` (see :mod:`auto_quantize_model.evaluate`).
 Exit status 2 on bad input (missing files, wrong model layout, class-count mismatch, no readable image).

@@ -10,11 +10,12 @@ See models/cv-models/yolov10m/README.md.
 
 Examples::
 
-    export_onnx.py --weights R/fp16/weights/best.pt --out R/onnx/yolov10m-fp16.onnx --validate
-    export_onnx.py --weights R/qat-w4a16/weights/best.pt --out R/onnx/yolov10m-qat-w4a16-qcdq.onnx \\
+    export_onnx.py --weights R/seed-0/fp16/weights/best.pt --out R/seed-0/onnx/yolov10m-fp16-float32.onnx --validate
+    export_onnx.py --weights R/seed-0/qat-w4a16/weights/best.pt --out R/seed-0/onnx/yolov10m-qat-w4a16-qcdq.onnx \\
         --format raw --dynamic-batch --validate --val-images datasets/coco/val2017
-    export_onnx.py --weights R/qat-w4a16/weights/best.pt --out R/onnx/yolov10m-qat-w4a16-int4.onnx --weights-format int4
-    export_onnx.py --weights R/fp16/weights/best.pt --out R/onnx/yolov10m-fp16-half.onnx --half
+    export_onnx.py --weights R/seed-0/qat-w4a16/weights/best.pt --out R/seed-0/onnx/yolov10m-qat-w4a16-int4.onnx \\
+        --weights-format int4
+    export_onnx.py --weights R/seed-0/fp16/weights/best.pt --out R/seed-0/onnx/yolov10m-fp16-float16.onnx --half
 
 Exit codes: 0 written, 1 validation failed (nothing written), 2 bad input (the message names the fix).
 """

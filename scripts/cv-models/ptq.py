@@ -3,9 +3,10 @@
 
 Examples::
 
-    ptq.py --weights R/seed-0/fp16/weights/best.pt --quant-scheme w8a16 \
+    ptq.py --weights R/seed-0/fp16/weights/best.pt --quant-scheme w8a16 \\
         --out R/seed-0/ptq-w8a16/weights/best.pt --data R/dataset/dataset.yaml
-    ptq.py --weights R/fp16/weights/best.pt --quant-scheme w4a16-mse --out R/ptq-w4a16-mse/weights/best.pt \\
+    ptq.py --weights R/seed-0/fp16/weights/best.pt --quant-scheme w4a16-mse \\
+        --out R/seed-0/ptq-w4a16-mse/weights/best.pt \\
         --data R/dataset/dataset.yaml --bn-recalib-batches 32 --val
 
 The output is an Ultralytics checkpoint (``YOLO(out)`` loads it; export_onnx.py exports it as QCDQ) with
