@@ -107,57 +107,60 @@ def plan_stages(
         for variant in variants:
             stages += _variant_stages(ctx, seed, variant)
     evals = tuple(s.name for s in stages if "-eval-" in s.name)
-    summary = (ctx.python, str(ctx.tools / "write_yolov10m_scratch_train_summary.py"), "--run-root", str(run_root.root))
+    summary = _cli(ctx, "write_yolov10m_scratch_train_summary.py", {"--run-root": run_root.root})
     stages.append(StageSpec(SUMMARY_STAGE, summary, (run_root.summary_md, run_root.summary_csv), evals))
     if publish:
-        argv = (ctx.python, str(ctx.tools / "publish_run_report.py"), "--run-root", str(run_root.root))
+        argv = _cli(ctx, "publish_run_report.py", {"--run-root": run_root.root})
         stages.append(StageSpec(PUBLISH_STAGE, argv, (), (SUMMARY_STAGE,)))
     return stages
 
 
+def _cli(
+    ctx: _Context, script: str, flags: Mapping[str, Any], *extra: str, command: str | None = None
+) -> tuple[str, ...]:
+    """``python tools/script [command] --flag value ... extra...``; a flag whose value is ``None`` is left out."""
+    argv = [ctx.python, str(ctx.tools / script), *([command] if command else [])]
+    for flag, value in flags.items():
+        if value is not None:
+            argv += [flag, str(value)]
+    return (*argv, *extra)
+
+
 def _setup_stages(ctx: _Context) -> list[StageSpec]:
-    config, root, py, tools = ctx.config, ctx.run_root, ctx.python, ctx.tools
+    config, root = ctx.config, ctx.run_root
     stages = []
     if needs_gpu(config):
-        argv = (py, str(CHECK_ENV_SCRIPT), "--device", str(config["device"]), "--providers", *config["eval_providers"])
+        argv = (
+            ctx.python,
+            str(CHECK_ENV_SCRIPT),
+            "--device",
+            str(config["device"]),
+            "--providers",
+            *config["eval_providers"],
+        )
         stages.append(StageSpec(CHECK_ENV_STAGE, argv, ()))
     source_root, prepare_needs = str(config["source_root"] or ""), ()
     if config["data_source"] == "synthetic":
         out = root.synthetic_source_dir
-        argv = (
-            py,
-            str(tools / "make_synthetic_coco.py"),
-            "--out",
-            str(out),
-            "--train",
-            str(config["synthetic_train"]),
-            "--val",
-            str(config["synthetic_val"]),
-            "--imgsz",
-            str(config["synthetic_imgsz"]),
-            "--seed",
-            str(config["data_seed"]),
-            "--overwrite",
-        )
+        flags = {
+            "--out": out,
+            "--train": config["synthetic_train"],
+            "--val": config["synthetic_val"],
+            "--imgsz": config["synthetic_imgsz"],
+            "--seed": config["data_seed"],
+        }
+        argv = _cli(ctx, "make_synthetic_coco.py", flags, "--overwrite")
         stages.append(StageSpec(SYNTHETIC_STAGE, argv, (out,), (), out))
         source_root, prepare_needs = str(out), (SYNTHETIC_STAGE,)
-    caps = []
-    for key, flag in (("max_train_images", "--max-train-images"), ("max_val_images", "--max-val-images")):
-        if config[key] is not None:
-            caps += [flag, str(config[key])]
     # --overwrite: a data stage only runs while it is not done, so its folder holds a failed attempt of this run.
-    argv = (
-        py,
-        str(tools / "prepare_coco_dataset.py"),
-        "--source-root",
-        source_root,
-        "--out-dir",
-        str(root.dataset_dir),
-        *caps,
-        "--seed",
-        str(config["data_seed"]),
-        "--overwrite",
-    )
+    flags = {
+        "--source-root": source_root,
+        "--out-dir": root.dataset_dir,
+        "--max-train-images": config["max_train_images"],
+        "--max-val-images": config["max_val_images"],
+        "--seed": config["data_seed"],
+    }
+    argv = _cli(ctx, "prepare_coco_dataset.py", flags, "--overwrite")
     outputs = (root.dataset_yaml, root.val_annotations)
     stages.append(StageSpec(PREPARE_STAGE, argv, outputs, prepare_needs, root.dataset_dir))
     return stages
@@ -180,34 +183,21 @@ def _fp_best(seed_root: SeedRoot) -> Path:
 def _train_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageSpec:
     config, paths = ctx.config, seed_root.train_run(variant.name)
     fine_tune = variant.kind == "qat-ft"
-    argv = [
-        ctx.python,
-        str(ctx.tools / "train_yolov10m_scratch_fp16_vs_w4a16_qat_brevitas.py"),
-        "qat-w4a16" if variant.quantized else "fp16",
-        "--run-root",
-        str(ctx.run_root.root),
-        "--data",
-        str(ctx.run_root.dataset_yaml),
-        "--model",
-        str(config["model"]),
-        "--epochs",
-        str(config["ft_epochs"] if fine_tune else config["epochs"]),
-        "--imgsz",
-        str(config["imgsz"]),
-        "--batch",
-        str(config["batch"]),
-        "--device",
-        str(config["device"]),
-        "--hyp",
-        str(config["ft_hyp"] if fine_tune else config["hyp"]),
-        "--seed",
-        str(seed_root.seed),
-        "--workers",
-        str(config["workers"]),
-        "--fraction",
-        str(config["fraction"]),
-        "--resume",
-    ]
+    flags = {
+        "--run-root": ctx.run_root.root,
+        "--data": ctx.run_root.dataset_yaml,
+        "--model": config["model"],
+        "--epochs": config["ft_epochs"] if fine_tune else config["epochs"],
+        "--imgsz": config["imgsz"],
+        "--batch": config["batch"],
+        "--device": config["device"],
+        "--hyp": config["ft_hyp"] if fine_tune else config["hyp"],
+        "--seed": seed_root.seed,
+        "--workers": config["workers"],
+        "--fraction": config["fraction"],
+    }
+    command = "qat-w4a16" if variant.quantized else "fp16"
+    argv = list(_cli(ctx, "train_yolov10m_scratch_fp16_vs_w4a16_qat_brevitas.py", flags, "--resume", command=command))
     for pair in config["train_overrides"]:
         argv += ["--train-arg", pair]
     needs = [PREPARE_STAGE]
@@ -221,26 +211,17 @@ def _train_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageS
 
 def _quantize_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageSpec:
     config, paths = ctx.config, seed_root.train_run(variant.name)
-    argv = (
-        ctx.python,
-        str(ctx.tools / "ptq.py"),
-        "--weights",
-        str(_fp_best(seed_root)),
-        "--quant-scheme",
-        variant.scheme_spec,
-        "--out",
-        str(paths.best),
-        "--data",
-        str(ctx.run_root.dataset_yaml),
-        "--bn-recalib-batches",
-        str(config["ptq_bn_recalib_batches"]),
-        "--imgsz",
-        str(config["imgsz"]),
-        "--batch",
-        str(config["batch"]),
-        "--device",
-        str(config["device"]),
-    )
+    flags = {
+        "--weights": _fp_best(seed_root),
+        "--quant-scheme": variant.scheme_spec,
+        "--out": paths.best,
+        "--data": ctx.run_root.dataset_yaml,
+        "--bn-recalib-batches": config["ptq_bn_recalib_batches"],
+        "--imgsz": config["imgsz"],
+        "--batch": config["batch"],
+        "--device": config["device"],
+    }
+    argv = _cli(ctx, "ptq.py", flags)
     needs = (PREPARE_STAGE, train_stage_name(seed_root.seed, Variant("fp")))
     return StageSpec(train_stage_name(seed_root.seed, variant), argv, (paths.best,), needs, paths.dir)
 
@@ -248,28 +229,22 @@ def _quantize_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> Sta
 def _export_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant, weights_format: str, needs: str) -> StageSpec:
     config = ctx.config
     out = seed_root.onnx_model(model_name(config), variant.name, weights_format)
-    argv = [
-        ctx.python,
-        str(ctx.tools / "export_onnx.py"),
-        "--weights",
-        str(seed_root.train_run(variant.name).best),
-        "--out",
-        str(out),
-        "--imgsz",
-        str(config["imgsz"]),
-        "--format",
-        str(config["export_format"]),
-        "--validate",
-    ]
-    if config["export_opset"] is not None:
-        argv += ["--opset", str(config["export_opset"])]
+    flags = {
+        "--weights": seed_root.train_run(variant.name).best,
+        "--out": out,
+        "--imgsz": config["imgsz"],
+        "--format": config["export_format"],
+        "--opset": config["export_opset"],
+    }
+    extra = ["--validate"]
     if config["export_dynamic_batch"]:
-        argv.append("--dynamic-batch")
+        extra.append("--dynamic-batch")
     if weights_format == "float16":
-        argv.append("--half")
+        extra.append("--half")
     if weights_format == "int4":
-        argv += ["--weights-format", "int4"]
-    return StageSpec(export_stage_name(seed_root.seed, variant, weights_format), tuple(argv), (out,), (needs,), out)
+        extra += ["--weights-format", "int4"]
+    argv = _cli(ctx, "export_onnx.py", flags, *extra)
+    return StageSpec(export_stage_name(seed_root.seed, variant, weights_format), argv, (out,), (needs,), out)
 
 
 def _eval_stage(
@@ -277,31 +252,20 @@ def _eval_stage(
 ) -> StageSpec:
     config, root = ctx.config, ctx.run_root
     out_dir = seed_root.eval_dir(variant.name, weights_format)
-    argv = [
-        ctx.python,
-        str(ctx.tools / "eval_yolov10m_onnx_coco.py"),
-        "--onnx",
-        str(export.outputs[0]),
-        "--ann-file",
-        str(root.val_annotations),
-        "--images-dir",
-        str(root.val_images_dir),
-        "--out-dir",
-        str(out_dir),
-        "--imgsz",
-        str(config["imgsz"]),
-        "--batch",
-        str(config["eval_batch"]),
-        "--providers",
-        *config["eval_providers"],
-    ]
-    if config["eval_max_images"] is not None:
-        argv += ["--max-images", str(config["eval_max_images"])]
-    if config["eval_fold_weights"]:
-        argv.append("--fold-weights")
+    flags = {
+        "--onnx": export.outputs[0],
+        "--ann-file": root.val_annotations,
+        "--images-dir": root.val_images_dir,
+        "--out-dir": out_dir,
+        "--imgsz": config["imgsz"],
+        "--batch": config["eval_batch"],
+        "--max-images": config["eval_max_images"],
+    }
+    extra = ["--fold-weights"] if config["eval_fold_weights"] else []
+    argv = _cli(ctx, "eval_yolov10m_onnx_coco.py", flags, *extra, "--providers", *config["eval_providers"])
     outputs = (seed_root.eval_metrics(variant.name, weights_format),)
     name = eval_stage_name(seed_root.seed, variant, weights_format)
-    return StageSpec(name, tuple(argv), outputs, (export.name, PREPARE_STAGE), out_dir)
+    return StageSpec(name, argv, outputs, (export.name, PREPARE_STAGE), out_dir)
 
 
 # --------------------------------------------------------------------------------------------

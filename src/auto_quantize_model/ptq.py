@@ -156,14 +156,13 @@ def _check_request(request: PTQRequest) -> None:
 
 
 def _load(weights: Path) -> tuple[Any, dict[str, Any]]:
-    from ultralytics.nn.tasks import load_checkpoint
-
-    import auto_quantize_model.quant.yolov10  # noqa: F401  (QAT layers must be importable to unpickle)
+    """The exporter's checkpoint loader (one loader for the project), with this stage's error type."""
+    from auto_quantize_model.export import ExportInputError, load_detection_checkpoint
 
     try:
-        model, ckpt = load_checkpoint(str(weights))
-    except Exception as error:  # torch/pickle raise many types for a bad file
-        raise PTQInputError(f"{weights}: not a loadable Ultralytics checkpoint ({type(error).__name__})") from error
+        model, ckpt = load_detection_checkpoint(weights)
+    except ExportInputError as error:
+        raise PTQInputError(str(error)) from error
     return model.float().eval(), ckpt
 
 

@@ -466,15 +466,14 @@ def _check_request(request: SweepRequest) -> None:
 
 def load_fp_model(weights: Path) -> tuple[Any, dict[str, Any]]:
     """The float model of an Ultralytics checkpoint, float32, eval mode; a quantized checkpoint is refused."""
-    from ultralytics.nn.tasks import load_checkpoint
-
-    import auto_quantize_model.quant.yolov10 as qy  # QAT layers must be importable to unpickle
+    from auto_quantize_model.export import ExportInputError, load_detection_checkpoint
+    from auto_quantize_model.quant.yolov10 import is_quantized
 
     try:
-        model, ckpt = load_checkpoint(str(weights))
-    except Exception as error:  # torch/pickle raise many types for a bad file
-        raise SweepInputError(f"{weights}: not a loadable Ultralytics checkpoint ({type(error).__name__})") from error
-    if qy.is_quantized(model):
+        model, ckpt = load_detection_checkpoint(weights)
+    except ExportInputError as error:  # the exporter's loader: one loader for the project, the sweep's error type
+        raise SweepInputError(str(error)) from error
+    if is_quantized(model):
         raise SweepInputError(f"{weights}: is already quantized; the sweep needs the FP run's best.pt")
     return model.float().eval(), ckpt
 
