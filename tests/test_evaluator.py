@@ -852,3 +852,45 @@ def test_raw_candidates_keep_the_best_30000_in_ultralytics_order():
     np.testing.assert_array_equal(anchors, box_idx[top].numpy())
     np.testing.assert_array_equal(classes, cls_idx[top].numpy())
     np.testing.assert_array_equal(scores, x[box_idx[top], 4 + cls_idx[top]].numpy())
+
+
+@pytest.mark.parametrize("max_dets", [1, 10, 300])
+def test_prefix_nms_keeps_exactly_what_nms_over_all_candidates_keeps(max_dets):
+    """NMS over a best-scoring prefix, grown until it keeps max_dets, returns the full run's best max_dets."""
+    import torch
+    import torchvision
+
+    from auto_quantize_model.evaluate import NMS_PREFIX_FACTOR, best_after_nms
+
+    rng = np.random.default_rng(max_dets)
+    n = 20 * NMS_PREFIX_FACTOR * max_dets + 500
+    # The best-scoring half are near-copies of one box (one survivor per class), so the first prefixes keep too
+    # few and must grow; the rest are small boxes spread out, most of which survive.
+    near_copies = 10 + rng.uniform(0, 2, (n // 2, 2))
+    spread_out = rng.uniform(0, 5000, (n - n // 2, 2))
+    corner = np.concatenate([near_copies, spread_out]).astype(np.float32)
+    size = np.concatenate([np.full((n // 2, 2), 100.0), rng.uniform(5, 10, (n - n // 2, 2))]).astype(np.float32)
+    boxes = np.concatenate([corner, corner + size], 1)
+    scores = (n - np.arange(n)).astype(np.float32) / n  # distinct (greedy NMS is then order-independent), best first
+    classes = rng.integers(0, 3, n)
+    full = torchvision.ops.batched_nms(
+        torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes), 0.7
+    )[:max_dets].numpy()
+    np.testing.assert_array_equal(best_after_nms(boxes, scores, classes, 0.7, max_dets), full)
+
+
+def test_prefix_nms_with_fewer_survivors_than_max_dets_returns_them_all():
+    import torch
+    import torchvision
+
+    from auto_quantize_model.evaluate import best_after_nms
+
+    boxes = np.tile(np.array([[10, 10, 50, 50]], np.float32), (5000, 1))  # one box repeated: one survivor per class
+    scores = np.linspace(0.1, 0.9, 5000, dtype=np.float32)
+    classes = np.arange(5000) % 2
+    full = torchvision.ops.batched_nms(
+        torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes), 0.7
+    )
+    kept = best_after_nms(boxes, scores, classes, 0.7, 300)
+    np.testing.assert_array_equal(kept, full.numpy())
+    assert kept.size == 2

@@ -21,7 +21,8 @@ instead of on every run (identical outputs, tested).
 ``raw``  ``[N, 4 + nc, anchors]``: ``cx, cy, w, h`` in input pixels, then per-class sigmoid scores.
          Decoded like ``DetectionValidator.postprocess``: ``multi_label=True`` (every class score
          ``> conf`` of a box is a candidate), at most 30000 candidates by score, class-aware
-         ``torchvision.ops.batched_nms`` at ``iou``, then the best ``max_dets``.
+         ``torchvision.ops.batched_nms`` at ``iou``, then the best ``max_dets`` (NMS runs over the
+         best-scoring candidates only, as many as it takes to keep ``max_dets``: the same boxes).
 
 Class index ``i`` is the ``i``-th category of the annotation file sorted by id.
 
@@ -81,6 +82,7 @@ LOGGER = logging.getLogger(__name__)
 
 COCO_STAT_KEYS = K.COCO_STAT_KEYS
 MAX_NMS_CANDIDATES = 30000  # Ultralytics' max_nms: candidates kept (by score) before NMS
+NMS_PREFIX_FACTOR = 10  # best_after_nms first tries the best 10 * max_dets candidates
 # The validator dataset's resize + square LetterBox: what YOLO(onnx).val() feeds a fixed-size model. In-training
 # validation differs (rect batches), so its numbers are not this evaluator's.
 LETTERBOX_MODE = "val"
@@ -444,9 +446,6 @@ def raw_candidates(pred: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarra
 
 def decode_raw(pred: np.ndarray, conf: float, iou: float, max_dets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decode ``[4+nc, anchors]`` like Ultralytics' validator (multi-label, class-aware NMS, best ``max_dets``)."""
-    import torch
-    import torchvision
-
     pred = pred.astype(np.float32, copy=False)  # float16 models: decode and NMS in float32, like Ultralytics
     pred = pred[:, np.isfinite(pred).all(0)]  # a NaN box would silently never match; the caller counts dropped rows
     anchors, classes, scores = raw_candidates(pred, conf)
@@ -454,10 +453,36 @@ def decode_raw(pred: np.ndarray, conf: float, iou: float, max_dets: int) -> tupl
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
     cx, cy, w, h = pred[:4, anchors].astype(np.float32, copy=False)
     boxes = np.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), 1)
-    keep = torchvision.ops.batched_nms(
-        torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes), iou
-    )[:max_dets].numpy()
+    keep = best_after_nms(boxes, scores, classes, iou, max_dets)
     return boxes[keep], scores[keep], classes[keep].astype(np.int64)
+
+
+def best_after_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, max_dets: int) -> np.ndarray:
+    """Indices of the best ``max_dets`` boxes that class-aware greedy NMS keeps, best first.
+
+    The same boxes as ``batched_nms`` over all candidates, for less work: greedy NMS decides each box from the
+    boxes that score higher, so NMS over a prefix of the candidates (every candidate scoring at least some
+    threshold) keeps exactly the full run's boxes within that prefix, and once a prefix keeps ``max_dets`` boxes
+    they are the full run's best ``max_dets``. The prefix starts at ``NMS_PREFIX_FACTOR * max_dets`` candidates
+    and doubles until it keeps enough or holds them all. On 30000 candidates this is ~10x less NMS work.
+    """
+    import torch
+    import torchvision
+
+    def nms(subset: np.ndarray) -> np.ndarray:
+        kept = torchvision.ops.batched_nms(
+            torch.from_numpy(boxes[subset]), torch.from_numpy(scores[subset]), torch.from_numpy(classes[subset]), iou
+        )
+        return subset[kept.numpy()]
+
+    size = NMS_PREFIX_FACTOR * max_dets
+    while size < scores.size:
+        threshold = np.partition(scores, scores.size - size)[scores.size - size]  # the size-th best score
+        kept = nms(np.flatnonzero(scores >= threshold))  # ties at the threshold all join: the prefix stays exact
+        if kept.size >= max_dets:
+            return kept[:max_dets]
+        size *= 2
+    return nms(np.arange(scores.size))[:max_dets]
 
 
 def to_coco_detections(
