@@ -171,21 +171,15 @@ def export_model(root: Path, case: Case, images_dir: Path) -> Path:
 
 
 def calibrate_batchnorm(model: torch.nn.Module, images_dir: Path, imgsz: int, count: int = 8) -> None:
-    """Set every BatchNorm's running mean and variance to those of the first ``count`` letterboxed images."""
+    """BatchNorm statistics of the first ``count`` letterboxed images, by the PTQ stage's BN re-estimation."""
     import torch
 
     from auto_quantize_model.preprocess import letterbox
+    from auto_quantize_model.ptq import recalibrate_batchnorm
 
     files = sorted(images_dir.glob("*.jpg"), key=lambda f: int(f.stem))[:count]
     batch = torch.from_numpy(np.stack([letterbox(cv2.imread(str(f)), (imgsz, imgsz), mode="val")[0] for f in files]))
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative average: one pass sets the statistics of this batch
-    model.train()
-    with torch.no_grad():
-        model(batch)
-    model.eval()
+    recalibrate_batchnorm(model, [batch], num_batches=1)
 
 
 @dataclass
