@@ -22,6 +22,8 @@ EXPECTED_COUNTS = {
     "w4a16-lsq": {"4": 107, "float": 1},
     "w4a16-fl8-mse": {"4": 94, "8": 13, "float": 1},
     "w4a16-fl8-lsq": {"4": 94, "8": 13, "float": 1},
+    "w8a8": {"8": 107, "float": 1},
+    "w4a8": {"4": 107, "float": 1},
 }
 SPECIAL_LAYER_BITS = {
     "w4a16": 4,
@@ -32,6 +34,8 @@ SPECIAL_LAYER_BITS = {
     "w4a16-lsq": 4,
     "w4a16-fl8-mse": 8,
     "w4a16-fl8-lsq": 8,
+    "w8a8": 8,
+    "w4a8": 4,
 }
 
 
@@ -58,6 +62,8 @@ def test_scheme_names_cover_the_named_schemes() -> None:
         "w4a16-lsq",
         "w4a16-fl8-mse",
         "w4a16-fl8-lsq",
+        "w8a8",
+        "w4a8",
     )
     assert {named_scheme(n).scaling for n in SCHEME_NAMES} == {"absmax", "mse", "lsq"}
     assert named_scheme("w4a16-fl8-lsq").layer_overrides == named_scheme("w4a16-fl8").layer_overrides
@@ -86,8 +92,8 @@ def test_json_lists_are_normalised_to_hashable_tuples() -> None:
 
 def test_unknown_and_missing_keys_are_rejected() -> None:
     data = named_scheme("w4a16").to_dict()
-    with pytest.raises(ValueError, match="unknown QuantScheme keys \\['act_bit_width'\\]"):
-        QuantScheme.from_dict({**data, "act_bit_width": 16})
+    with pytest.raises(ValueError, match="unknown QuantScheme keys \\['act_bits'\\]"):
+        QuantScheme.from_dict({**data, "act_bits": 16})
     with pytest.raises(ValueError, match="lacks 'name'"):
         QuantScheme.from_dict({key: value for key, value in data.items() if key != "name"})
 

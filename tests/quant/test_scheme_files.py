@@ -29,7 +29,9 @@ def yolov10n() -> DetectionModel:
 @pytest.mark.parametrize(
     ("changes", "key", "detail"),
     [
-        ({"act_bit_width": 16}, "act_bit_width", "unknown QuantScheme keys"),
+        ({"act_bits": 8}, "act_bits", "unknown QuantScheme keys"),
+        ({"act_bit_width": 16}, "act_bit_width", "outside [2, 8]"),
+        ({"act_overrides": [["head", 8]]}, "act_overrides[0]", "no role"),
         ({"weight_bit_width": 9}, "weight_bit_width", "outside [2, 8]"),
         ({"weight_bit_width": 1}, "weight_bit_width", "outside [2, 8]"),
         ({"weight_bit_width": "4"}, "weight_bit_width", "must be an int"),

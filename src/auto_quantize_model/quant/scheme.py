@@ -1,7 +1,9 @@
-"""Declarative weight-quantization schemes: plain data, no torch, cheap to import.
+"""Declarative quantization schemes: plain data, no torch, cheap to import.
 
-A :class:`QuantScheme` says what to fake-quantize in a detector (bit width, per-channel or
-per-tensor scales, the scale method, per-layer overrides by role or glob pattern). It is frozen,
+A :class:`QuantScheme` says what to fake-quantize in a detector: weights (bit width, per-channel or
+per-tensor scales, the scale method, per-layer overrides by role or glob pattern) and, optionally,
+the inputs of the quantized convs (activation bit width, signedness, per-layer overrides; per-tensor
+scales). Activation bit width ``None`` means float activations (W4A16, W8A16). It is frozen,
 round-trips through JSON, is saved beside every QAT run and pickled into every checkpoint.
 The run-config resolver imports this module to check a scheme before any stage runs; the torch
 side (layers, model transformation) lives in :mod:`auto_quantize_model.quant.yolov10`.
@@ -27,6 +29,10 @@ GRANULARITIES = ("per_channel", "per_tensor")
 SCALINGS = ("absmax", "mse", "lsq")
 LSQ_INITS = ("absmax", "mse")
 MIN_BIT_WIDTH, MAX_BIT_WIDTH = 2, 8
+# Activation keys of a scheme; a scheme without activation quantization leaves them out of its dict, so every
+# weight-only scheme file and checkpoint reads and writes exactly as before they existed.
+ACTIVATION_KEYS = ("act_bit_width", "act_signed", "act_overrides")
+_GLOB_CHARS = frozenset("*?[")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -38,6 +44,15 @@ def _check_bit_width(bit_width: Any, where: str) -> None:
         raise ValueError(f"{where}: bit width must be an int, got {bit_width!r}")
     if not MIN_BIT_WIDTH <= bit_width <= MAX_BIT_WIDTH:
         raise ValueError(f"{where}: bit width {bit_width} outside [{MIN_BIT_WIDTH}, {MAX_BIT_WIDTH}]")
+
+
+def _check_selector(selector: str, where: str) -> None:
+    """A selector is a role name or a module-name pattern (``model.23.*``); a bare unknown word is a typo'd role."""
+    if selector in ROLE_NAMES or "." in selector or _GLOB_CHARS & set(selector):
+        return
+    raise ValueError(
+        f"{where}: {selector!r} is no role {ROLE_NAMES} and no module-name pattern (patterns look like 'model.23.*')"
+    )
 
 
 def check_quant_settings(bit_width: int, granularity: str, scaling: str, where: str = "weight quantizer") -> None:
@@ -60,6 +75,11 @@ class QuantScheme:
     ``fnmatch`` pattern over module names such as ``"model.23.cv3.*"``.
     ``source`` is the JSON file a scheme was loaded from (not serialized, not compared): errors found only
     when the scheme meets a model (an override matching no conv) name that file.
+
+    Activations (:mod:`auto_quantize_model.quant.activations` places the quantizers): ``act_bit_width`` is the
+    bit width of the input of every weight-quantized conv (``None``: float activations), then ``act_overrides``
+    apply in order (selectors as above, ``None`` leaves that conv's input float). ``act_signed``: signed symmetric
+    codes (zero point 0, what TensorRT requires), else unsigned. Scales are per tensor.
     """
 
     name: str
@@ -69,14 +89,25 @@ class QuantScheme:
     layer_overrides: tuple[tuple[str, int | None], ...] = ()
     keep_float: tuple[str, ...] = ("dfl",)
     lsq_init: str = "mse"
+    act_bit_width: int | None = None
+    act_signed: bool = True
+    act_overrides: tuple[tuple[str, int | None], ...] = ()
     source: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_list_shapes(self.layer_overrides, self.keep_float)
+        _check_override_list(self.act_overrides, "act_overrides")
         # JSON hands back lists; normalise to tuples so schemes stay hashable and compare equal.
         object.__setattr__(self, "layer_overrides", tuple(tuple(item) for item in self.layer_overrides))
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
+        object.__setattr__(self, "act_overrides", tuple(tuple(item) for item in self.act_overrides))
         self._validate()
+        self._validate_activations()
+
+    @property
+    def quantizes_activations(self) -> bool:
+        """True when some conv input is quantized (``act_bit_width`` set, or an override gives some layer bits)."""
+        return self.act_bit_width is not None or any(bits is not None for _, bits in self.act_overrides)
 
     def _validate(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -98,6 +129,17 @@ class QuantScheme:
             # The DFL conv holds the fixed integers 0..15 that decode box distributions; it is not learned.
             raise ValueError("keep_float must include 'dfl': the DFL decoding conv stays float")
 
+    def _validate_activations(self) -> None:
+        if self.act_bit_width is not None:
+            _check_bit_width(self.act_bit_width, "act_bit_width")
+        if not isinstance(self.act_signed, bool):
+            raise ValueError(f"act_signed: expected true or false, got {self.act_signed!r}")
+        for index, (selector, bit_width) in enumerate(self.act_overrides):
+            where = f"act_overrides[{index}]"
+            _check_selector(selector, where)
+            if bit_width is not None:
+                _check_bit_width(bit_width, f"{where} ({selector!r})")
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; :meth:`from_dict` inverts it."""
         return {
@@ -108,6 +150,14 @@ class QuantScheme:
             "layer_overrides": [list(item) for item in self.layer_overrides],
             "keep_float": list(self.keep_float),
             "lsq_init": self.lsq_init,
+            **(self._activation_dict() if self.quantizes_activations or self.act_overrides else {}),
+        }
+
+    def _activation_dict(self) -> dict[str, Any]:
+        return {
+            "act_bit_width": self.act_bit_width,
+            "act_signed": self.act_signed,
+            "act_overrides": [list(item) for item in self.act_overrides],
         }
 
     @classmethod
@@ -139,18 +189,24 @@ class QuantScheme:
         return scheme
 
 
-def _check_list_shapes(layer_overrides: Any, keep_float: Any) -> None:
-    """Name the key when a list-valued key is not a list of the right items (before tuples are made of them)."""
-    if isinstance(layer_overrides, (str, bytes)) or not isinstance(layer_overrides, (list, tuple)):
-        raise ValueError(
-            f"layer_overrides must be a list of [selector, bit_width or None] pairs, got {layer_overrides!r}"
-        )
-    for index, item in enumerate(layer_overrides):
+def _check_override_list(overrides: Any, key: str) -> None:
+    """Name the key when an override list is not a list of (selector, bit_width or None) pairs."""
+    if isinstance(overrides, (str, bytes)) or not isinstance(overrides, (list, tuple)):
+        raise ValueError(f"{key} must be a list of [selector, bit_width or None] pairs, got {overrides!r}")
+    for index, item in enumerate(overrides):
         if isinstance(item, (str, bytes)) or not isinstance(item, (list, tuple)):
             raise ValueError(
-                f"layer_overrides[{index}]: a layer override must be (selector, bit_width or None), e.g. "
+                f"{key}[{index}]: a layer override must be (selector, bit_width or None), e.g. "
                 f'["model.23.*", 8], got {item!r}'
             )
+        if key != "layer_overrides" and (len(item) != 2 or not isinstance(item[0], str) or not item[0]):
+            example = '["head_pred", 8]'
+            raise ValueError(f"{key}[{index}]: expected [selector, bit_width or None], e.g. {example}, got {item!r}")
+
+
+def _check_list_shapes(layer_overrides: Any, keep_float: Any) -> None:
+    """Name the key when a list-valued key is not a list of the right items (before tuples are made of them)."""
+    _check_override_list(layer_overrides, "layer_overrides")
     if isinstance(keep_float, (str, bytes)) or not isinstance(keep_float, (list, tuple)):
         raise ValueError(f'keep_float must be a list of selectors such as ["dfl"], got {keep_float!r}')
 
@@ -171,6 +227,10 @@ _NAMED_SCHEMES: dict[str, QuantScheme] = {
     "w4a16-lsq": QuantScheme("w4a16-lsq", scaling="lsq"),
     "w4a16-fl8-mse": QuantScheme("w4a16-fl8-mse", scaling="mse", layer_overrides=_FL8),
     "w4a16-fl8-lsq": QuantScheme("w4a16-fl8-lsq", scaling="lsq", layer_overrides=_FL8),
+    # Weights and the input of every quantized conv at 8 bits: what integer runtimes (OpenVINO, TensorRT) execute.
+    "w8a8": QuantScheme("w8a8", weight_bit_width=8, act_bit_width=8),
+    # 4-bit weights, 8-bit conv inputs (QDQ with INT4 weights; no integer-runtime speed claim).
+    "w4a8": QuantScheme("w4a8", act_bit_width=8),
 }
 SCHEME_NAMES = tuple(_NAMED_SCHEMES)
 

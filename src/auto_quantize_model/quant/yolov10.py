@@ -543,6 +543,7 @@ class QuantizationReport:
 
     scheme: str
     layer_bits: tuple[tuple[str, int | None], ...]
+    activations: Any = None  # quant.activations.ActivationReport when the scheme quantizes activations
 
     def counts(self) -> dict[str, int]:
         """Number of convs per bit width (``"4"``, ``"8"``) and ``"float"``."""
@@ -559,7 +560,8 @@ class QuantizationReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary for run metadata."""
-        return {"scheme": self.scheme, "counts": self.counts(), "layer_bits": dict(self.layer_bits)}
+        summary = {"scheme": self.scheme, "counts": self.counts(), "layer_bits": dict(self.layer_bits)}
+        return summary | ({"activations": self.activations.to_dict()} if self.activations is not None else {})
 
 
 def _check_quantizable(model: nn.Module) -> None:
@@ -593,9 +595,14 @@ def quantize_model(model: DetectionModel, scheme: QuantScheme | str) -> Quantiza
             conv = model.get_submodule(name)
             layer = WeightQuantConv2d.from_float(conv, bit_width, scheme.granularity, scheme.scaling, scheme.lsq_init)
             _replace_module(model, name, layer)
+    activations = None
+    if scheme.quantizes_activations:  # the inputs of the quantized convs (W8A8, W4A8)
+        from auto_quantize_model.quant.activations import place_activation_quantizers
+
+        activations = place_activation_quantizers(model, scheme, bits, resolve_selector)
     model.__class__ = QuantDetectionModel
     model.quant_scheme = scheme.to_dict()
-    return QuantizationReport(scheme.name, tuple(bits.items()))
+    return QuantizationReport(scheme.name, tuple(bits.items()), activations)
 
 
 def is_quantized(model: nn.Module) -> bool:
