@@ -117,6 +117,8 @@ def test_pixi_and_requirements_pin_the_same_stack(env):
         "brevitas",
         "onnx",
         "onnxoptimizer",
+        "openvino",
+        "nncf",
         "pycocotools",
         "tensorboard",
         "matplotlib",

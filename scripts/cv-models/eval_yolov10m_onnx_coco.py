@@ -22,6 +22,7 @@ from auto_quantize_model.evaluate import evaluate_onnx_coco
 from auto_quantize_model.evaluation.coco import COCO_BACKENDS, DEFAULT_COCO_BACKEND
 from auto_quantize_model.evaluation.errors import EvaluationInputError
 from auto_quantize_model.evaluation.ort_session import GRAPH_OPTIMIZATIONS, SessionSettings
+from auto_quantize_model.evaluation.runtime import DEFAULT_RUNTIME, RUNTIMES
 from auto_quantize_model.onnx_io.contract import OUTPUT_FORMATS
 from auto_quantize_model.runs import metrics_keys as K
 
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parallel-runs", type=int, default=0, help="batches run at once (0 = auto: CPUs on CPU)")
     parser.add_argument("--graph-optimization", choices=GRAPH_OPTIMIZATIONS, default="all")
     parser.add_argument("--workers", type=int, default=2, help="image decode threads")
+    parser.add_argument(
+        "--runtime",
+        choices=sorted(RUNTIMES),
+        default=DEFAULT_RUNTIME,
+        help="what runs the ONNX file: onnxruntime (default) or openvino (CPU plugin; integer kernels for QDQ files)",
+    )
     return parser
 
 
@@ -88,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             session_settings=SessionSettings(
                 args.intra_op_threads, args.parallel_runs, args.graph_optimization, args.fold_weights
             ),
+            runtime=args.runtime,
         )
     except EvaluationInputError as error:
         print(f"error: {error}", file=sys.stderr)

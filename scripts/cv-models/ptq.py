@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Weight-only post-training quantization of a trained FP YOLO checkpoint (optionally with BN re-estimation).
+"""Post-training quantization of a trained FP YOLO checkpoint (optionally with BN re-estimation).
 
 Examples::
 
@@ -8,6 +8,8 @@ Examples::
     ptq.py --weights R/seed-0/fp16/weights/best.pt --quant-scheme w4a16-mse \\
         --out R/seed-0/ptq-w4a16-mse/weights/best.pt \\
         --data R/dataset/dataset.yaml --bn-recalib-batches 32 --val
+    ptq.py --weights R/seed-0/fp16/weights/best.pt --quant-scheme w8a8 \\
+        --out R/seed-0/ptq-w8a8/weights/best.pt --data R/dataset/dataset.yaml --calib-images 256 [--bias-correction]
 
 The output is an Ultralytics checkpoint (``YOLO(out)`` loads it; export_onnx.py exports it as QCDQ) with
 ``<out stem>.json`` beside it (scheme, layer counts, BN re-estimation, ``val_mAP50_95`` with ``--val``).
@@ -31,6 +33,10 @@ def parse_args(argv: list[str] | None = None) -> PTQRequest:
     parser.add_argument("--out", type=Path, required=True, help="output checkpoint (.pt)")
     parser.add_argument("--data", type=Path, help="dataset YAML (needed for --bn-recalib-batches and --val)")
     parser.add_argument("--bn-recalib-batches", type=int, default=0, help="re-estimate BN on N train batches (0: off)")
+    parser.add_argument(
+        "--calib-images", type=int, default=0, help="train images that calibrate activation ranges (w8a8, w4a8)"
+    )
+    parser.add_argument("--bias-correction", action="store_true", help="Brevitas bias correction after calibration")
     parser.add_argument("--imgsz", type=int, help="image size (default: the checkpoint's training imgsz)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cpu")
@@ -44,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> PTQRequest:
         quant_scheme=args.quant_scheme,
         data=args.data,
         bn_recalib_batches=args.bn_recalib_batches,
+        calib_images=args.calib_images,
+        bias_correction=args.bias_correction,
         imgsz=args.imgsz,
         batch=args.batch,
         device=args.device,

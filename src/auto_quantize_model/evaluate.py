@@ -88,7 +88,12 @@ from auto_quantize_model.evaluation.loop import (
     warmup,
 )
 from auto_quantize_model.evaluation.ort_session import SessionSettings
-from auto_quantize_model.evaluation.runtime import DEFAULT_RUNTIME, RuntimeSession, open_runtime_session
+from auto_quantize_model.evaluation.runtime import (
+    DEFAULT_RUNTIME,
+    RuntimeSession,
+    open_runtime_session,
+    runtime_record,
+)
 from auto_quantize_model.onnx_io.contract import OUTPUT_FORMATS
 from auto_quantize_model.onnx_io.preprocess import (
     LETTERBOX_MODE,
@@ -204,6 +209,7 @@ def evaluate_onnx_coco(
     metrics.update(_run_description(onnx_path, ann_file, images_dir, session, state, providers, thresholds))
     metrics[K.VERSIONS] = _versions(coco_backend)
     metrics[K.SESSION] = session.describe()
+    metrics[K.RUNTIME] = runtime_record(runtime, session)
     metrics[K.LATENCY_MS] = {
         K.LATENCY_PER_BATCH: latency_summary(state.batch_ms),
         K.LATENCY_PER_IMAGE: latency_summary(state.image_ms),

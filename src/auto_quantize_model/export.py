@@ -11,6 +11,10 @@ Both kinds of Ultralytics ``.pt`` checkpoint become an ONNX model with input ``i
   Brevitas QCDQ: int8 weight initializers -> ``Clip`` to the signed narrow range of their bit width -> per-channel
   ``DequantizeLinear``, one chain per quantized conv. The Ultralytics ``metadata_props`` are added so ``YOLO(onnx)``
   loads it like an Ultralytics export.
+* A checkpoint that also quantizes activations (W8A8, W4A8; kind ``qat-qdq``) is exported the same way, its
+  activation quantizers becoming ``QuantizeLinear -> DequantizeLinear`` pairs; ``--weights-format qdq`` then drops
+  the weight Clips that are identities (:mod:`~auto_quantize_model.onnx_io.qdq`), which integer runtimes need, and
+  the metadata records which share of the conv MACs OpenVINO's CPU plugin runs in int8 (``openvino``).
 
 Every export writes ``<stem>.json`` beside the ``.onnx`` (source checkpoint and its sha256, scheme, opset, layout,
 class names, preprocessing, sizes, versions, Q/DQ/Clip counts and, with ``validate=True``, the ONNX Runtime vs
@@ -44,13 +48,16 @@ from auto_quantize_model.onnx_io.settings import (
     DEFAULT_VAL_MAX_IMAGES,
     KIND_FP,
     KIND_QCDQ,
+    KIND_QDQ,
     MAX_IR_VERSION,
     METADATA_SCHEMA_VERSION,
     OUTPUT_LAYOUTS,
     PREPROCESSING,
+    QUANT_KINDS,
     WEIGHTS_FORMATS,
     WEIGHTS_INT4,
     WEIGHTS_QCDQ,
+    WEIGHTS_QDQ,
     ExportExistsError,
     ExportInputError,
     ExportResult,
@@ -107,25 +114,27 @@ def export_onnx(
     _check_request(weights, out, output_format, overwrite, val_max_images)
     require_single_onnxruntime()  # before the export: its contract check and validation run onnxruntime
     model, ckpt = load_detection_checkpoint(weights)
-    kind = KIND_QCDQ if _is_quantized(model) else KIND_FP
+    kind = _checkpoint_kind(model)
     check_out_name(out, kind)
     settings = _resolve_settings(model, imgsz, output_format, opset, dynamic_batch, half, kind)
     settings = replace(settings, weights_format=_check_weights_format(weights_format, kind, weights))
-    scheme = _scheme_dict(model) if kind == KIND_QCDQ else None
+    scheme = _scheme_dict(model) if kind in QUANT_KINDS else None
     LOGGER.info("%s: %s", weights, describe_kind(kind, scheme))
     # Images are checked before the slow export.
     plan = checks.plan_validation(val_images, ckpt, weights, val_max_images, settings) if validate else None
     # The reference is the checkpoint's model as saved (unfused): the check then also covers the fuse step.
     reference = checks.reference_outputs(checks.unfused_reference_model(model, settings), plan) if plan else None
-    if kind == KIND_QCDQ:
+    if kind in QUANT_KINDS:
         model = prepare_for_export(model, settings.imgsz, settings.end2end, settings.dynamic_batch)
     with tempfile.TemporaryDirectory(prefix=f".{out.stem}.export-", dir=_ensure_dir(out.parent)) as work:
         staged = Path(work) / out.name
-        int4 = None
+        int4 = qdq = None
         if kind == KIND_FP:
             _export_fp(weights, staged, settings)
         elif settings.weights_format == WEIGHTS_INT4:
             int4 = _export_int4(model, staged, settings, ckpt)
+        elif settings.weights_format == WEIGHTS_QDQ:
+            qdq = _export_qdq(model, staged, settings, ckpt)
         else:
             _export_qcdq(model, staged, settings, ckpt)
         graph = inspect_onnx(staged)
@@ -138,6 +147,8 @@ def export_onnx(
             weights, out, staged, kind, scheme, settings, model, graph, output_shape, validation
         )
         storage = _add_weights_metadata(metadata, staged, int4)
+        if kind == KIND_QDQ:
+            _add_integer_runtime_metadata(metadata, staged, qdq)
         return replace(_publish(staged, out, metadata, kind, scheme, validation), weights_format=storage)
 
 
@@ -171,7 +182,7 @@ def _resolve_settings(
     from ultralytics.utils.checks import check_imgsz
     from ultralytics.utils.export.engine import best_onnx_opset
 
-    if half and kind == KIND_QCDQ:
+    if half and kind in QUANT_KINDS:
         raise ExportInputError(
             "--half is for float checkpoints only: the QCDQ graph keeps float32 scales and activations "
             "(W4A16 means 16-bit activations on the target runtime, not an fp16 ONNX); drop --half"
@@ -242,15 +253,63 @@ def _export_qcdq(model: Any, staged: Path, settings: ExportSettings, ckpt: dict[
     onnx.save(proto, str(staged))
 
 
+def _checkpoint_kind(model: Any) -> str:
+    """``fp``, ``qat-qcdq`` (quantized weights) or ``qat-qdq`` (quantized weights and activations)."""
+    from auto_quantize_model.quant.activations import has_activation_quantizers
+
+    if not _is_quantized(model):
+        return KIND_FP
+    return KIND_QDQ if has_activation_quantizers(model) else KIND_QCDQ
+
+
 def _check_weights_format(weights_format: str, kind: str, weights: Path) -> str:
     if weights_format not in WEIGHTS_FORMATS:
         raise ExportInputError(f"weights format {weights_format!r} is not one of {WEIGHTS_FORMATS}")
+    if weights_format == WEIGHTS_QDQ and kind != KIND_QDQ:
+        raise ExportInputError(
+            f"{weights}: --weights-format qdq is for checkpoints with quantized activations (w8a8, w4a8); this one "
+            "quantizes weights only (or nothing): use --weights-format qcdq or int4"
+        )
     if weights_format == WEIGHTS_INT4 and kind == KIND_FP:
         raise ExportInputError(
             f"{weights}: --weights-format int4 needs a QAT checkpoint (integer weight codes); this is a float "
             "checkpoint: drop --weights-format (float32) or add --half for the FP16 baseline"
         )
     return weights_format
+
+
+def _export_qdq(model: Any, staged: Path, settings: ExportSettings, ckpt: dict[str, Any]) -> Any:
+    """Brevitas QCDQ export beside ``staged``, then the checked removal of its identity weight Clips onto ``staged``."""
+    from auto_quantize_model.onnx_io.qdq import drop_identity_weight_clips_file
+
+    qcdq = staged.with_name(f"{staged.stem}.qcdq.onnx")
+    _export_qcdq(model, qcdq, settings, ckpt)
+    check = np.random.default_rng(0).random((1, 3, *settings.imgsz), dtype=np.float32)
+    try:
+        return drop_identity_weight_clips_file(qcdq, staged, check)
+    finally:
+        qcdq.unlink(missing_ok=True)  # the contract check wants one file in the staging folder
+
+
+def _add_integer_runtime_metadata(metadata: dict[str, Any], staged: Path, qdq: Any) -> None:
+    """The QDQ conversion record and OpenVINO's CPU runtime precision of every convolution (int8 MAC share)."""
+    from auto_quantize_model.onnx_io.qdq import openvino_int8_report
+    from auto_quantize_model.utils.errors import first_line
+
+    if qdq is not None:
+        metadata["onnx"]["exporter"] += ", then auto_quantize_model.onnx_io.qdq (identity weight Clips removed)"
+        metadata["qdq_conversion"] = {**asdict(qdq), "source": "Brevitas QCDQ export of source.checkpoint (staged)"}
+    try:
+        report = openvino_int8_report(staged).to_dict()
+    except Exception as error:  # noqa: BLE001  (OpenVINO raises its own many types; the export itself stands)
+        report = {"error": f"{type(error).__name__}: {first_line(error)}"}
+        LOGGER.warning("%s: OpenVINO could not compile it (%s)", staged.name, report["error"])
+    metadata["openvino"] = report
+    metadata["runtimes"]["openvino_cpu"] = (
+        f"OpenVINO {report['openvino_version']} CPU: {report['int8_mac_share']:.1%} of conv MACs in int8"
+        if "error" not in report
+        else f"OpenVINO CPU: does not compile ({report['error']})"
+    )
 
 
 def _export_int4(model: Any, staged: Path, settings: ExportSettings, ckpt: dict[str, Any]) -> Any:
@@ -420,6 +479,8 @@ def _export_metadata(
 
 
 def _exporter_name(kind: str) -> str:
+    if kind == KIND_QDQ:
+        return "brevitas.export.export_onnx_qcdq (TorchScript-based, dynamo=False; activations as Q/DQ pairs)"
     if kind == KIND_FP:
         return "ultralytics Exporter (YOLO.export, format=onnx, TorchScript-based torch.onnx.export)"
     return "brevitas.export.export_onnx_qcdq (TorchScript-based, dynamo=False) after Ultralytics' export preparation"

@@ -1,4 +1,4 @@
-"""Weight-only post-training quantization (PTQ) of a trained FP checkpoint, and BN re-estimation.
+"""Post-training quantization (PTQ) of a trained FP checkpoint, activation calibration and BN re-estimation.
 
 :func:`quantize_checkpoint` loads an Ultralytics FP ``best.pt``, quantizes its convs with the project's quantizer
 (:func:`~auto_quantize_model.quant.yolov10.quantize_model`, any scheme: abs-max, mse, lsq-initialised scales),
@@ -6,6 +6,11 @@ optionally re-estimates the BatchNorm running statistics with the quantized weig
 train loader, and writes an Ultralytics-format checkpoint (``YOLO(out)`` loads it, ``export_onnx`` exports it as
 QCDQ) plus ``<out stem>.json`` with what was done. With ``measure_val`` it also runs Ultralytics' validator on the
 written file and records ``val_mAP50_95``.
+
+A scheme that quantizes activations (``w8a8``, ``w4a8``) needs ``calib_images``: that many *train* images (never
+val), letterboxed as the evaluator feeds them and without augmentation, set the activation ranges through Brevitas'
+calibration (:func:`~auto_quantize_model.quant.activations.calibrate_activations`), optionally followed by Brevitas'
+bias correction.
 
 :func:`recalibrate_batchnorm` is the BN re-estimation itself (Nagel et al., ICML 2022: 4-bit weights shift the
 pre-BN activation statistics the float model's running stats were measured on); :func:`recalibrate_checkpoint`
@@ -43,6 +48,8 @@ class PTQRequest:
     quant_scheme: str | None = "w8a16"  # name or JSON path; None: the checkpoint is already quantized (QAT)
     data: Path | None = None  # dataset YAML: needed for BN re-estimation and val
     bn_recalib_batches: int = 0
+    calib_images: int = 0  # train images that calibrate activation ranges (schemes with activation quantization)
+    bias_correction: bool = False  # Brevitas bias correction after the activation calibration
     imgsz: int | None = None  # default: the checkpoint's training imgsz
     batch: int = 16
     device: str = "cpu"
@@ -71,6 +78,7 @@ class PTQResult:
     layer_counts: dict[str, int]
     bn_recalib: BNRecalibReport | None
     val_mAP50_95: float | None
+    activation_calibration: dict[str, Any] | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -135,6 +143,34 @@ def train_loader_images(
         yield item["img"].to(target).float() / 255
 
 
+def calibration_images(data: Path, imgsz: int, batch: int, count: int, device: str, seed: int = 0) -> list[Any]:
+    """``count`` train images (a seeded random subset), letterboxed square without augmentation, as float batches.
+
+    The evaluator's preprocessing (``YOLO(onnx).val()``'s letterbox) on the *train* split: calibration never sees
+    a val image.
+    """
+    import torch
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+    from ultralytics.utils.torch_utils import select_device
+
+    spec = check_det_dataset(str(data))
+    cfg = get_cfg(overrides={"data": str(data), "imgsz": imgsz, "batch": batch, "workers": 0})
+    dataset = build_yolo_dataset(cfg, spec["train"], batch, spec, mode="val", rect=False, stride=32)
+    if count > len(dataset):
+        raise PTQInputError(
+            f"calib_images={count} but the train split of {data} has {len(dataset)} images; "
+            f"lower it to <= {len(dataset)}"
+        )
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, order), batch_size=batch, shuffle=False, collate_fn=dataset.collate_fn
+    )
+    target = select_device(device, verbose=False)
+    return [item["img"].to(target).float() / 255 for item in loader]
+
+
 # ----------------------------------------------------------------------------------------------
 # Checkpoint in, checkpoint out
 # ----------------------------------------------------------------------------------------------
@@ -148,11 +184,27 @@ def _check_request(request: PTQRequest) -> None:
         raise PTQInputError(f"{request.out}: the output must end in .pt (its metadata goes beside it as .json)")
     if request.out.exists() and not request.overwrite:
         raise PTQInputError(f"{request.out}: already exists; remove it or choose another --out")
-    needs_data = request.bn_recalib_batches > 0 or request.measure_val
+    needs_data = request.bn_recalib_batches > 0 or request.measure_val or request.calib_images > 0
     if needs_data and (request.data is None or not Path(request.data).is_file()):
-        raise PTQInputError(f"dataset YAML {request.data} not found; --data is needed for --bn-recalib-batches/--val")
-    if request.bn_recalib_batches < 0:
-        raise PTQInputError(f"--bn-recalib-batches must be >= 0, got {request.bn_recalib_batches}")
+        raise PTQInputError(
+            f"dataset YAML {request.data} not found; --data is needed for --calib-images/--bn-recalib-batches/--val"
+        )
+    if request.bn_recalib_batches < 0 or request.calib_images < 0:
+        raise PTQInputError(
+            f"--bn-recalib-batches and --calib-images must be >= 0, got {request.bn_recalib_batches}, "
+            f"{request.calib_images}"
+        )
+
+
+def _check_activation_request(request: PTQRequest, scheme: Any) -> None:
+    """Activation schemes need calibration images; weight-only schemes must not silently ignore them."""
+    if scheme is not None and scheme.quantizes_activations and request.calib_images < 1:
+        raise PTQInputError(
+            f"scheme {scheme.name} quantizes activations: pass --calib-images N (train images that set the "
+            "activation ranges, profile key ptq_calib_images)"
+        )
+    if request.bias_correction and not (scheme is not None and scheme.quantizes_activations):
+        raise PTQInputError("--bias-correction runs after activation calibration; it needs a scheme such as w8a8")
 
 
 def _load(weights: Path) -> tuple[Any, dict[str, Any]]:
@@ -174,6 +226,7 @@ def quantize_checkpoint(request: PTQRequest) -> PTQResult:
 
     _check_request(request)
     scheme = resolve_scheme(request.quant_scheme) if request.quant_scheme is not None else None
+    _check_activation_request(request, scheme)
     model, ckpt = _load(request.weights)
     if scheme is not None and is_quantized(model):
         raise PTQInputError(
@@ -182,7 +235,8 @@ def quantize_checkpoint(request: PTQRequest) -> PTQResult:
         )
     if scheme is None and not is_quantized(model):
         raise PTQInputError(f"{request.weights}: is a float checkpoint; pass --quant-scheme to quantize it")
-    counts = quantize_model(model, scheme).counts() if scheme is not None else _bit_counts(model)
+    report = quantize_model(model, scheme) if scheme is not None else None
+    counts = report.counts() if report is not None else _bit_counts(model)
     scheme = scheme or quant_scheme_of(model)
     train_args = dict(ckpt.get("train_args") or {})
     imgsz = int(request.imgsz or train_args.get("imgsz") or 640)
@@ -191,6 +245,9 @@ def quantize_checkpoint(request: PTQRequest) -> PTQResult:
         images = train_loader_images(request.data, imgsz, request.batch, request.device, request.workers, train_args)
         recalib = recalibrate_batchnorm(model.to(_device(request.device)), images, request.bn_recalib_batches)
         model.cpu()
+    calibration = _calibrate_activations(model, request, imgsz) if request.calib_images else None
+    if calibration is not None:
+        calibration["placement"] = report.activations.to_dict()
     _save_checkpoint(model, ckpt, request.out)
     val = _measure_val(request.out, request.data, imgsz, request.batch, request.device) if request.measure_val else None
     metadata = {
@@ -202,6 +259,7 @@ def quantize_checkpoint(request: PTQRequest) -> PTQResult:
         "layer_counts": counts,
         "bn_recalib": asdict(recalib) if recalib else None,
         "bn_recalib_batches": request.bn_recalib_batches,
+        "activation_calibration": calibration,
         "imgsz": imgsz,
         "batch": request.batch,
         "data": str(request.data) if request.data else None,
@@ -215,7 +273,26 @@ def quantize_checkpoint(request: PTQRequest) -> PTQResult:
         "command": command_line(),
     }
     meta_path = write_json_atomic(request.out.with_suffix(".json"), metadata)
-    return PTQResult(request.out, meta_path, scheme.name, counts, recalib, val)
+    return PTQResult(request.out, meta_path, scheme.name, counts, recalib, val, calibration)
+
+
+def _calibrate_activations(model: Any, request: PTQRequest, imgsz: int) -> dict[str, Any]:
+    """Activation ranges from ``calib_images`` train images (Brevitas calibration, optional bias correction)."""
+    from auto_quantize_model.quant.activations import calibrate_activations
+
+    start = time.perf_counter()
+    images = calibration_images(request.data, imgsz, request.batch, request.calib_images, request.device)
+    report = calibrate_activations(model.to(_device(request.device)), images, request.bias_correction)
+    model.cpu()
+    return {
+        **asdict(report),
+        "split": "train",
+        "preprocessing": "letterbox to imgsz, no augmentation (the evaluator's preprocessing)",
+        "method": "brevitas.graph.calibrate.calibration_mode per site (99.999th percentile of |x|, batch mean); "
+        "a shared quantizer takes its widest site"
+        + ("; then brevitas bias_correction_mode" if request.bias_correction else ""),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def recalibrate_checkpoint(

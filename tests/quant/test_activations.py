@@ -117,10 +117,11 @@ def test_concat_inputs_and_their_readers_share_one_quantizer(w8a8) -> None:
     model, report = w8a8
     by_name = {q["name"]: q for q in report.activations.quantizers}
     p4 = by_name["model.12.join_quant"]  # Concat 12 (upsampled P5 + backbone P4) and Concat 21 (P4 + P5)
-    assert p4["sites"] == ["output of model.6", "output of model.10", "output of model.20"]
+    assert p4["sites"] == ["output of model.6", "output of model.10", "output of model.11", "output of model.20"]
     c2f = by_name["model.4.join_quant"]  # C2f: cv1 output and every bottleneck output feed one torch.cat
     assert c2f["sites"][0] == "output of model.4.cv1" and "output of model.4.m.1" in c2f["sites"]
-    assert by_name["model.9.join_quant"]["sites"] == ["output of model.9.cv1"]  # SPPF: MaxPools keep the scale
+    # SPPF: the MaxPools keep the scale (their outputs requantized by the same quantizer: an identity on codes)
+    assert by_name["model.9.join_quant"]["sites"] == ["output of model.9.cv1", "output of model.9.m"]
 
 
 def test_conv_inputs_and_concat_inputs_lie_on_their_quantizer_grid(w8a8) -> None:

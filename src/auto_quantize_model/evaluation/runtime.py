@@ -1,8 +1,8 @@
 """The evaluator's inference-runtime interface: what the loop needs of a runtime, and how one is opened.
 
 A runtime is one module with an ``open_runtime_session(onnx_path, providers, settings, imgsz, batch)`` that
-returns a :class:`RuntimeSession`. ONNX Runtime (:mod:`auto_quantize_model.evaluation.ort_session`) is the
-first; a second runtime (OpenVINO) is one more module and one more entry in :data:`RUNTIMES`.
+returns a :class:`RuntimeSession`: ONNX Runtime (:mod:`auto_quantize_model.evaluation.ort_session`) and OpenVINO
+(:mod:`auto_quantize_model.evaluation.openvino_session`), one entry each in :data:`RUNTIMES`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ import numpy as np
 from auto_quantize_model.evaluation.errors import EvaluationInputError
 
 # runtime name -> module implementing ``open_runtime_session``
-RUNTIMES = {"onnxruntime": "auto_quantize_model.evaluation.ort_session"}
+RUNTIMES = {
+    "onnxruntime": "auto_quantize_model.evaluation.ort_session",
+    "openvino": "auto_quantize_model.evaluation.openvino_session",
+}
 DEFAULT_RUNTIME = "onnxruntime"
 
 
@@ -64,3 +67,10 @@ def open_runtime_session(
         raise EvaluationInputError(f"runtime={runtime!r} must be one of {sorted(RUNTIMES)}")
     module = importlib.import_module(RUNTIMES[runtime])
     return module.open_runtime_session(onnx_path, providers, settings, imgsz, batch)
+
+
+def runtime_record(runtime: str, session: RuntimeSession) -> dict[str, str]:
+    """``metrics.json``'s ``runtime``: which runtime ran the file, its version and the device it ran on."""
+    from importlib import metadata
+
+    return {"name": runtime, "version": metadata.version(runtime), "device": session.devices()[0]}

@@ -57,6 +57,7 @@ SAME_MEANING_AFTER_UPGRADE = {
     "Scan": "19/21: more tensor types",
     "Shape": "19/21: more tensor types",
     "Size": "19/21: more tensor types",
+    "Split": "18: optional 'num_outputs' attribute (sizes given as the 'split' input mean the same)",
     "Squeeze": "21: more tensor types",
     "Transpose": "21: more tensor types",
     "Unsqueeze": "21: more tensor types",

@@ -11,10 +11,15 @@ from typing import Any
 from auto_quantize_model.onnx_io.contract import PAD_VALUE
 
 KIND_FP, KIND_QCDQ = "fp", "qat-qcdq"
+# A checkpoint that also quantizes activations (W8A8, W4A8): Brevitas' export of its weights and activations.
+KIND_QDQ = "qat-qdq"
+QUANT_KINDS = (KIND_QCDQ, KIND_QDQ)
 # How a QAT export stores its weights: Brevitas QCDQ (the spec's artifact) or, converted from it, native INT4
-# (auto_quantize_model.onnx_io.int4). ``kind`` stays "qat-qcdq" for both: it names the export path.
-WEIGHTS_QCDQ, WEIGHTS_INT4 = "qcdq", "int4"
-WEIGHTS_FORMATS = (WEIGHTS_QCDQ, WEIGHTS_INT4)
+# (auto_quantize_model.onnx_io.int4), or QDQ: QCDQ without the weight Clips that are identities, so integer
+# runtimes see ``DQ(x), DQ(w) -> Conv`` (auto_quantize_model.onnx_io.qdq; activation-quantized checkpoints).
+# ``kind`` names the export path, not the format.
+WEIGHTS_QCDQ, WEIGHTS_INT4, WEIGHTS_QDQ = "qcdq", "int4", "qdq"
+WEIGHTS_FORMATS = (WEIGHTS_QCDQ, WEIGHTS_INT4, WEIGHTS_QDQ)
 
 
 CUDA_INT4_NOTE = "CUDA EP: DequantizeLinear Int4 kernels registered per ORT's kernel registry, untested here (no GPU)"
@@ -59,7 +64,7 @@ class ExportResult:
 
     onnx_path: Path
     metadata_path: Path
-    kind: str  # "fp" or "qat-qcdq"
+    kind: str  # "fp", "qat-qcdq" or "qat-qdq"
     scheme_name: str | None
     size_bytes: int
     validation: dict[str, Any] | None
@@ -87,4 +92,7 @@ def describe_kind(kind: str, scheme: dict[str, Any] | None) -> str:
     """One line saying which kind of checkpoint this is and what it becomes."""
     if kind == KIND_FP:
         return "float (FP) checkpoint -> ONNX through the Ultralytics exporter"
+    if kind == KIND_QDQ:
+        name = (scheme or {}).get("name", "?")
+        return f"QAT/PTQ checkpoint with quantized activations (scheme {name}) -> Brevitas export, QDQ ONNX"
     return f"QAT checkpoint (Brevitas, scheme {(scheme or {}).get('name', '?')}) -> Brevitas QCDQ ONNX"

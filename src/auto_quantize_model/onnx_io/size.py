@@ -14,12 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-FLOAT32, FLOAT16, QCDQ, INT4 = "float32", "float16", "qcdq", "int4"
+FLOAT32, FLOAT16, QCDQ, INT4, QDQ = "float32", "float16", "qcdq", "int4", "qdq"
 WEIGHTS_FORMAT_TEXT = {
     FLOAT32: "float32 weights",
     FLOAT16: "float16 weights, float32 input/output",
     QCDQ: "integer codes in INT8 containers -> Clip -> DequantizeLinear (Brevitas QCDQ)",
     INT4: "packed INT4 codes -> DequantizeLinear (8-bit layers as INT8)",
+    QDQ: "INT8 codes -> DequantizeLinear, activations QuantizeLinear -> DequantizeLinear (QDQ)",
 }
 
 
@@ -32,12 +33,19 @@ class WeightStorage:
     initializer_bytes: dict[str, int]  # ONNX element type name -> serialized bytes of those initializers
     weight_dequantizers: dict[str, int]  # element type of the integer input -> DequantizeLinear count
     opset: int
+    activation_quantizers: int = 0  # QuantizeLinear nodes: quantized activations
+    weight_clips: int = 0  # int8 initializer -> Clip -> DequantizeLinear chains (Brevitas QCDQ)
 
     @property
     def weights_format(self) -> str:
-        """``int4``, ``qcdq``, ``float16`` or ``float32``: what dominates the file's weights."""
+        """``int4``, ``qdq``, ``qcdq``, ``float16`` or ``float32``: what dominates the file's weights.
+
+        ``qdq``: quantized activations and INT8 weights straight into DequantizeLinear (no Clip).
+        """
         if self.weight_dequantizers.get("INT4"):
             return INT4
+        if self.activation_quantizers and self.weight_dequantizers and not self.weight_clips:
+            return QDQ
         if self.weight_dequantizers:
             return QCDQ
         floats = {k: v for k, v in self.initializer_bytes.items() if k in ("FLOAT", "FLOAT16")}
@@ -48,15 +56,23 @@ def weight_storage(path: str | os.PathLike) -> WeightStorage:
     """Read ``path`` (without external data) and count its initializer bytes by element type."""
     import onnx
 
-    from auto_quantize_model.onnx_io.int4 import default_opset, weight_storage_counts
+    from auto_quantize_model.onnx_io.int4 import default_opset, find_qcdq_weight_chains, weight_storage_counts
 
     path = Path(path)
     proto = onnx.load(str(path), load_external_data=False)
     by_type: Counter = Counter()
     for init in proto.graph.initializer:
         by_type[onnx.TensorProto.DataType.Name(init.data_type)] += init.ByteSize()
+    quantizers = sum(node.op_type == "QuantizeLinear" for node in proto.graph.node)
+    clips = len(find_qcdq_weight_chains(proto))
     return WeightStorage(
-        path, path.stat().st_size, dict(sorted(by_type.items())), weight_storage_counts(proto), default_opset(proto)
+        path,
+        path.stat().st_size,
+        dict(sorted(by_type.items())),
+        weight_storage_counts(proto),
+        default_opset(proto),
+        quantizers,
+        clips,
     )
 
 

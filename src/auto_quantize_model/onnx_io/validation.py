@@ -22,6 +22,7 @@ from auto_quantize_model.onnx_io.model_prep import prepare_for_export
 from auto_quantize_model.onnx_io.settings import (
     KIND_FP,
     KIND_QCDQ,
+    KIND_QDQ,
     ExportInputError,
     ExportSettings,
 )
@@ -56,6 +57,11 @@ TOLERANCES = {
     (KIND_FP, False): Tolerance(box_rel=1e-4, score_abs=1e-4),
     (KIND_QCDQ, False): Tolerance(box_rel=1e-4, score_abs=1e-4),
     (KIND_FP, True): Tolerance(box_rel=5e-3, score_abs=5e-3),  # --half: fp16 weights and compute vs fp32 PyTorch
+    # Quantized activations: ONNX Runtime and PyTorch sum a conv in different orders, so a value within one ulp of
+    # a rounding boundary can take the neighbouring code in one of them (one step, carried through the layers after
+    # it); BN folded into the exported weights moves values the same way. Measured on the tiny-trained yolov10n W8A8
+    # at 64 px (8 images): boxes 0, scores 4.7e-8; the limits leave room for such one-code flips on larger models.
+    (KIND_QDQ, False): Tolerance(box_rel=1e-2, score_abs=1e-2),
 }
 # GPU kernels (cuDNN algorithms, TF32 where the provider enables it) round differently from the CPU reference.
 NON_CPU_TOLERANCE_FACTOR = 10.0

@@ -16,6 +16,7 @@ from typing import Any
 from auto_quantize_model.onnx_io.settings import (
     KIND_FP,
     WEIGHTS_INT4,
+    WEIGHTS_QDQ,
     ExportExistsError,
     ExportInputError,
     ExportResult,
@@ -24,7 +25,7 @@ from auto_quantize_model.runs.run_root import export_metadata_path
 from auto_quantize_model.utils.io import read_json, sha256_file
 
 # Output names that promise integer weights (RunRoot.onnx_model spells them); a float checkpoint must not get one.
-QAT_NAME_TOKENS = ("qcdq", "int4")
+QAT_NAME_TOKENS = ("qcdq", "int4", "qdq")
 
 
 def check_out_name(out: Path, kind: str) -> None:
@@ -95,6 +96,7 @@ def _settings(metadata: dict[str, Any], request: dict[str, Any]) -> dict[str, tu
         "dynamic_batch": (bool(request["dynamic_batch"]), input_record.get("dynamic_batch")),
         "half": (bool(request["half"]), recorded_half),
         "int4": (request["weights_format"] == WEIGHTS_INT4, metadata.get("weights_format") == WEIGHTS_INT4),
+        "qdq": (request["weights_format"] == WEIGHTS_QDQ, metadata.get("weights_format") == WEIGHTS_QDQ),
     }
     if request.get("opset") is not None:
         settings["opset"] = (int(request["opset"]), onnx_record.get("opset"))

@@ -7,7 +7,10 @@ a tensor reads the same codes, and:
 
 * tensors that meet at a Concat or an Add get one shared quantizer (one per join): the join needs no
   requantization, and TensorRT's explicit-quantization rule (equal scales on Concat inputs) holds;
-* MaxPool (SPPF), Upsample, chunk/split and reshape pass their input's codes on with its scale (no new quantizer);
+* MaxPool (SPPF) and Upsample keep their input's scale: their outputs go through the same quantizer again (an
+  identity on codes), so the exported graph has explicit Q/DQ around them, as TensorRT wants (ONNX Runtime would
+  otherwise insert them itself, and at opset 21 its inserted QuantizeLinear is malformed); chunk/split and
+  reshape pass codes on untouched;
 * the image (the model input, ``pixel / 255`` by the I/O contract) is quantized unsigned with the fixed step
   ``1 / (2**bits - 1)``: at 8 bits it is lossless.
 
@@ -276,7 +279,7 @@ def _plan_scdown(block: SCDown, plan: _Planner) -> None:
 def _plan_sppf(block: SPPF, plan: _Planner) -> None:
     # cv1's output, its MaxPools (same codes, same scale) and their concat: one quantizer.
     join = plan.point(block, "join_quant", "SPPF: cv1 output, MaxPool outputs (same scale) and their concat")
-    join.sites.append((block.cv1, "output"))
+    join.sites += [(block.cv1, "output"), (block.m, "output")]
     join.consumers += entry_convs(block.cv2)
 
 
@@ -338,7 +341,8 @@ def _plan_model_level(layers: nn.Sequential, plan: _Planner) -> None:
     """Tensors between the model's top-level layers; Concat and Upsample join their inputs into one group.
 
     Tensor ``-1`` is the image. Each group of tensors gets one quantizer, applied at the output of every layer in
-    it that computes (not Concat or Upsample); the image's own quantizer is a pre-hook on layer 0.
+    it but the Concats (an Upsample's output is requantized with its input's scale); the image's own quantizer is
+    a pre-hook on layer 0.
     """
     parent = list(range(-1, len(layers)))  # union-find over tensors -1 .. n-1 (index + 1)
 
@@ -360,7 +364,7 @@ def _plan_model_level(layers: nn.Sequential, plan: _Planner) -> None:
             consumers.setdefault(find(source), []).extend(conv for r in readers for conv in entry_convs(r))
     for root, convs in consumers.items():
         members = [t for t in range(-1, len(layers)) if find(t) == root]
-        producers = [t for t in members if t >= 0 and not isinstance(layers[t], PASS_THROUGH)]
+        producers = [t for t in members if t >= 0 and not isinstance(layers[t], Concat)]
         if members == [-1]:
             plan.point(layers[0], "in_quant", "the image (model input)", [(layers[0], "input")], convs, kind=IMAGE)
             continue

@@ -77,6 +77,7 @@ SHA256 = "sha256"
 IMAGES_DIR = "images_dir"
 PROVIDERS_REQUESTED = "providers_requested"
 PROVIDERS = "providers"  # session.get_providers(): what really ran
+RUNTIME = "runtime"  # {name: onnxruntime | openvino, version, device}
 OUTPUT_FORMAT = "output_format"
 NMS = "nms"
 IMGSZ = "imgsz"

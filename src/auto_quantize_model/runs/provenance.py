@@ -21,6 +21,8 @@ TRACKED_PACKAGES = (
     "onnxruntime",
     "onnxruntime-gpu",
     "onnxoptimizer",
+    "openvino",
+    "nncf",
     "pycocotools",
     "numpy",
     "opencv-python",

@@ -1,0 +1,101 @@
+"""W8A8 end to end on the session's tiny trained yolov10n: PTQ with activation calibration, QDQ export, OpenVINO.
+
+Real Brevitas calibration on train images, real Brevitas export, real ONNX Runtime and OpenVINO (CPU plugin).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import auto_quantize_model  # noqa: F401  (offline Ultralytics before anything imports it)
+from auto_quantize_model.ptq import PTQInputError, PTQRequest, quantize_checkpoint
+from auto_quantize_model.utils.io import read_json
+
+IMGSZ = 64
+CALIB_IMAGES = 8
+
+
+@pytest.fixture(scope="module")
+def ptq_w8a8(fp16_run, prepared_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ptq") / "ptq-w8a8" / "best.pt"
+    # BN re-estimation first: after 2 epochs the BN running variances are still near their initial 1.0, so every
+    # activation is ~1e-3 and OpenVINO leaves convs reading such tiny joins in float (a trained model's are O(1)).
+    request = PTQRequest(
+        fp16_run.paths.best,
+        out,
+        "w8a8",
+        data=prepared_dataset.dataset_yaml,
+        calib_images=CALIB_IMAGES,
+        bn_recalib_batches=2,
+        batch=4,
+    )
+    return quantize_checkpoint(request)
+
+
+@pytest.fixture(scope="module")
+def w8a8_export(ptq_w8a8, prepared_dataset, tmp_path_factory):
+    from auto_quantize_model.export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "yolov10n-ptq-w8a8-qdq.onnx"
+    return export_onnx(
+        ptq_w8a8.checkpoint,
+        out,
+        imgsz=IMGSZ,
+        weights_format="qdq",
+        validate=True,
+        val_images=prepared_dataset.out_dir / "images" / "val",
+    )
+
+
+@pytest.mark.slow
+def test_ptq_w8a8_calibrates_on_train_images_and_records_it(ptq_w8a8):
+    metadata = read_json(ptq_w8a8.metadata_path)
+    calibration = metadata["activation_calibration"]
+    assert (calibration["images"], calibration["split"]) == (CALIB_IMAGES, "train")
+    assert calibration["placement"]["counts"] == {"a8": 107, "float": 1}
+    assert metadata["quant_scheme"]["act_bit_width"] == 8
+
+
+def test_activation_schemes_refuse_ptq_without_calibration_images(fp16_run, tmp_path):
+    request = PTQRequest(fp16_run.paths.best, tmp_path / "x.pt", "w8a8")
+    with pytest.raises(PTQInputError, match="--calib-images"):
+        quantize_checkpoint(request)
+    with pytest.raises(PTQInputError, match="--bias-correction"):
+        quantize_checkpoint(PTQRequest(fp16_run.paths.best, tmp_path / "y.pt", "w8a16", bias_correction=True))
+
+
+@pytest.mark.slow
+def test_w8a8_qdq_export_matches_pytorch_and_runs_int8_in_openvino(w8a8_export):
+    metadata = read_json(w8a8_export.metadata_path)
+    assert (metadata["kind"], metadata["weights_format"]) == ("qat-qdq", "qdq")
+    assert metadata["validation"]["passed"]
+    # e2e export: the one-to-many head branch is gone, 83 of the 107 quantized convs remain
+    assert metadata["qdq_conversion"]["clips_removed"] == 83 and metadata["qdq_conversion"]["max_abs_output_diff"] == 0
+    openvino = metadata["openvino"]
+    assert openvino["int8_mac_share"] >= 0.95 and openvino["meets_target"], openvino
+    assert openvino["float_convolutions"] == ["/model.23/dfl/conv/Conv"]  # DFL decoding stays float
+    assert metadata["input"]["name"] == "images" and metadata["output"]["shape"][2] == 6  # the same contract
+
+
+@pytest.mark.slow
+def test_openvino_and_onnxruntime_score_the_same_qdq_file(w8a8_export, prepared_dataset, tmp_path):
+    """``--runtime openvino`` on the same file: integer kernels, the same detections up to rounding, recorded."""
+    from auto_quantize_model.evaluate import evaluate_onnx_coco
+
+    results = {
+        runtime: evaluate_onnx_coco(
+            w8a8_export.onnx_path,
+            prepared_dataset.val_annotations,
+            prepared_dataset.out_dir / "images" / "val",
+            tmp_path / runtime,
+            imgsz=IMGSZ,
+            providers=("CPUExecutionProvider",),
+            runtime=runtime,
+        ).metrics
+        for runtime in ("onnxruntime", "openvino")
+    }
+    ov, ort = results["openvino"], results["onnxruntime"]
+    assert ov["runtime"]["name"] == "openvino" and ov["runtime"]["device"].startswith("OpenVINO CPU")
+    assert ort["runtime"] == {**ort["runtime"], "name": "onnxruntime", "device": "CPUExecutionProvider"}
+    assert ov["session"]["runtime"] == "openvino" and ov["num_images"] == ort["num_images"]
+    assert abs(ov["mAP50_95"] - ort["mAP50_95"]) <= 0.02  # int8 kernels in OpenVINO vs float math in ONNX Runtime
