@@ -39,12 +39,12 @@ def _git_head() -> str | None:
 
 
 @pytest.mark.parametrize("script", CLIS, ids=IDS)
-def test_version_names_the_package_version_and_git_commit(script: Path) -> None:
+def test_version_names_the_package_version_and_git_commit(script: Path, tmp_path: Path) -> None:
+    """Run from another folder: the commit is the checkout's that holds the package, not the working directory's."""
     from importlib import metadata
 
-    done = subprocess.run(
-        [sys.executable, str(script), "--version"], capture_output=True, text=True, env=_env(), check=False
-    )
+    argv = [sys.executable, str(script), "--version"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=_env(), cwd=tmp_path, check=False)
     assert done.returncode == 0, done.stderr
     line = done.stdout.strip()
     assert line.startswith(f"{script.name} (auto-quantize-model {metadata.version('auto-quantize-model')}, ")
