@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 import auto_quantize_model  # noqa: F401  (pins Ultralytics offline before it is imported)
-from auto_quantize_model.io_utils import write_json_atomic
 from auto_quantize_model.quant.scheme import QuantScheme, resolve_scheme
 from auto_quantize_model.quant.yolov10 import layer_bit_widths
 from auto_quantize_model.sensitivity import (
@@ -35,6 +34,7 @@ from auto_quantize_model.sensitivity import (
     select_val_images,
     write_val_subset,
 )
+from auto_quantize_model.utils.io import write_json_atomic
 
 FLOAT_BITS = 16  # what a float conv costs in the size column (the FP16 baseline's storage)
 

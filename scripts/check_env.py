@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 import auto_quantize_model  # noqa: F401  (offline Ultralytics before anything imports it)
-from auto_quantize_model.env_check import PreflightRequest, run_preflight
+from auto_quantize_model.runs.env_check import PreflightRequest, run_preflight
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

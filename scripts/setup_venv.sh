@@ -28,7 +28,7 @@ pip_install --no-deps -e .
 # pip check cannot see it: onnxruntime and onnxruntime-gpu side by side (requirements.txt chooses the `cpu` extra's
 # onnxruntime; one installed by hand later would silently decide the providers).
 "$VENV/bin/python" -c 'import sys
-from auto_quantize_model.env_check import EnvCheckError, require_single_onnxruntime
+from auto_quantize_model.runs.env_check import EnvCheckError, require_single_onnxruntime
 try:
     require_single_onnxruntime()
 except EnvCheckError as error:

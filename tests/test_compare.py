@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from auto_quantize_model import summary_schema as S
 from auto_quantize_model.compare import (
     COMPARISON_COLUMNS,
     CompareInputError,
@@ -21,6 +20,7 @@ from auto_quantize_model.compare import (
     pareto_front,
     read_run_summary,
 )
+from auto_quantize_model.runs import summary_schema as S
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "scripts" / "cv-models" / "compare_runs.py"

@@ -18,8 +18,8 @@ import pytest
 
 import auto_quantize_model  # noqa: F401  (offline Ultralytics before anything imports it)
 from auto_quantize_model import export as ex
-from auto_quantize_model import export_validation as ev
-from auto_quantize_model.io_utils import sha256_file
+from auto_quantize_model.onnx_io import validation as ev
+from auto_quantize_model.utils.io import sha256_file
 
 IMGSZ = 64
 ANCHORS = (64 // 8) ** 2 + (64 // 16) ** 2 + (64 // 32) ** 2  # 84

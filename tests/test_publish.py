@@ -29,7 +29,7 @@ from auto_quantize_model.publish import (
     plan_publish,
     publish_run_report,
 )
-from auto_quantize_model.run_root import RunRoot
+from auto_quantize_model.runs.run_root import RunRoot
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_CSV_COLUMNS = (

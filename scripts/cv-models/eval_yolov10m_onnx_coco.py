@@ -18,16 +18,12 @@ import sys
 from pathlib import Path
 
 import auto_quantize_model  # noqa: F401  (offline Ultralytics settings before anything imports it)
-from auto_quantize_model import metrics_keys as K
-from auto_quantize_model.evaluate import (
-    COCO_BACKENDS,
-    DEFAULT_COCO_BACKEND,
-    GRAPH_OPTIMIZATIONS,
-    EvaluationInputError,
-    SessionSettings,
-    evaluate_onnx_coco,
-)
-from auto_quantize_model.onnx_contract import OUTPUT_FORMATS
+from auto_quantize_model.evaluate import evaluate_onnx_coco
+from auto_quantize_model.evaluation.coco import COCO_BACKENDS, DEFAULT_COCO_BACKEND
+from auto_quantize_model.evaluation.errors import EvaluationInputError
+from auto_quantize_model.evaluation.ort_session import GRAPH_OPTIMIZATIONS, SessionSettings
+from auto_quantize_model.onnx_io.contract import OUTPUT_FORMATS
+from auto_quantize_model.runs import metrics_keys as K
 
 
 def build_parser() -> argparse.ArgumentParser:

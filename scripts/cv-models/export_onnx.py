@@ -28,7 +28,9 @@ import sys
 from pathlib import Path
 
 import auto_quantize_model  # noqa: F401  (offline Ultralytics before anything imports it)
-from auto_quantize_model.export import (
+from auto_quantize_model.export import export_onnx
+from auto_quantize_model.onnx_io.contract import OUTPUT_FORMATS
+from auto_quantize_model.onnx_io.settings import (
     DEFAULT_VAL_MAX_IMAGES,
     WEIGHTS_FORMATS,
     WEIGHTS_QCDQ,
@@ -37,9 +39,7 @@ from auto_quantize_model.export import (
     ExportResult,
     ExportValidationError,
     describe_kind,
-    export_onnx,
 )
-from auto_quantize_model.onnx_contract import OUTPUT_FORMATS
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

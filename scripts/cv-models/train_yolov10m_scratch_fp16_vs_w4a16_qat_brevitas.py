@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 import auto_quantize_model  # noqa: F401  (pins Ultralytics offline before it is imported)
-from auto_quantize_model.config import parse_overrides
 from auto_quantize_model.quant.scheme import SCHEME_NAMES
+from auto_quantize_model.runs.config import parse_overrides
 from auto_quantize_model.train import DEFAULT_HYP, RunExistsError, TrainRequest, train_stage
 
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from auto_quantize_model.report import write_summary
-from auto_quantize_model.run_root import RunRoot
+from auto_quantize_model.runs.run_root import RunRoot
 
 
 def main(argv: list[str] | None = None) -> int:

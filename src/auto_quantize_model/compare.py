@@ -1,6 +1,6 @@
 """Line up several run roots: one table of every variant's accuracy, size and latency, and an mAP-vs-size plot.
 
-Reads each run root's ``summary.csv`` (columns: :mod:`auto_quantize_model.summary_schema`) and writes into ``out``:
+Reads each run root's ``summary.csv`` (columns: :mod:`auto_quantize_model.runs.summary_schema`) and writes into ``out``:
 
 * ``comparison.md``: variants x run roots (mAP50-95 mean +- sample std over seeds, ratio to that root's FP
   baseline), then every number per (run root, variant, weights format) and the notes;
@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from auto_quantize_model import summary_schema as S
-from auto_quantize_model.io_utils import atomic_output, write_text_atomic
+from auto_quantize_model.runs import summary_schema as S
+from auto_quantize_model.utils.io import atomic_output, write_text_atomic
 
 COMPARISON_MD = "comparison.md"
 COMPARISON_CSV = "comparison.csv"

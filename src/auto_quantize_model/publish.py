@@ -37,9 +37,9 @@ from typing import Any
 
 import yaml
 
-from auto_quantize_model.io_utils import read_json, sha256_file, write_text_atomic
-from auto_quantize_model.metrics_keys import DETECTIONS_FILE
-from auto_quantize_model.run_root import FP16_STAGE, RunRoot, TrainRunPaths
+from auto_quantize_model.runs.metrics_keys import DETECTIONS_FILE
+from auto_quantize_model.runs.run_root import FP16_STAGE, RunRoot, TrainRunPaths
+from auto_quantize_model.utils.io import read_json, sha256_file, write_text_atomic
 
 # Relative to the repository root. Reports sit with the model's other documents (ONNX contract, README);
 # models/cv-models/yolov10m/README.md says why this and not the plan's models/yolo10/reports/.

@@ -7,7 +7,7 @@ one verdict line per quantized variant that does not claim more than the interva
 
 Numbers of the shared ONNX evaluator (``metrics.json``) and of Ultralytics' in-training validator
 (``results.csv``) are kept in separate tables: different pipelines, not comparable cell by cell.
-Everything is read from the run root through :class:`~auto_quantize_model.run_root.RunRoot` and the
+Everything is read from the run root through :class:`~auto_quantize_model.runs.run_root.RunRoot` and the
 producers' key constants (:mod:`metrics_keys`, :mod:`summary_schema`); a half-finished run root gives
 a summary that names what is missing, and ``summary.json`` says ``complete: false`` then.
 """
@@ -25,16 +25,16 @@ from typing import Any
 
 import yaml
 
-from auto_quantize_model import loss_curves
-from auto_quantize_model import metrics_keys as mk
-from auto_quantize_model import summary_schema as ss
-from auto_quantize_model.config import load_run_config
-from auto_quantize_model.io_utils import atomic_output, read_json, write_json_atomic, write_text_atomic
-from auto_quantize_model.pipeline import SUMMARY_STAGE, model_name, plan_stages
-from auto_quantize_model.provenance import utc_now
-from auto_quantize_model.run_root import RunRoot, SeedRoot, TrainRunPaths, export_metadata_path
-from auto_quantize_model.stages import load_run_state
-from auto_quantize_model.variants import FP_VARIANT, Variant, VariantError, parse_variants
+from auto_quantize_model.runs import metrics_keys as mk
+from auto_quantize_model.runs import summary_schema as ss
+from auto_quantize_model.runs.config import load_run_config
+from auto_quantize_model.runs.plan import SUMMARY_STAGE, model_name, plan_stages
+from auto_quantize_model.runs.provenance import utc_now
+from auto_quantize_model.runs.run_root import RunRoot, SeedRoot, TrainRunPaths, export_metadata_path
+from auto_quantize_model.runs.stage_runner import load_run_state
+from auto_quantize_model.runs.variants import FP_VARIANT, Variant, VariantError, parse_variants
+from auto_quantize_model.ultralytics_ext import loss_curves
+from auto_quantize_model.utils.io import atomic_output, read_json, write_json_atomic, write_text_atomic
 
 MAP_COLUMN = "metrics/mAP50-95(B)"
 MAP50_COLUMN = "metrics/mAP50(B)"
@@ -286,7 +286,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _mean_std(values: Sequence[float | None]) -> str:
-    from auto_quantize_model.stats import mean_and_std
+    from auto_quantize_model.evaluation.stats import mean_and_std
 
     present = [v for v in values if v is not None]
     if not present:
@@ -352,7 +352,7 @@ def _fp_cells(view: RunView) -> dict[int, Cell]:
 
 def _bootstrap(view: RunView, variant: Variant) -> Any:
     """Paired bootstrap of the variant's headline format against FP float32 over every seed with both."""
-    from auto_quantize_model.stats import paired_bootstrap_map
+    from auto_quantize_model.evaluation.stats import paired_bootstrap_map
 
     fp_cells, pairs, image_ids = _fp_cells(view), [], None
     for seed in view.seeds:
@@ -379,7 +379,7 @@ def _bootstrap(view: RunView, variant: Variant) -> Any:
 
 def section_headline(view: RunView) -> tuple[list[str], dict[str, Any]]:
     """The comparison table and verdicts; returns the lines and the bootstrap result per variant."""
-    from auto_quantize_model.stats import format_ci, verdict
+    from auto_quantize_model.evaluation.stats import format_ci, verdict
 
     fp_cells = _fp_cells(view)
     fp_map = _mean(c.map50_95 for c in fp_cells.values())

@@ -35,14 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from auto_quantize_model.io_utils import (
+from auto_quantize_model.quant.scheme import MAX_BIT_WIDTH, MIN_BIT_WIDTH, SCALINGS, QuantScheme
+from auto_quantize_model.utils.io import (
     atomic_output,
     read_json,
     sha256_file,
     write_json_atomic,
     write_text_atomic,
 )
-from auto_quantize_model.quant.scheme import MAX_BIT_WIDTH, MIN_BIT_WIDTH, SCALINGS, QuantScheme
 
 GRANULARITIES = ("layer", "block")
 SENSITIVITY_CSV = "sensitivity.csv"
@@ -466,7 +466,8 @@ def _check_request(request: SweepRequest) -> None:
 
 def load_fp_model(weights: Path) -> tuple[Any, dict[str, Any]]:
     """The float model of an Ultralytics checkpoint, float32, eval mode; a quantized checkpoint is refused."""
-    from auto_quantize_model.export import ExportInputError, load_detection_checkpoint
+    from auto_quantize_model.onnx_io.model_prep import load_detection_checkpoint
+    from auto_quantize_model.onnx_io.settings import ExportInputError
     from auto_quantize_model.quant.yolov10 import is_quantized
 
     try:

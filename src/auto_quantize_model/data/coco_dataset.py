@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from auto_quantize_model.io_utils import (
+from auto_quantize_model.utils.io import (
     atomic_output,
     read_json,
     sha256_file,

@@ -4,7 +4,7 @@ Both subclass narrowly, in the manner of Ultralytics' own 20-line YOLOv10 traine
 
 * :class:`ScratchDetectionTrainer` adds the run callbacks (TensorBoard, loss curves,
   non-finite loss reports) and crash-safe checkpoint writes (``save_model``/``final_eval``
-  wrapped by :mod:`auto_quantize_model.checkpoints`). Building from YAML with random weights is already what
+  wrapped by :mod:`auto_quantize_model.runs.checkpoints`). Building from YAML with random weights is already what
   ``DetectionTrainer.get_model`` does when ``pretrained=False``.
 * :class:`QATDetectionTrainer` overrides ``get_model`` only: it builds the float model,
   loads any weights (``--init-from`` or a resume checkpoint) and then swaps its convs for
@@ -28,10 +28,6 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER
 from ultralytics.utils.torch_utils import unwrap_model
 
-from auto_quantize_model.checkpoints import (
-    atomic_strip_optimizer,
-    staged_checkpoint_writes,
-)
 from auto_quantize_model.quant.scheme import QuantScheme
 from auto_quantize_model.quant.yolov10 import (
     copy_stored_scales,
@@ -39,6 +35,10 @@ from auto_quantize_model.quant.yolov10 import (
     quant_scheme_of,
     quantize_model,
     quantized_layers,
+)
+from auto_quantize_model.runs.checkpoints import (
+    atomic_strip_optimizer,
+    staged_checkpoint_writes,
 )
 from auto_quantize_model.ultralytics_ext.callbacks import attach_run_callbacks
 
