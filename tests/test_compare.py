@@ -18,8 +18,8 @@ from auto_quantize_model.compare import (
     CompareInputError,
     compare_runs,
     pareto_front,
-    read_run_summary,
 )
+from auto_quantize_model.reports.summary_csv import read_run_summary
 from auto_quantize_model.runs import summary_schema as S
 
 REPO = Path(__file__).resolve().parents[1]

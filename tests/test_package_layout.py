@@ -17,7 +17,7 @@ PREFIX = "auto_quantize_model"
 # Stage modules: one per runner stage or CLI a user runs.
 STAGES = {"train", "ptq", "export", "evaluate", "report", "publish", "compare", "sensitivity", "pipeline"}
 # Subpackages from the bottom up: each may import only itself and those before it.
-LAYERS = ["utils", "quant", "data", "runs", "ultralytics_ext", "onnx_io", "evaluation", "cv_models"]
+LAYERS = ["utils", "quant", "data", "runs", "ultralytics_ext", "onnx_io", "evaluation", "reports", "cv_models"]
 MAX_LINES = 600
 # Modules allowed over MAX_LINES, with the reason (README says the same).
 LONG_MODULES = {"quant/yolov10.py": "one Brevitas integration: layers, their pickling and the model transformation"}
