@@ -23,7 +23,7 @@ from pathlib import Path
 
 from auto_quantize_model.reports.plots import plot_map_vs_size
 from auto_quantize_model.reports.summary_csv import RunSummary, read_run_summary
-from auto_quantize_model.reports.variant_stats import Spread, VariantStats, variant_label, variant_stats
+from auto_quantize_model.reports.variant_stats import Spread, VariantStats, format_spread, variant_label, variant_stats
 from auto_quantize_model.runs import summary_schema as S
 from auto_quantize_model.utils.io import write_text_atomic
 
@@ -127,13 +127,6 @@ def _fmt(value: float | None, digits: int) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def _fmt_spread(value: Spread | None, digits: int = 4) -> str:
-    if value is None:
-        return "—"
-    std = f" ± {value.std:.{digits}f}" if value.std is not None else ""
-    return f"{value.mean:.{digits}f}{std}"
-
-
 def _matrix_table(runs: Sequence[RunSummary], stats: Sequence[VariantStats]) -> list[str]:
     """Variants down, run roots across: mAP50-95 mean ± std (n seeds), × ratio to that root's FP."""
     keys = list(dict.fromkeys((s.variant, s.weights_format) for s in stats))
@@ -151,7 +144,7 @@ def _matrix_table(runs: Sequence[RunSummary], stats: Sequence[VariantStats]) -> 
                 cells.append("—")
                 continue
             ratio = f", ×{stat.ratio_to_fp:.3f} FP" if stat.ratio_to_fp is not None else ""
-            cells.append(f"{_fmt_spread(stat.map50_95)} (n={stat.map50_95.n}{ratio})")
+            cells.append(f"{format_spread(stat.map50_95)} (n={stat.map50_95.n}{ratio})")
         lines.append(f"| {variant} ({weights}) | " + " | ".join(cells) + " |")
     return lines
 
@@ -167,7 +160,7 @@ def _detail_table(stats: Sequence[VariantStats], pareto: Sequence[bool]) -> list
     for stat, on_front in zip(stats, pareto):
         lines.append(
             f"| {stat.run_label} | {variant_label(stat)} | {','.join(map(str, stat.seeds)) or '—'} "
-            f"| {_fmt_spread(stat.map50_95)} | {_fmt_spread(stat.map50)} | {_fmt_spread(stat.val_map50_95_best)} "
+            f"| {format_spread(stat.map50_95)} | {format_spread(stat.map50)} | {format_spread(stat.val_map50_95_best)} "
             f"| {_fmt(stat.ratio_to_fp, 3)} | {_fmt(stat.onnx_mb, 2)} | {_fmt(stat.latency_ms_p50, 2)} "
             f"| {'yes' if on_front else ''} |"
         )

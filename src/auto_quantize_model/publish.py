@@ -37,10 +37,11 @@ from auto_quantize_model.reports.publish_files import (
     manifest_bytes,
     plan_publish,
 )
-from auto_quantize_model.reports.publish_index import INDEX_NAME, SUMMARY_MD_NAME, write_index
+from auto_quantize_model.reports.publish_index import INDEX_NAME, write_index
 from auto_quantize_model.reports.publish_links import render_summary
-from auto_quantize_model.runs.run_root import RunRoot
-from auto_quantize_model.utils.io import read_json
+from auto_quantize_model.reports.summary_json import read_summary_json
+from auto_quantize_model.runs import summary_schema as ss
+from auto_quantize_model.runs.run_root import SUMMARY_MD, RunRoot
 
 # Relative to the repository root. Reports sit with the model's other documents (ONNX contract, README);
 # models/cv-models/yolov10m/README.md says why this and not the plan's models/yolo10/reports/.
@@ -78,10 +79,10 @@ def read_run_status(run_root: RunRoot) -> RunStatus:
         summary_cli = "scripts/cv-models/write_yolov10m_scratch_train_summary.py"
         fix = f"run the summary stage ({summary_cli} --run-root {run_root.root})"
         return RunStatus(False, (f"{path.name} missing: {fix}",), None)
-    summary = read_json(path)
-    if not isinstance(summary, Mapping) or not isinstance(summary.get("complete"), bool):
-        return RunStatus(False, (f"{path}: no boolean 'complete' key; rerun the summary stage",), None)
-    return RunStatus(summary["complete"], tuple(str(item) for item in summary.get("missing") or ()), summary)
+    summary = read_summary_json(path)
+    if summary is None or not isinstance(summary.get(ss.COMPLETE), bool):
+        return RunStatus(False, (f"{path}: no boolean {ss.COMPLETE!r} key; rerun the summary stage",), None)
+    return RunStatus(summary[ss.COMPLETE], tuple(str(item) for item in summary.get(ss.MISSING) or ()), summary)
 
 
 def check_publishable(run_root: RunRoot, status: RunStatus, allow_partial: bool) -> None:
@@ -166,7 +167,7 @@ def publish_run_report(
     plan = plan_publish(run_root)
 
     report_files: dict[str, bytes | Path] = {rel: run_root.root / rel for rel in plan.copied}
-    report_files[SUMMARY_MD_NAME] = render_summary(plan, run_id, partial=not status.complete).encode("utf-8")
+    report_files[SUMMARY_MD] = render_summary(plan, run_id, partial=not status.complete).encode("utf-8")
     sizes = {rel: len(src) if isinstance(src, bytes) else src.stat().st_size for rel, src in report_files.items()}
     check_size_cap(sizes, max_bytes, run_root)
     report_dir = dest / run_id

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from auto_quantize_model.reports.plots import write_map_comparison_plot
-from auto_quantize_model.reports.summary_csv import summary_csv_text, summary_rows
+from auto_quantize_model.reports.summary_csv import summary_csv_text
+from auto_quantize_model.reports.summary_json import summary_record
 from auto_quantize_model.reports.summary_sections import (
     section_dataset,
     section_detail,
@@ -31,8 +32,7 @@ from auto_quantize_model.reports.summary_sections import (
     section_training,
     section_validator,
 )
-from auto_quantize_model.reports.summary_view import load_view, missing_items
-from auto_quantize_model.runs.provenance import utc_now
+from auto_quantize_model.reports.summary_view import load_view, missing_items, summary_rows
 from auto_quantize_model.runs.run_root import RunRoot
 from auto_quantize_model.runs.stage_runner import load_run_state
 from auto_quantize_model.utils.io import write_json_atomic, write_text_atomic
@@ -70,18 +70,6 @@ def write_summary(run_root: RunRoot) -> SummaryResult:
     missing = missing_items(view, state)
     text = "\n".join(section_header(view, missing) + headline + sections + section_missing(missing)).rstrip() + "\n"
     write_text_atomic(run_root.summary_csv, summary_csv_text(summary_rows(view)))
-    config = view.config or {}
-    write_json_atomic(
-        run_root.summary_json,
-        {
-            "complete": not missing,
-            "missing": missing,
-            "generated_at": utc_now(),
-            "profile": config.get("profile"),
-            "model": config.get("model"),
-            "variants": [v.name for v in view.variants],
-            "seeds": view.seeds,
-        },
-    )
+    write_json_atomic(run_root.summary_json, summary_record(view, missing))
     write_text_atomic(run_root.summary_md, text)  # last: its presence means the other two are current
     return SummaryResult(run_root.summary_md, missing, run_root.summary_csv, run_root.summary_json)

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from auto_quantize_model.quant.sensitivity import ALL_REFERENCE, FP_REFERENCE, HIGH_BITS, REFERENCE_KIND, SweepRow
-from auto_quantize_model.reports.summary_view import MAP_COLUMN, RunView, finite_number
 from auto_quantize_model.reports.variant_stats import VariantStats, variant_label
 from auto_quantize_model.utils.io import atomic_output
+
+if TYPE_CHECKING:  # the view pulls in pandas; compare, which plots too, reads only summary.csv
+    from auto_quantize_model.reports.summary_view import RunView
 
 
 def write_map_comparison_plot(view: RunView, out_png: Path) -> Path | None:
     """Val mAP50-95 per epoch of every training (one colour per variant, one line style per seed)."""
+    from auto_quantize_model.reports.summary_view import MAP_COLUMN, finite_number
+
     curves = []
     for training in view.trainings:
         points = [(r.get("epoch"), r.get(MAP_COLUMN)) for r in training.results or []]

@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from auto_quantize_model.runs import summary_schema as ss
 from auto_quantize_model.runs.metrics_keys import DETECTIONS_FILE
-from auto_quantize_model.runs.run_root import RunRoot, TrainRunPaths
+from auto_quantize_model.runs.run_root import LOSS_CURVES_PNG, RunRoot
 from auto_quantize_model.utils.io import sha256_file
 
 MANIFEST_NAME = "MANIFEST.json"
 MANIFEST_SCHEMA_VERSION = 1
 LIGHT_SUFFIXES = frozenset({".md", ".png", ".csv", ".yaml", ".json"})
-REPORT_PNG_NAMES = frozenset({TrainRunPaths(Path("/")).loss_curves_png.name})
+REPORT_PNG_NAMES = frozenset({LOSS_CURVES_PNG})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 # Run-root folders that are not walked at all: thousands of dataset files (symlinks to the source
 # images, label text files and caches) or generated demo data; their content is pinned elsewhere
@@ -158,7 +159,7 @@ def build_manifest(plan: PublishPlan, run_id: str, status: RunStatus, report_fil
         "source_run_root": str(run_root.root),
         "partial": not status.complete,
         "missing": list(status.missing),
-        "summary_generated_at": summary.get("generated_at"),
+        "summary_generated_at": summary.get(ss.GENERATED_AT),
         "published_files": published,
         "left_behind": [_left_behind_entry(run_root, item) for item in plan.left_behind],
         "skipped_dirs": [

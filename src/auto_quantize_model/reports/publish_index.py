@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import math
-import statistics
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,13 +11,15 @@ from typing import Any
 import yaml
 
 from auto_quantize_model.reports.publish_files import MANIFEST_NAME
-from auto_quantize_model.runs.run_root import FP16_STAGE, RunRoot
+from auto_quantize_model.reports.summary_csv import read_run_summary
+from auto_quantize_model.reports.summary_json import read_summary_json
+from auto_quantize_model.reports.variant_stats import VariantStats, format_spread, variant_label, variant_stats
+from auto_quantize_model.runs import summary_schema as ss
+from auto_quantize_model.runs.config import load_run_config
+from auto_quantize_model.runs.run_root import SUMMARY_JSON, SUMMARY_MD, RunRoot
 from auto_quantize_model.utils.io import read_json, write_text_atomic
 
 INDEX_NAME = "README.md"
-# A report folder mirrors the run root's layout, so RunRoot names its files too.
-SUMMARY_MD_NAME = RunRoot(Path("/")).summary_md.name
-FP_REFERENCE_FORMAT = "float32"
 
 
 @dataclass
@@ -39,108 +39,59 @@ class IndexRow:
     onnx_sizes: str | None = None
 
 
-def _read_yaml(path: Path) -> Mapping[str, Any]:
-    if not path.is_file():
-        return {}
+def _read_manifest(report_dir: Path) -> Mapping[str, Any]:
+    """The report's MANIFEST.json; ``{}`` when it is absent or broken (the index still lists the folder)."""
+    path = report_dir / MANIFEST_NAME
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, Mapping) else {}
-
-
-def _read_json_mapping(path: Path) -> Mapping[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = read_json(path)
+        data = read_json(path) if path.is_file() else {}
     except ValueError:
         return {}
     return data if isinstance(data, Mapping) else {}
 
 
-def _number(text: Any) -> float | None:
+def _read_config(report_dir: Path) -> Mapping[str, Any]:
+    """The report's copy of run_config.yaml, read by the run config's own reader; ``{}`` when absent or broken."""
     try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-@dataclass(frozen=True)
-class VariantStats:
-    """Mean (and spread) of one (variant, weights_format) over the seeds in summary.csv."""
-
-    label: str
-    variant: str
-    weights_format: str
-    maps: tuple[float, ...]
-    onnx_bytes: tuple[float, ...]
-
-    @property
-    def mean_map(self) -> float | None:
-        return statistics.fmean(self.maps) if self.maps else None
-
-    def map_text(self) -> str | None:
-        if not self.maps:
-            return None
-        spread = f" ± {statistics.stdev(self.maps):.4f}" if len(self.maps) > 1 else ""
-        return f"{self.mean_map:.4f}{spread}"
-
-
-def variant_stats(rows: Sequence[Mapping[str, str]]) -> list[VariantStats]:
-    """Group summary.csv rows by (variant, weights_format) in file order; label by variant alone when unique."""
-    groups: dict[tuple[str, str], list[Mapping[str, str]]] = {}
-    for row in rows:
-        groups.setdefault((row.get("variant") or "?", row.get("weights_format") or ""), []).append(row)
-    formats_per_variant: dict[str, int] = {}
-    for variant, _ in groups:
-        formats_per_variant[variant] = formats_per_variant.get(variant, 0) + 1
-    stats = []
-    for (variant, weights_format), members in groups.items():
-        label = variant if formats_per_variant[variant] == 1 or not weights_format else f"{variant} ({weights_format})"
-        maps = tuple(v for v in (_number(m.get("mAP50_95")) for m in members) if v is not None)
-        sizes = tuple(v for v in (_number(m.get("onnx_bytes")) for m in members) if v is not None)
-        stats.append(VariantStats(label, variant, weights_format, maps, sizes))
-    return stats
-
-
-def _read_summary_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+        return load_run_config(RunRoot(report_dir)) or {}
+    except (ValueError, yaml.YAMLError):
+        return {}
 
 
 def index_row(report_dir: Path) -> IndexRow:
     """What the index shows for one report, read only from the report folder's copied files."""
-    manifest = _read_json_mapping(report_dir / MANIFEST_NAME)
-    summary = _read_json_mapping(report_dir / RunRoot(report_dir).summary_json.name)
-    config = _read_yaml(report_dir / RunRoot(report_dir).run_config.name)
+    manifest = _read_manifest(report_dir)
+    summary = read_summary_json(report_dir / SUMMARY_JSON) or {}
+    config = _read_config(report_dir)
     row = IndexRow(report_dir.name, partial=bool(manifest.get("partial")))
-    row.date = summary.get("generated_at") or manifest.get("summary_generated_at")
-    row.profile = summary.get("profile") or config.get("profile")
-    row.model = summary.get("model") or config.get("model")
-    row.variants = list(summary.get("variants") or config.get("variants") or [])
-    seeds = summary.get("seeds") or config.get("seeds") or ([config["seed"]] if "seed" in config else [])
+    row.date = summary.get(ss.GENERATED_AT) or manifest.get("summary_generated_at")
+    row.profile = summary.get(ss.PROFILE) or config.get("profile")
+    row.model = summary.get(ss.MODEL) or config.get("model")
+    row.variants = list(summary.get(ss.VARIANTS) or config.get("variants") or [])
+    seeds = summary.get(ss.SEEDS) or config.get("seeds") or ([config["seed"]] if "seed" in config else [])
     row.seeds = list(seeds)
-    stats = variant_stats(_read_summary_csv(report_dir / RunRoot(report_dir).summary_csv.name))
-    _fill_metrics(row, stats)
+    _fill_metrics(row, variant_stats(read_run_summary(report_dir)))
     return row
 
 
 def _fill_metrics(row: IndexRow, stats: Sequence[VariantStats]) -> None:
-    fp_groups = [s for s in stats if s.variant == FP16_STAGE and s.maps]
+    labels = _labels(stats)
+    fp_groups = [s for s in stats if s.variant == ss.FP_VARIANT and s.map50_95]
     # The FP reference is the float32 export when the run evaluated several FP formats (float32, float16).
-    fp = next((s for s in fp_groups if s.weights_format == FP_REFERENCE_FORMAT), fp_groups[0] if fp_groups else None)
-    quantized = [s for s in stats if s.variant != FP16_STAGE and s.maps]
-    row.fp_map = fp.map_text() if fp else None
+    fp = next((s for s in fp_groups if s.weights_format == ss.FP_WEIGHTS_FORMAT), fp_groups[0] if fp_groups else None)
+    quantized = [s for s in stats if s.variant != ss.FP_VARIANT and s.map50_95]
+    row.fp_map = format_spread(fp.map50_95) if fp else None
     if quantized:
-        best = max(quantized, key=lambda s: s.mean_map or 0.0)
-        row.best_quantized = f"{best.label} {best.map_text()}"
-        row.best_ratio = best.mean_map / fp.mean_map if fp and fp.mean_map else None
-    sizes = [f"{s.label} {statistics.fmean(s.onnx_bytes) / 1e6:.2f} MB" for s in stats if s.onnx_bytes]
+        best = max(quantized, key=lambda s: s.map50_95.mean)
+        row.best_quantized = f"{labels[best]} {format_spread(best.map50_95)}"
+        row.best_ratio = best.map50_95.mean / fp.map50_95.mean if fp and fp.map50_95.mean else None
+    sizes = [f"{labels[s]} {s.onnx_mb:.2f} MB" for s in stats if s.onnx_mb is not None]
     row.onnx_sizes = "; ".join(sizes) or None
+
+
+def _labels(stats: Sequence[VariantStats]) -> dict[VariantStats, str]:
+    """The variant's name, with its weights format only where the variant has several."""
+    formats = Counter(s.variant for s in stats)
+    return {s: s.variant if formats[s.variant] == 1 or not s.weights_format else variant_label(s) for s in stats}
 
 
 def _cell(value: Any) -> str:
@@ -191,7 +142,7 @@ def render_index(rows: Sequence[IndexRow]) -> str:
     ordered = sorted(rows, key=lambda r: (r.date or "", r.run_id), reverse=True)
     lines = [INDEX_HEADER, "| " + " | ".join(INDEX_COLUMNS) + " |", "|" + "---|" * len(INDEX_COLUMNS)]
     for row in ordered:
-        link = f"[{row.run_id}]({row.run_id}/{SUMMARY_MD_NAME})" + (" (partial)" if row.partial else "")
+        link = f"[{row.run_id}]({row.run_id}/{SUMMARY_MD})" + (" (partial)" if row.partial else "")
         cells = [
             link,
             _date_text(row.date),

@@ -11,35 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from auto_quantize_model.reports.summary_view import RunView, finite_number, rel_path
-from auto_quantize_model.runs import metrics_keys as mk
 from auto_quantize_model.runs import summary_schema as ss
-
-
-def summary_rows(view: RunView) -> list[dict[str, Any]]:
-    """One ``summary.csv`` row per (variant, seed, weights_format), columns from :mod:`summary_schema`."""
-    sha = None
-    rows = []
-    for cell in view.cells:
-        training = view.training(cell.seed, cell.variant.name)
-        best = training.best if training else None
-        annotations = (cell.metrics or {}).get(mk.ANNOTATIONS) or {}
-        sha = annotations.get(mk.SHA256) or sha
-        rows.append(
-            {
-                ss.VARIANT: cell.variant.name,
-                ss.SEED: cell.seed,
-                ss.WEIGHTS_FORMAT: cell.weights_format,
-                ss.MAP50_95: cell.map50_95,
-                ss.MAP50: finite_number((cell.metrics or {}).get(mk.MAP50)),
-                ss.VAL_MAP50_95_BEST: (best or {}).get("map"),
-                ss.ONNX: rel_path(cell.onnx, view.run_root.root),
-                ss.ONNX_BYTES: cell.onnx_bytes,
-                ss.LATENCY_MS_P50: cell.latency_p50,
-                ss.VAL_ANN_SHA256: annotations.get(mk.SHA256),
-            }
-        )
-    return rows
 
 
 def summary_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from auto_quantize_model.evaluation.stats import read_eval_metrics
+from auto_quantize_model.onnx_io.verify import read_export_metadata
 from auto_quantize_model.runs import metrics_keys as mk
+from auto_quantize_model.runs import summary_schema as ss
 from auto_quantize_model.runs.config import load_run_config
 from auto_quantize_model.runs.plan import SUMMARY_STAGE, model_name
 from auto_quantize_model.runs.run_root import RunRoot, SeedRoot, TrainRunPaths, export_metadata_path
@@ -99,15 +100,12 @@ def finite_number(value: Any) -> float | None:
     )
 
 
-def load_file(path: Path, problems: list[str], root: Path) -> Any:
-    """YAML/JSON file contents, or ``None`` if absent; an unreadable file is noted, not fatal."""
-    if not path.is_file():
-        return None
+def load_file(path: Path, problems: list[str], root: Path, read: Callable[[], Any] | None = None) -> Any:
+    """``read()`` (the file kind's own reader; default: the JSON at ``path``, ``None`` if absent); an unreadable
+    file is noted in ``problems``, not fatal."""
     try:
-        if path.suffix == ".json":
-            return read_json(path)
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (ValueError, yaml.YAMLError, OSError) as error:
+        return read() if read else (read_json(path) if path.is_file() else None)
+    except (ValueError, OSError) as error:
         problems.append(f"unreadable {rel_path(path, root)}: {str(error).splitlines()[0]}")
         return None
 
@@ -179,7 +177,7 @@ def _expected(
 def _load_training(seed_root: SeedRoot, variant: Variant, problems: list[str], root: Path) -> Training:
     paths = seed_root.train_run(variant.name)
     training = Training(seed_root.seed, variant, paths)
-    training.metadata = load_file(paths.metadata_json, problems, root)
+    training.metadata = load_file(paths.metadata_json, problems, root, paths.read_metadata)
     if paths.results_csv.is_file():
         try:
             training.results = read_results_csv(paths.results_csv)
@@ -193,8 +191,9 @@ def _load_cell(
 ) -> Cell:
     onnx = seed_root.onnx_model(model or "model", variant.name, fmt)
     cell = Cell(seed_root.seed, variant, fmt, onnx)
-    cell.metrics = load_file(seed_root.eval_metrics(variant.name, fmt), problems, root)
-    cell.export = load_file(export_metadata_path(onnx), problems, root)
+    metrics = seed_root.eval_metrics(variant.name, fmt)
+    cell.metrics = load_file(metrics, problems, root, lambda: read_eval_metrics(metrics))
+    cell.export = load_file(export_metadata_path(onnx), problems, root, lambda: read_export_metadata(onnx))
     return cell
 
 
@@ -220,3 +219,29 @@ def missing_items(view: RunView, state: Mapping[str, Any]) -> list[str]:
         if cell.metrics is None:
             missing.append(f"seed {cell.seed} {cell.variant.name} {cell.weights_format}: not evaluated")
     return missing
+
+
+def summary_rows(view: RunView) -> list[dict[str, Any]]:
+    """One ``summary.csv`` row per (variant, seed, weights_format), columns from :mod:`summary_schema`."""
+    sha = None
+    rows = []
+    for cell in view.cells:
+        training = view.training(cell.seed, cell.variant.name)
+        best = training.best if training else None
+        annotations = (cell.metrics or {}).get(mk.ANNOTATIONS) or {}
+        sha = annotations.get(mk.SHA256) or sha
+        rows.append(
+            {
+                ss.VARIANT: cell.variant.name,
+                ss.SEED: cell.seed,
+                ss.WEIGHTS_FORMAT: cell.weights_format,
+                ss.MAP50_95: cell.map50_95,
+                ss.MAP50: finite_number((cell.metrics or {}).get(mk.MAP50)),
+                ss.VAL_MAP50_95_BEST: (best or {}).get("map"),
+                ss.ONNX: rel_path(cell.onnx, view.run_root.root),
+                ss.ONNX_BYTES: cell.onnx_bytes,
+                ss.LATENCY_MS_P50: cell.latency_p50,
+                ss.VAL_ANN_SHA256: annotations.get(mk.SHA256),
+            }
+        )
+    return rows

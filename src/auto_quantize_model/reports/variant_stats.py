@@ -86,3 +86,11 @@ def _one_variant(run: RunSummary, key: tuple[str, str], rows: list[SummaryRow], 
 
 def variant_label(stat: VariantStats) -> str:
     return f"{stat.variant} ({stat.weights_format})"
+
+
+def format_spread(value: Spread | None, digits: int = 4) -> str:
+    """``mean ± std`` (``mean`` alone for one seed, "—" for none)."""
+    if value is None:
+        return "—"
+    std = f" ± {value.std:.{digits}f}" if value.std is not None else ""
+    return f"{value.mean:.{digits}f}{std}"
