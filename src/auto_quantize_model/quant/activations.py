@@ -482,6 +482,16 @@ def has_activation_quantizers(model: nn.Module) -> bool:
     return any(True for _ in activation_quantizers(model))
 
 
+def activation_thresholds(model: nn.Module) -> list[nn.Parameter]:
+    """The learned threshold Parameters (QAT trains them; like LSQ weight scales, they take no weight decay)."""
+    return [q.scaling_impl.value for _, q in activation_quantizers(model) if q.kind != IMAGE]
+
+
+def uninitialized_quantizers(model: nn.Module) -> list[str]:
+    """Names of the quantizers still without a scale (never calibrated, copied or trained)."""
+    return [name for name, q in activation_quantizers(model) if not q.is_initialized]
+
+
 @torch.no_grad()
 def copy_activation_scales(target: nn.Module, source: nn.Module) -> int:
     """Copy the initialized scales of ``source``'s quantizers into ``target``'s (same scheme, same names)."""

@@ -222,13 +222,18 @@ def section_onnx(view: RunView) -> list[str]:
     fp16 = view.cell(seed, FP_VARIANT, "float16")
     base32, base16 = (fp32.onnx_bytes if fp32 else None), (fp16.onnx_bytes if fp16 else None)
     rows = []
-    for cell in (c for c in view.cells if c.seed == seed):
+    cells = sorted(
+        (c for c in [*view.cells, *view.runtime_cells] if c.seed == seed),
+        key=lambda c: (view.variants.index(c.variant), c.variant.weight_formats.index(c.weights_format)),
+    )
+    for cell in cells:
         size = cell.onnx_bytes
         session = (cell.metrics or {}).get(mk.SESSION) or {}
         rows.append(
             [
                 cell.variant.name,
                 cell.weights_format,
+                cell.runtime,
                 f"`{rel_path(cell.onnx, view.run_root.root)}`",
                 _fmt(size / 1e6, 2) if size else "—",
                 _fmt(_ratio(size, base32), 3),
@@ -241,6 +246,7 @@ def section_onnx(view: RunView) -> list[str]:
     header = [
         "variant",
         "weights",
+        "runtime",
         "ONNX file",
         "MB",
         "x float32",
@@ -254,7 +260,8 @@ def section_onnx(view: RunView) -> list[str]:
         f"{ORT_NOTE} Latency: the evaluator's per-image `session.run` median on the providers it records; "
         '"folded DQ" true means constant DequantizeLinear was folded at session load '
         "(`session.disable_quant_qdq=1`), what a deployment would do. INT4 and QCDQ hold the same codes, so "
-        "their mAP must be equal.",
+        "their mAP must be equal. Runtime `openvino`: the same file scored by OpenVINO's CPU plugin, which runs a "
+        "QDQ file's convolutions in int8 (the export metadata's `openvino.int8_mac_share` says how much).",
         "",
     ]
     return lines

@@ -21,7 +21,7 @@ from auto_quantize_model.runs import summary_schema as ss
 from auto_quantize_model.runs.config import load_run_config
 from auto_quantize_model.runs.plan import SUMMARY_STAGE, model_name
 from auto_quantize_model.runs.run_root import RunRoot, SeedRoot, TrainRunPaths, export_metadata_path
-from auto_quantize_model.runs.variants import Variant, VariantError, parse_variants
+from auto_quantize_model.runs.variants import Variant, VariantError, eval_runtimes, parse_variants
 from auto_quantize_model.ultralytics_ext import loss_curves
 from auto_quantize_model.utils.io import read_json
 
@@ -39,6 +39,7 @@ class Cell:
     onnx: Path
     metrics: dict[str, Any] | None = None
     export: dict[str, Any] | None = None
+    runtime: str = "onnxruntime"
 
     @property
     def map50_95(self) -> float | None:
@@ -78,7 +79,8 @@ class RunView:
     variants: list[Variant]
     seeds: list[int]
     model: str | None
-    cells: list[Cell] = field(default_factory=list)
+    cells: list[Cell] = field(default_factory=list)  # ONNX Runtime's evaluations: every comparison uses these
+    runtime_cells: list[Cell] = field(default_factory=list)  # the same files scored by another runtime (OpenVINO)
     trainings: list[Training] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -153,9 +155,14 @@ def load_view(run_root: RunRoot) -> RunView:
     for seed in seeds:
         seed_root = run_root.seed(seed)
         for variant in variants:
-            view.trainings.append(_load_training(seed_root, variant, problems, run_root.root))
+            if not variant.needs_fp_onnx:  # the ortq/nncf baselines have no checkpoint of their own
+                view.trainings.append(_load_training(seed_root, variant, problems, run_root.root))
             for weights_format in variant.weight_formats:
                 view.cells.append(_load_cell(seed_root, variant, weights_format, model, problems, run_root.root))
+                configured = (config or {}).get("eval_runtimes") or ()
+                for runtime in eval_runtimes(variant, weights_format, configured, variants)[1:]:
+                    cell = _load_cell(seed_root, variant, weights_format, model, problems, run_root.root, runtime)
+                    view.runtime_cells.append(cell)
     return view
 
 
@@ -187,11 +194,17 @@ def _load_training(seed_root: SeedRoot, variant: Variant, problems: list[str], r
 
 
 def _load_cell(
-    seed_root: SeedRoot, variant: Variant, fmt: str, model: str | None, problems: list[str], root: Path
+    seed_root: SeedRoot,
+    variant: Variant,
+    fmt: str,
+    model: str | None,
+    problems: list[str],
+    root: Path,
+    runtime: str = "onnxruntime",
 ) -> Cell:
     onnx = seed_root.onnx_model(model or "model", variant.name, fmt)
-    cell = Cell(seed_root.seed, variant, fmt, onnx)
-    metrics = seed_root.eval_metrics(variant.name, fmt)
+    cell = Cell(seed_root.seed, variant, fmt, onnx, runtime=runtime)
+    metrics = seed_root.eval_metrics(variant.name, fmt, runtime)
     cell.metrics = load_file(metrics, problems, root, lambda: read_eval_metrics(metrics))
     cell.export = load_file(export_metadata_path(onnx), problems, root, lambda: read_export_metadata(onnx))
     return cell
@@ -218,6 +231,10 @@ def missing_items(view: RunView, state: Mapping[str, Any]) -> list[str]:
             )
         if cell.metrics is None:
             missing.append(f"seed {cell.seed} {cell.variant.name} {cell.weights_format}: not evaluated")
+    for cell in view.runtime_cells:
+        if cell.metrics is None:
+            what = f"seed {cell.seed} {cell.variant.name} {cell.weights_format}"
+            missing.append(f"{what}: not evaluated by {cell.runtime}")
     return missing
 
 

@@ -36,6 +36,7 @@ from auto_quantize_model.utils.io import write_text_atomic
 from auto_quantize_model.utils.ultralytics_env import project_root
 
 PROFILES_DIR = project_root() / "conf" / "cv-models" / "yolov10m" / "profiles"
+EVAL_RUNTIMES = ("onnxruntime", "openvino")  # evaluation.runtime.RUNTIMES, named here without importing it
 MIN_OPSET = 13  # the oldest opset with per-axis DequantizeLinear (QCDQ weights)
 DEVICE_PATTERN = r"cpu|mps|\d+(,\d+)*"
 
@@ -212,6 +213,17 @@ def _variant_list(key: str, value: Any) -> list[str]:
     return items
 
 
+def _runtime_list(key: str, value: Any) -> list[str]:
+    items = _str_list(key, value)
+    unknown = [item for item in items if item not in EVAL_RUNTIMES]
+    if unknown or "onnxruntime" not in items or len(set(items)) != len(items):
+        raise ConfigError(
+            f"{key}: expected onnxruntime and optionally openvino (each once), e.g. [onnxruntime, openvino]; "
+            f"got {value!r}"
+        )
+    return items
+
+
 def _key_value_list(key: str, value: Any) -> list[str]:
     # Ultralytics arguments for every training, passed on as `--train-arg KEY=VALUE`; the trainer checks the keys.
     if not isinstance(value, list) or not all(isinstance(i, str) and re.fullmatch(r"\w+=\S.*", i) for i in value):
@@ -248,6 +260,8 @@ PROFILE_SCHEMA: dict[str, Callable[[str, Any], Any]] = {
     "ft_epochs": _int(1),
     "ft_hyp": _str(suffix=".yaml"),
     "ptq_bn_recalib_batches": _int(0),
+    "ptq_calib_images": _int(0),
+    "ptq_bias_correction": _bool,
     "train_overrides": _key_value_list,
     "data_source": _choice("coco", "synthetic"),
     "source_root": _str(optional=True),
@@ -264,6 +278,7 @@ PROFILE_SCHEMA: dict[str, Callable[[str, Any], Any]] = {
     "eval_providers": _str_list,
     "eval_max_images": _int(1, optional=True),
     "eval_fold_weights": _bool,
+    "eval_runtimes": _runtime_list,
 }
 # Keys the resolver adds; they are saved and compared but never come from a profile file.
 DERIVED_KEYS = ("profile", "recipe_sha256")
@@ -306,7 +321,7 @@ def validate_run_config(config: Mapping[str, Any], origin: str) -> dict[str, Any
             resolved[key] = check(key, config[key])
         except ConfigError as error:
             raise ConfigError(f"{origin}: {error}") from None
-    for check in (_check_data_settings, _check_eval_settings, _check_files):
+    for check in (_check_data_settings, _check_eval_settings, _check_activation_settings, _check_files):
         problem = check(resolved)
         if problem:
             raise ConfigError(f"{origin}: {problem}")
@@ -335,6 +350,24 @@ def _check_eval_settings(config: Mapping[str, Any]) -> str | None:
     # A fixed-batch ONNX graph cannot take batched inputs.
     if config["eval_batch"] > 1 and not config["export_dynamic_batch"]:
         return "eval_batch > 1 needs export_dynamic_batch: true"
+    return None
+
+
+def _check_activation_settings(config: Mapping[str, Any]) -> str | None:
+    """Activation calibration needs train images; OpenVINO scores only files whose weights and activations are int8."""
+    variants = parse_variants(list(config["variants"]))
+    calibrating = [v.name for v in variants if v.quantizes_activations and v.kind in ("ptq", "ortq", "nncf")]
+    if calibrating and config["ptq_calib_images"] < 1:
+        return (
+            f"ptq_calib_images: variants {calibrating} calibrate activation ranges on train images; "
+            "set ptq_calib_images to the number of train images (>= 1)"
+        )
+    not_int8 = [v.name for v in variants if v.quantizes_activations and not v.integer_weights_and_activations]
+    if "openvino" in config["eval_runtimes"] and not_int8:
+        return (
+            f"eval_runtimes: openvino scores W8A8 files as the int8 models it runs; {not_int8} hold sub-8-bit weights "
+            "(no integer kernel runs them as such): drop openvino from eval_runtimes or those variants"
+        )
     return None
 
 

@@ -7,6 +7,8 @@ and the stages it depends on (their ``needs`` form a DAG):
     for each seed k, for each variant V (fp16 first):
         s<k>-train-V  (or s<k>-quantize-V for ptq-*)    -> R/seed-k/V/weights/best.pt
         s<k>-export-V-F, s<k>-eval-V-F  for each weight format F of V
+        (ortq-w8a8 / nncf-w8a8: s<k>-quantize-V from the fp16 float32 ONNX -> R/seed-k/onnx/<model>-V-qdq.onnx)
+        s<k>-eval-V-F-openvino  when eval_runtimes has openvino: fp16's float32 file and every int8 QDQ file
     summary [publish]
 
 The runner (:mod:`auto_quantize_model.pipeline`) executes the plan; the summary reads it to know
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from auto_quantize_model.runs.run_root import RunRoot, SeedRoot
-from auto_quantize_model.runs.variants import Variant, parse_variants
+from auto_quantize_model.runs.variants import FP_VARIANT, Variant, eval_runtimes, parse_variants
 from auto_quantize_model.utils.ultralytics_env import project_root
 
 SCRIPTS_DIR = project_root() / "scripts" / "cv-models"
@@ -66,8 +68,8 @@ def export_stage_name(seed: int, variant: Variant, weights_format: str) -> str:
     return f"s{seed}-export-{variant.name}-{weights_format}"
 
 
-def eval_stage_name(seed: int, variant: Variant, weights_format: str) -> str:
-    return f"s{seed}-eval-{variant.name}-{weights_format}"
+def eval_stage_name(seed: int, variant: Variant, weights_format: str, runtime: str = "onnxruntime") -> str:
+    return f"s{seed}-eval-{variant.name}-{weights_format}" + ("" if runtime == "onnxruntime" else f"-{runtime}")
 
 
 @dataclass(frozen=True)
@@ -155,12 +157,41 @@ def _setup_stages(ctx: _Context) -> list[StageSpec]:
 
 def _variant_stages(ctx: _Context, seed: int, variant: Variant) -> list[StageSpec]:
     seed_root = ctx.run_root.seed(seed)
+    if variant.needs_fp_onnx:  # the baseline tools make the ONNX file itself
+        export = _baseline_stage(ctx, seed_root, variant)
+        return [export, *_eval_stages(ctx, seed_root, variant, "qdq", export)]
     make = _quantize_stage(ctx, seed_root, variant) if variant.kind == "ptq" else _train_stage(ctx, seed_root, variant)
     stages = [make]
     for weights_format in variant.weight_formats:
         export = _export_stage(ctx, seed_root, variant, weights_format, make.name)
-        stages += [export, _eval_stage(ctx, seed_root, variant, weights_format, export)]
+        stages += [export, *_eval_stages(ctx, seed_root, variant, weights_format, export)]
     return stages
+
+
+def _eval_stages(
+    ctx: _Context, seed_root: SeedRoot, variant: Variant, weights_format: str, export: StageSpec
+) -> list[StageSpec]:
+    """One evaluation per runtime that scores the file (:func:`~auto_quantize_model.runs.variants.eval_runtimes`)."""
+    variants = parse_variants(list(ctx.config["variants"]))
+    runtimes = eval_runtimes(variant, weights_format, ctx.config["eval_runtimes"], variants)
+    return [_eval_stage(ctx, seed_root, variant, weights_format, export, runtime) for runtime in runtimes]
+
+
+def _baseline_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageSpec:
+    config, model = ctx.config, model_name(ctx.config)
+    out = seed_root.onnx_model(model, variant.name, "qdq")
+    fp_export = export_stage_name(seed_root.seed, Variant("fp"), "float32")
+    flags = {
+        "--tool": variant.kind,
+        "--fp-onnx": seed_root.onnx_model(model, FP_VARIANT, "float32"),
+        "--out": out,
+        "--data": ctx.run_root.dataset_yaml,
+        "--calib-images": config["ptq_calib_images"],
+        "--imgsz": config["imgsz"],
+    }
+    argv = _cli(ctx, "quantize_onnx_baseline.py", flags, "--overwrite")  # only runs while not done: a failed try
+    name = export_stage_name(seed_root.seed, variant, "qdq")
+    return StageSpec(name, argv, (out,), (PREPARE_STAGE, fp_export), out)
 
 
 def _fp_best(seed_root: SeedRoot) -> Path:
@@ -190,7 +221,10 @@ def _train_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageS
     needs = [PREPARE_STAGE]
     if variant.quantized:
         argv += ["--quant-scheme", variant.scheme_spec]
-    if fine_tune:
+    if fine_tune and variant.calibration_variant:  # starts from the calibrated activation ranges of ptq-<scheme>
+        argv += ["--init-from", str(seed_root.train_run(variant.calibration_variant).best)]
+        needs.append(f"s{seed_root.seed}-quantize-{variant.calibration_variant}")
+    elif fine_tune:
         argv += ["--init-from", str(_fp_best(seed_root))]
         needs.append(train_stage_name(seed_root.seed, Variant("fp")))
     return StageSpec(train_stage_name(seed_root.seed, variant), tuple(argv), (paths.best,), tuple(needs), paths.dir)
@@ -204,11 +238,13 @@ def _quantize_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> Sta
         "--out": paths.best,
         "--data": ctx.run_root.dataset_yaml,
         "--bn-recalib-batches": config["ptq_bn_recalib_batches"],
+        "--calib-images": config["ptq_calib_images"] if variant.quantizes_activations else None,
         "--imgsz": config["imgsz"],
         "--batch": config["batch"],
         "--device": config["device"],
     }
-    argv = _cli(ctx, "ptq.py", flags)
+    extra = ["--bias-correction"] if variant.quantizes_activations and config["ptq_bias_correction"] else []
+    argv = _cli(ctx, "ptq.py", flags, *extra)
     needs = (PREPARE_STAGE, train_stage_name(seed_root.seed, Variant("fp")))
     return StageSpec(train_stage_name(seed_root.seed, variant), argv, (paths.best,), needs, paths.dir)
 
@@ -228,17 +264,22 @@ def _export_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant, weights_
         extra.append("--dynamic-batch")
     if weights_format == "float16":
         extra.append("--half")
-    if weights_format == "int4":
-        extra += ["--weights-format", "int4"]
+    if weights_format in ("int4", "qdq"):
+        extra += ["--weights-format", weights_format]
     argv = _cli(ctx, "export_onnx.py", flags, *extra)
     return StageSpec(export_stage_name(seed_root.seed, variant, weights_format), argv, (out,), (needs,), out)
 
 
 def _eval_stage(
-    ctx: _Context, seed_root: SeedRoot, variant: Variant, weights_format: str, export: StageSpec
+    ctx: _Context,
+    seed_root: SeedRoot,
+    variant: Variant,
+    weights_format: str,
+    export: StageSpec,
+    runtime: str = "onnxruntime",
 ) -> StageSpec:
     config, root = ctx.config, ctx.run_root
-    out_dir = seed_root.eval_dir(variant.name, weights_format)
+    out_dir = seed_root.eval_dir(variant.name, weights_format, runtime)
     flags = {
         "--onnx": export.outputs[0],
         "--ann-file": root.val_annotations,
@@ -248,8 +289,9 @@ def _eval_stage(
         "--batch": config["eval_batch"],
         "--max-images": config["eval_max_images"],
     }
-    extra = ["--fold-weights"] if config["eval_fold_weights"] else []
+    extra = ["--fold-weights"] if config["eval_fold_weights"] and runtime == "onnxruntime" else []
+    extra += ["--runtime", runtime] if runtime != "onnxruntime" else []
     argv = _cli(ctx, "eval_yolov10m_onnx_coco.py", flags, *extra, "--providers", *config["eval_providers"])
-    outputs = (seed_root.eval_metrics(variant.name, weights_format),)
-    name = eval_stage_name(seed_root.seed, variant, weights_format)
+    outputs = (seed_root.eval_metrics(variant.name, weights_format, runtime),)
+    name = eval_stage_name(seed_root.seed, variant, weights_format, runtime)
     return StageSpec(name, argv, outputs, (export.name, PREPARE_STAGE), out_dir)

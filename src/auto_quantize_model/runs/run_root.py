@@ -1,7 +1,8 @@
 """The run root: one object owns every artifact path and file name of an experiment.
 
 Layout (``R`` is the run root, ``k`` a training seed, ``V`` a variant name such as ``fp16``,
-``qat-w4a16``, ``qat-w4a16-ft`` or ``ptq-w4a16``, ``F`` a weight format: float32, float16, qcdq, int4)::
+``qat-w4a16``, ``qat-w4a16-ft``, ``ptq-w4a16`` or ``ortq-w8a8``, ``F`` a weight format: float32, float16, qcdq,
+int4, qdq)::
 
     R/run.json, R/run_config.yaml, R/logs/<stage>.log
     R/summary.md, R/summary.csv, R/summary.json, R/*.png       (the summary stage)
@@ -10,7 +11,8 @@ Layout (``R`` is the run root, ``k`` a training seed, ``V`` a variant name such 
         args.yaml results.csv weights/{best,last}.pt tensorboard/ loss_curves.{csv,png}
         train_metadata.json train_config.yaml [quant_scheme.json]
     R/seed-k/onnx/<model>-V-F.onnx (+ <model>-V-F.json export metadata)
-    R/seed-k/eval/V-F/{metrics.json, detections.json}
+    R/seed-k/eval/V-F/{metrics.json, detections.json}          (ONNX Runtime)
+    R/seed-k/eval/V-F-openvino/{metrics.json, detections.json} (the same file in OpenVINO)
 
 No other module builds these paths or spells these file names.
 """
@@ -23,6 +25,8 @@ from pathlib import Path
 
 from auto_quantize_model.runs.metrics_keys import DETECTIONS_FILE, METRICS_FILE
 from auto_quantize_model.runs.summary_schema import SUMMARY_CSV
+
+DEFAULT_RUNTIME = "onnxruntime"  # the evaluator's default runtime: its results keep the plain eval folder names
 
 FP16_STAGE = "fp16"
 DEFAULT_RUN_PARENT = Path("tmp") / "yolov10m_scratch_fp16_vs_w4a16_qat"
@@ -237,11 +241,13 @@ class SeedRoot:
         """``<model>-<variant>-<format>.onnx``, e.g. ``yolov10m-qat-w4a16-int4.onnx``."""
         return self.onnx_dir / f"{model_name}-{variant}-{weights_format}.onnx"
 
-    def eval_dir(self, variant: str, weights_format: str) -> Path:
-        return self.dir / "eval" / f"{variant}-{weights_format}"
+    def eval_dir(self, variant: str, weights_format: str, runtime: str = DEFAULT_RUNTIME) -> Path:
+        """``eval/<variant>-<format>`` (ONNX Runtime), ``eval/<variant>-<format>-<runtime>`` for another runtime."""
+        suffix = "" if runtime == DEFAULT_RUNTIME else f"-{runtime}"
+        return self.dir / "eval" / f"{variant}-{weights_format}{suffix}"
 
-    def eval_metrics(self, variant: str, weights_format: str) -> Path:
-        return self.eval_dir(variant, weights_format) / METRICS_FILE
+    def eval_metrics(self, variant: str, weights_format: str, runtime: str = DEFAULT_RUNTIME) -> Path:
+        return self.eval_dir(variant, weights_format, runtime) / METRICS_FILE
 
-    def eval_detections(self, variant: str, weights_format: str) -> Path:
-        return self.eval_dir(variant, weights_format) / DETECTIONS_FILE
+    def eval_detections(self, variant: str, weights_format: str, runtime: str = DEFAULT_RUNTIME) -> Path:
+        return self.eval_dir(variant, weights_format, runtime) / DETECTIONS_FILE

@@ -5,13 +5,18 @@ A variant name says how a model is obtained; the run config lists them (``varian
 * ``fp16`` - the float baseline, trained from scratch (FP16/AMP on CUDA, FP32 on CPU);
 * ``qat-<scheme>`` - quantization-aware training from scratch with a scheme;
 * ``qat-<scheme>-ft`` - QAT initialised from the same seed's ``fp16`` ``best.pt`` (fine-tuning);
-* ``ptq-<scheme>`` - weight-only post-training quantization of the same seed's ``fp16`` ``best.pt``.
+* ``ptq-<scheme>`` - post-training quantization of the same seed's ``fp16`` ``best.pt`` (a scheme that
+  quantizes activations, e.g. ``w8a8``, calibrates them on train images);
+* ``ortq-w8a8`` / ``nncf-w8a8`` - the int8 tools users pick (ONNX Runtime's ``quantize_static``, NNCF's PTQ)
+  applied to the same seed's ``fp16`` float32 ONNX, calibrated on the same train images.
 
-``<scheme>`` is a named scheme (``w4a16``, ``w4a16-fl8``, ...) or a path to a scheme JSON file;
+``<scheme>`` is a named scheme (``w4a16``, ``w4a16-fl8``, ``w8a8``, ...) or a path to a scheme JSON file;
 the folder and row name use the scheme's own ``name`` (``qat-<scheme.name>``). Each variant is
-exported in two weight formats and each file is evaluated: the baseline as float32 (the
-comparison) and float16 (the fair size baseline), quantized variants as QCDQ (the spec's
-artifact) and native INT4.
+exported in its weight formats and each file is evaluated: the baseline as float32 (the
+comparison) and float16 (the fair size baseline), weight-only quantized variants as QCDQ (the spec's
+artifact) and native INT4, variants with quantized activations as QDQ (what integer runtimes run).
+``qat-<scheme>-ft`` of a scheme with activations starts from the seed's ``ptq-<scheme>`` checkpoint (its
+calibrated activation ranges), so that variant must be listed too.
 """
 
 from __future__ import annotations
@@ -21,14 +26,17 @@ from dataclasses import dataclass
 from auto_quantize_model.quant.scheme import QuantScheme, resolve_scheme
 
 FP_VARIANT = "fp16"
-KINDS = ("fp", "qat", "qat-ft", "ptq")
+BASELINE_TOOLS = ("ortq", "nncf")  # the int8 tools users pick, applied to the FP ONNX (onnx_io.baselines)
+KINDS = ("fp", "qat", "qat-ft", "ptq", *BASELINE_TOOLS)
 FT_SUFFIX = "-ft"
+BASELINE_SCHEME = "w8a8"  # what the baseline tools make: int8 weights and activations
 FP_FORMATS = ("float32", "float16")
 QUANT_FORMATS = ("qcdq", "int4")
-WEIGHT_FORMATS = FP_FORMATS + QUANT_FORMATS
-# The format whose evaluation is the variant's headline number.
+ACTIVATION_FORMATS = ("qdq",)
+WEIGHT_FORMATS = FP_FORMATS + QUANT_FORMATS + ACTIVATION_FORMATS
+# The format whose evaluation is the variant's headline number (weight-only schemes; activation schemes: qdq).
 HEADLINE_FORMAT = {"fp": "float32", "qat": "qcdq", "qat-ft": "qcdq", "ptq": "qcdq"}
-GRAMMAR = "fp16 | qat-<scheme> | qat-<scheme>-ft | ptq-<scheme>"
+GRAMMAR = "fp16 | qat-<scheme> | qat-<scheme>-ft | ptq-<scheme> | ortq-w8a8 | nncf-w8a8"
 
 
 class VariantError(ValueError):
@@ -48,6 +56,8 @@ class Variant:
         """Folder, stage and row name: ``fp16``, ``qat-w4a16``, ``qat-w4a16-ft``, ``ptq-w4a16``."""
         if self.kind == "fp":
             return FP_VARIANT
+        if self.kind in BASELINE_TOOLS:
+            return f"{self.kind}-{BASELINE_SCHEME}"
         prefix = "ptq" if self.kind == "ptq" else "qat"
         return f"{prefix}-{self.scheme.name}" + (FT_SUFFIX if self.kind == "qat-ft" else "")
 
@@ -61,16 +71,53 @@ class Variant:
         return self.kind in ("qat-ft", "ptq")
 
     @property
+    def needs_fp_onnx(self) -> bool:
+        """The baseline tools quantize the same seed's ``fp16`` float32 ONNX."""
+        return self.kind in BASELINE_TOOLS
+
+    @property
     def trains(self) -> bool:
-        return self.kind != "ptq"
+        return self.kind in ("fp", "qat", "qat-ft")
+
+    @property
+    def quantizes_activations(self) -> bool:
+        return self.kind in BASELINE_TOOLS or (self.scheme is not None and self.scheme.quantizes_activations)
+
+    @property
+    def integer_weights_and_activations(self) -> bool:
+        """8-bit weights and activations everywhere quantized: what an int8 runtime executes as such."""
+        if self.kind in BASELINE_TOOLS:
+            return True
+        scheme = self.scheme
+        bits = [scheme.weight_bit_width, *(b for _, b in scheme.layer_overrides)] if scheme else []
+        return self.quantizes_activations and all(b in (8, None) for b in bits)
 
     @property
     def weight_formats(self) -> tuple[str, ...]:
+        if self.quantizes_activations:
+            return ACTIVATION_FORMATS
         return QUANT_FORMATS if self.quantized else FP_FORMATS
 
     @property
     def headline_format(self) -> str:
-        return HEADLINE_FORMAT[self.kind]
+        return ACTIVATION_FORMATS[0] if self.quantizes_activations else HEADLINE_FORMAT[self.kind]
+
+    @property
+    def calibration_variant(self) -> str | None:
+        """The ``ptq-<scheme>`` whose calibrated checkpoint a ``qat-<scheme>-ft`` with activations starts from."""
+        return f"ptq-{self.scheme.name}" if self.kind == "qat-ft" and self.quantizes_activations else None
+
+
+def eval_runtimes(
+    variant: Variant, weights_format: str, configured: list[str] | tuple[str, ...], variants: list[Variant]
+) -> tuple[str, ...]:
+    """The runtimes that score one file: ONNX Runtime always; OpenVINO, when ``configured`` (profile key
+    ``eval_runtimes``) has it, for every file whose weights and activations are all int8 and, when ``variants`` hold
+    such a file, for the FP32 file it is compared with."""
+    int8_run = any(v.integer_weights_and_activations for v in variants)
+    fp32 = variant.kind == "fp" and weights_format == "float32"
+    on_openvino = variant.integer_weights_and_activations or (fp32 and int8_run)
+    return ("onnxruntime", "openvino") if on_openvino and "openvino" in configured else ("onnxruntime",)
 
 
 def parse_variant(text: str) -> Variant:
@@ -79,6 +126,12 @@ def parse_variant(text: str) -> Variant:
     if text == FP_VARIANT:
         return Variant("fp")
     prefix, sep, rest = text.partition("-")
+    if prefix in BASELINE_TOOLS:
+        if rest != BASELINE_SCHEME:
+            raise VariantError(
+                f"variant {text!r}: the {prefix} baseline is {prefix}-{BASELINE_SCHEME} (grammar: {GRAMMAR})"
+            )
+        return Variant(prefix)
     if not sep or prefix not in ("qat", "ptq") or not rest:
         raise VariantError(f"variant {text!r} is not one of {GRAMMAR}")
     kind = prefix
@@ -107,11 +160,22 @@ def parse_variants(texts: list[str]) -> list[Variant]:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise VariantError(f"variants {texts}: {duplicates} listed more than once")
-    needing = [variant.name for variant in variants if variant.needs_fp_checkpoint]
+    needing = [variant.name for variant in variants if variant.needs_fp_checkpoint or variant.needs_fp_onnx]
     if needing and FP_VARIANT not in names:
         raise VariantError(
             f"variants {needing} start from the same seed's {FP_VARIANT} best.pt, but {FP_VARIANT} is not among "
             f"the variants {names}; add {FP_VARIANT}"
         )
-    # The baseline trains first: PTQ and fine-tuning need its checkpoint.
-    return sorted(variants, key=lambda variant: variant.kind != "fp")
+    for variant in variants:
+        if variant.calibration_variant and variant.calibration_variant not in names:
+            raise VariantError(
+                f"variant {variant.name} starts from the calibrated {variant.calibration_variant} checkpoint; "
+                f"add {variant.calibration_variant} to the variants"
+            )
+    # The baseline trains first (PTQ and fine-tuning need its checkpoint), then activation calibrations
+    # (fine-tuning with activations starts from them); otherwise the listed order.
+    return sorted(variants, key=lambda variant: 0 if variant.kind == "fp" else 1 if _calibrates(variant) else 2)
+
+
+def _calibrates(variant: Variant) -> bool:
+    return variant.kind == "ptq" and variant.quantizes_activations

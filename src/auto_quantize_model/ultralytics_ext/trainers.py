@@ -28,6 +28,13 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER
 from ultralytics.utils.torch_utils import unwrap_model
 
+from auto_quantize_model.quant.activations import (
+    activation_thresholds,
+    calibrate_activations,
+    copy_activation_scales,
+    has_activation_quantizers,
+    uninitialized_quantizers,
+)
 from auto_quantize_model.quant.scheme import QuantScheme
 from auto_quantize_model.quant.yolov10 import (
     copy_stored_scales,
@@ -102,6 +109,8 @@ class QATDetectionTrainer(ScratchDetectionTrainer):
         self.quantization_report = quantize_model(model, self.quant_scheme)
         if weights is not None and is_quantized(weights):  # resume / re-open: the checkpoint's own mse/lsq scales
             copy_stored_scales(model, weights)
+        if weights is not None and has_activation_quantizers(weights):  # resume, or fine-tuning from ptq-<scheme>
+            copy_activation_scales(model, weights)
         elif weights is None and self.quant_scheme.scaling == "mse":
             LOGGER.warning(
                 f"QAT scheme {self.quant_scheme.name}: mse scales are searched once, here on random weights, and stay "
@@ -114,7 +123,22 @@ class QATDetectionTrainer(ScratchDetectionTrainer):
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
         """Ultralytics' optimizer, with the learned (LSQ) scales moved to groups of their own without weight decay."""
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
-        return separate_learned_scales(optimizer, model)
+        return separate_activation_thresholds(separate_learned_scales(optimizer, model), model)
+
+    def _setup_train(self):
+        """Ultralytics' setup, then the activation ranges of a QAT from scratch calibrated on train batches.
+
+        Brevitas would collect them during the first training steps, but Ultralytics' EMA copy (what is validated
+        and saved) never runs a training step, so its quantizers would keep their placeholder scale: the ranges are
+        set here, on the model and its EMA, before the first step. Fine-tuning and resuming copied them already.
+        """
+        super()._setup_train()
+        model = unwrap_model(self.model)
+        if uninitialized_quantizers(model):
+            batches = _train_batches(self, ACTIVATION_INIT_BATCHES)
+            calibrate_activations(model, batches)
+            copy_activation_scales(self.ema.ema, model)
+            LOGGER.info(f"QAT: activation ranges set on {len(batches)} train batches before the first step")
 
     def _check_checkpoint_scheme(self, weights) -> None:
         """Refuse to resume a QAT checkpoint under a different scheme than it was trained with."""
@@ -144,6 +168,36 @@ def _scheme_in_environment(scheme: QuantScheme) -> Iterator[None]:
 # warmup_bias_lr and re-sets weight_decay on "weight"/"muon" groups when it rebuilds the data pipeline; a name
 # of their own keeps the scales out of both, so they warm up from lr 0 like the weights and keep weight_decay 0.
 LEARNED_SCALE_GROUP = "learned_scale"
+
+
+ACTIVATION_INIT_BATCHES = 8  # train batches that set the activation ranges of a QAT from scratch
+
+
+def _train_batches(trainer, count: int) -> list:
+    """The first ``count`` image batches of the trainer's own train loader, as float tensors on its device."""
+    batches = []
+    for batch in trainer.train_loader:
+        batches.append(batch["img"].to(trainer.device, non_blocking=True).float() / 255)
+        if len(batches) == count:
+            break
+    return batches
+
+
+def separate_activation_thresholds(optimizer, model):
+    """Move the learned activation thresholds into a copy of their group with ``weight_decay`` 0 (as LSQ scales)."""
+    thresholds = {id(p): p for p in activation_thresholds(model)}
+    moved: dict[int, list] = {}
+    for index, group in enumerate(list(optimizer.param_groups)):
+        moved[index] = [p for p in group["params"] if id(p) in thresholds]
+        group["params"] = [p for p in group["params"] if id(p) not in thresholds]
+    for index, params in moved.items():
+        if params:
+            settings = {key: value for key, value in optimizer.param_groups[index].items() if key != "params"}
+            settings.update(weight_decay=0.0, **({"use_muon": False} if "use_muon" in settings else {}))
+            optimizer.add_param_group({**settings, "params": params})
+    if thresholds:
+        LOGGER.info(f"optimizer: {len(thresholds)} activation thresholds with weight_decay=0.0")
+    return optimizer
 
 
 def separate_learned_scales(optimizer, model):
