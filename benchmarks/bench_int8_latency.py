@@ -42,7 +42,7 @@ from auto_quantize_model.export import export_onnx
 from auto_quantize_model.onnx_io.baselines import quantize_fp_onnx
 from auto_quantize_model.onnx_io.qdq import openvino_int8_report
 from auto_quantize_model.ptq import recalibrate_batchnorm
-from auto_quantize_model.quant.activations import calibrate_activations
+from auto_quantize_model.quant.calibration import calibrate_activations
 from auto_quantize_model.quant.yolov10 import quantize_model
 
 FILES = ("fp32", "ours-w8a8", "ortq-w8a8", "nncf-w8a8")

@@ -33,6 +33,20 @@ def ptq_w8a8(fp16_run, prepared_dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def ptq_w8a8_plain(fp16_run, prepared_dataset, tmp_path_factory):
+    """ptq-w8a8 as the runner makes it (no BN re-estimation): what qat-w8a8-ft starts from.
+
+    (BN re-estimation on this 2-epoch model blows the head's class-branch activations up to ~1e10, which no
+    training survives; a trained model's are O(1).)
+    """
+    out = tmp_path_factory.mktemp("ptq-plain") / "ptq-w8a8" / "best.pt"
+    request = PTQRequest(
+        fp16_run.paths.best, out, "w8a8", data=prepared_dataset.dataset_yaml, calib_images=CALIB_IMAGES, batch=4
+    )
+    return quantize_checkpoint(request)
+
+
+@pytest.fixture(scope="module")
 def w8a8_export(ptq_w8a8, prepared_dataset, tmp_path_factory):
     from auto_quantize_model.export import export_onnx
 
@@ -99,3 +113,56 @@ def test_openvino_and_onnxruntime_score_the_same_qdq_file(w8a8_export, prepared_
     assert ort["runtime"] == {**ort["runtime"], "name": "onnxruntime", "device": "CPUExecutionProvider"}
     assert ov["session"]["runtime"] == "openvino" and ov["num_images"] == ort["num_images"]
     assert abs(ov["mAP50_95"] - ort["mAP50_95"]) <= 0.02  # int8 kernels in OpenVINO vs float math in ONNX Runtime
+
+
+def _quantizers(checkpoint):
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from auto_quantize_model.quant.activations import activation_quantizers
+
+    return dict(activation_quantizers(load_checkpoint(str(checkpoint))[0]))
+
+
+@pytest.mark.slow
+def test_qat_w8a8_ft_starts_from_the_ptq_ranges_and_trains_them(ptq_w8a8_plain, prepared_dataset, tmp_path):
+    """Fine-tuning copies the calibrated thresholds (learned from there); the saved EMA holds real ranges."""
+    from conftest import tiny_train_request
+
+    from auto_quantize_model.train import train_stage
+
+    request = tiny_train_request(
+        tmp_path,
+        prepared_dataset.dataset_yaml,
+        quantized=True,
+        quant_scheme="w8a8",
+        init_from=ptq_w8a8_plain.checkpoint,
+    )
+    result = train_stage(request)
+    assert result.stage == "qat-w8a8-ft"
+    assert not result.paths.dir.joinpath("nonfinite_losses.jsonl").exists()
+    calibrated, tuned = _quantizers(ptq_w8a8_plain.checkpoint), _quantizers(result.paths.best)
+    assert set(calibrated) == set(tuned)
+    assert all(q.is_initialized for q in tuned.values())
+    moved = [name for name, q in tuned.items() if q.kind != "image" and q.threshold() != calibrated[name].threshold()]
+    assert moved, "the thresholds are learned: fine-tuning moves them"
+    ratios = [float(q.threshold() / calibrated[n].threshold()) for n, q in tuned.items() if q.kind != "image"]
+    assert 0.5 < min(ratios) and max(ratios) < 2.0  # started from the calibration, not from Brevitas' placeholder
+
+
+@pytest.mark.slow
+def test_qat_w8a8_from_scratch_sets_ranges_before_the_first_step(prepared_dataset, tmp_path):
+    """Without calibration the EMA (what is saved) would keep Brevitas' placeholder threshold 1.0 for ever."""
+    from conftest import tiny_train_request
+
+    from auto_quantize_model.train import train_stage
+
+    result = train_stage(
+        tiny_train_request(tmp_path, prepared_dataset.dataset_yaml, quantized=True, quant_scheme="w8a8")
+    )
+    quantizers = _quantizers(result.paths.best)
+    runtime = [q for q in quantizers.values() if q.kind != "image"]
+    thresholds = [float(q.threshold()) for q in runtime]
+    assert runtime and all(q.is_initialized for q in runtime)
+    assert all(0 < t < float("inf") for t in thresholds), [t for t in thresholds if not 0 < t < float("inf")]
+    assert sum(t == 1.0 for t in thresholds) <= 1, "still Brevitas' placeholder threshold 1.0"
+    assert len(set(thresholds)) > len(thresholds) // 2  # each tensor's own range

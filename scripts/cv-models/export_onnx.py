@@ -70,8 +70,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         choices=WEIGHTS_FORMATS,
         default=WEIGHTS_QCDQ,
         help="QAT checkpoints: qcdq (Brevitas int8 + Clip + DequantizeLinear, default) or int4 "
-        "(native packed INT4 weights, opset 21); checkpoints with quantized activations (w8a8): qdq (the identity "
-        "weight Clips removed, so OpenVINO runs the convs in int8)",
+        "(native packed INT4 weights, opset 21); checkpoints with quantized activations (w8a8): qdq (the weight "
+        "Clips folded into the codes, so OpenVINO runs the convs in int8)",
     )
     parser.add_argument("--validate", action="store_true", help="compare ONNX Runtime with PyTorch on real images")
     parser.add_argument(

@@ -279,14 +279,14 @@ def _check_weights_format(weights_format: str, kind: str, weights: Path) -> str:
 
 
 def _export_qdq(model: Any, staged: Path, settings: ExportSettings, ckpt: dict[str, Any]) -> Any:
-    """Brevitas QCDQ export beside ``staged``, then the checked removal of its identity weight Clips onto ``staged``."""
-    from auto_quantize_model.onnx_io.qdq import drop_identity_weight_clips_file
+    """Brevitas QCDQ export beside ``staged``, then its weight Clips folded into the codes (checked) onto ``staged``."""
+    from auto_quantize_model.onnx_io.qdq import integer_runtime_qdq_file
 
     qcdq = staged.with_name(f"{staged.stem}.qcdq.onnx")
     _export_qcdq(model, qcdq, settings, ckpt)
     check = np.random.default_rng(0).random((1, 3, *settings.imgsz), dtype=np.float32)
     try:
-        return drop_identity_weight_clips_file(qcdq, staged, check)
+        return integer_runtime_qdq_file(qcdq, staged, check)
     finally:
         qcdq.unlink(missing_ok=True)  # the contract check wants one file in the staging folder
 
@@ -297,7 +297,7 @@ def _add_integer_runtime_metadata(metadata: dict[str, Any], staged: Path, qdq: A
     from auto_quantize_model.utils.errors import first_line
 
     if qdq is not None:
-        metadata["onnx"]["exporter"] += ", then auto_quantize_model.onnx_io.qdq (identity weight Clips removed)"
+        metadata["onnx"]["exporter"] += ", then onnx_io.qdq (weight Clips folded, activations as uint8)"
         metadata["qdq_conversion"] = {**asdict(qdq), "source": "Brevitas QCDQ export of source.checkpoint (staged)"}
     try:
         report = openvino_int8_report(staged).to_dict()

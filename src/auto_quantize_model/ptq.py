@@ -9,7 +9,7 @@ written file and records ``val_mAP50_95``.
 
 A scheme that quantizes activations (``w8a8``, ``w4a8``) needs ``calib_images``: that many *train* images (never
 val), letterboxed as the evaluator feeds them and without augmentation, set the activation ranges through Brevitas'
-calibration (:func:`~auto_quantize_model.quant.activations.calibrate_activations`), optionally followed by Brevitas'
+calibration (:func:`~auto_quantize_model.quant.calibration.calibrate_activations`), optionally followed by Brevitas'
 bias correction.
 
 :func:`recalibrate_batchnorm` is the BN re-estimation itself (Nagel et al., ICML 2022: 4-bit weights shift the
@@ -250,7 +250,7 @@ def quantize_checkpoint(request: PTQRequest) -> PTQResult:
 
 def _calibrate_activations(model: Any, request: PTQRequest, imgsz: int) -> dict[str, Any]:
     """Activation ranges from ``calib_images`` train images (Brevitas calibration, optional bias correction)."""
-    from auto_quantize_model.quant.activations import calibrate_activations
+    from auto_quantize_model.quant.calibration import calibrate_activations
     from auto_quantize_model.ultralytics_ext.calibration import calibration_images
 
     start = time.perf_counter()

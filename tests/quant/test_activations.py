@@ -22,9 +22,9 @@ from auto_quantize_model.quant.activations import (
     QuantizeInput,
     QuantizeOutput,
     activation_quantizers,
-    calibrate_activations,
     copy_activation_scales,
 )
+from auto_quantize_model.quant.calibration import calibrate_activations
 from auto_quantize_model.quant.scheme import QuantScheme, named_scheme
 from auto_quantize_model.quant.yolov10 import quantize_model, quantized_layers
 

@@ -3,8 +3,9 @@
 OpenVINO reads a QDQ ONNX and runs its convolutions on integer kernels (the precision of each executed layer is in
 its runtime model, see :func:`auto_quantize_model.onnx_io.qdq.openvino_int8_report`); a float file runs in float
 (bf16 where the CPU has it, OpenVINO's default; ``f32`` forces float32). The ONNX Runtime options the evaluator
-takes map as: ``intra_op_threads`` -> ``INFERENCE_NUM_THREADS`` per inference, ``parallel_runs`` -> that many
-streams and infer requests (0 = auto, as for ONNX Runtime); ``fold_weights`` does not apply (OpenVINO folds
+takes map as: ``intra_op_threads`` -> ``INFERENCE_NUM_THREADS`` per inference (0 = every CPU), ``parallel_runs`` ->
+that many streams and infer requests (0 = auto = 1: two requests driven from Python threads once hung for good in
+a demo run, while OpenVINO's own threads already use every core); ``fold_weights`` does not apply (OpenVINO folds
 constant DequantizeLinear when it compiles) and only ``graph_optimization="all"`` exists.
 """
 
@@ -49,7 +50,7 @@ class OpenVINOSettings:
 
 def _resolve(settings: Any) -> tuple[int, int]:
     """(threads per inference, parallel runs) from the evaluator's ONNX Runtime-style settings (0 = auto)."""
-    from auto_quantize_model.evaluation.ort_session import MAX_AUTO_PARALLEL_RUNS, available_cpus
+    from auto_quantize_model.evaluation.ort_session import available_cpus
 
     threads = int(getattr(settings, "intra_op_threads", 0) or 0)
     parallel = int(getattr(settings, "parallel_runs", 0) or 0)
@@ -59,9 +60,8 @@ def _resolve(settings: Any) -> tuple[int, int]:
         )
     if threads < 0 or parallel < 0:
         raise EvaluationInputError(f"intra_op_threads={threads} and parallel_runs={parallel} must be >= 0 (0 = auto)")
-    cpus = available_cpus()
-    parallel = parallel or min(cpus, MAX_AUTO_PARALLEL_RUNS)
-    return threads or max(1, cpus // parallel), parallel
+    parallel = parallel or 1
+    return threads or max(1, available_cpus() // parallel), parallel
 
 
 def compile_model(onnx_path: Path, device: str, threads: int, streams: int, precision: str = "default") -> Any:

@@ -38,13 +38,23 @@ class Tolerance:
 
     box_rel: float
     score_abs: float
+    # Compare only detections scoring at least this much (``None``: every row). Quantized activations make any two
+    # float implementations disagree on low-score rows (see the QDQ entry of TOLERANCES); what is deployed is kept.
+    # An image with fewer than MIN_COMPARED such detections compares its MIN_COMPARED best instead (an untrained
+    # model scores nothing >= 0.25, and a check that compares nothing checks nothing).
+    min_score: float | None = None
+
+    def score_floor(self, scores: np.ndarray) -> float:
+        """The score from which one image's detections (or anchors) are compared."""
+        ranked = np.sort(scores.ravel())[::-1]
+        return float(min(self.min_score, ranked[min(MIN_COMPARED, len(ranked)) - 1])) if len(ranked) else 0.0
 
     def box_limit(self, reference_boxes: np.ndarray) -> float:
         scale = float(np.abs(reference_boxes).max()) if reference_boxes.size else 0.0
         return self.box_rel * max(1.0, scale)
 
     def scaled(self, factor: float) -> Tolerance:
-        return Tolerance(self.box_rel * factor, self.score_abs * factor)
+        return Tolerance(self.box_rel * factor, self.score_abs * factor, self.min_score)
 
 
 # Measured worst differences (ONNX Runtime 1.31 CPU vs PyTorch 2.14 CPU, tiny-trained yolov10n at 64, see the
@@ -57,12 +67,16 @@ TOLERANCES = {
     (KIND_FP, False): Tolerance(box_rel=1e-4, score_abs=1e-4),
     (KIND_QCDQ, False): Tolerance(box_rel=1e-4, score_abs=1e-4),
     (KIND_FP, True): Tolerance(box_rel=5e-3, score_abs=5e-3),  # --half: fp16 weights and compute vs fp32 PyTorch
-    # Quantized activations: ONNX Runtime and PyTorch sum a conv in different orders, so a value within one ulp of
-    # a rounding boundary can take the neighbouring code in one of them (one step, carried through the layers after
-    # it); BN folded into the exported weights moves values the same way. Measured on the tiny-trained yolov10n W8A8
-    # at 64 px (8 images): boxes 0, scores 4.7e-8; the limits leave room for such one-code flips on larger models.
-    (KIND_QDQ, False): Tolerance(box_rel=1e-2, score_abs=1e-2),
+    # Quantized activations: ONNX Runtime and PyTorch sum a conv in different orders, so values within an ulp of a
+    # rounding boundary take the neighbouring code in one of them, and BN folded into the exported weights does the
+    # same; the flips add up through ~80 quantized layers. Measured on the demo's ptq-w8a8 (yolov10n, 30 epochs,
+    # 160 px, 32 val images): the PyTorch model fused vs unfused differs by up to 12 px on raw boxes and 0.037 on
+    # scores, ONNX Runtime vs PyTorch by 14 px / 0.046 -- on low-score rows. Compared are the detections scoring
+    # >= 0.25 (the production threshold), at least each image's best 10: there they differ by at most 0.53 px and
+    # 0.056 end to end (raw anchors: 2.8 px, 0.058). A DequantizeLinear scale 1.5x off fails (tests/test_w8a8.py).
+    (KIND_QDQ, False): Tolerance(box_rel=1e-2, score_abs=1e-1, min_score=0.25),
 }
+MIN_COMPARED = 10  # detections compared per image at least, when a ``min_score`` tolerance leaves fewer
 # GPU kernels (cuDNN algorithms, TF32 where the provider enables it) round differently from the CPU reference.
 NON_CPU_TOLERANCE_FACTOR = 10.0
 
@@ -259,7 +273,8 @@ def compare_outputs(
         }
     if output_format == "raw":
         return _compare_raw(expected, actual, tolerance)
-    results = [_compare_end_to_end(e, a, tolerance) for e, a in zip(expected, actual)]
+    compare = _compare_end_to_end if tolerance.min_score is None else _compare_confident
+    results = [compare(e, a, tolerance) for e, a in zip(expected, actual)]
     merged = {
         key: max(r[key] for r in results) for key in results[0] if key not in ("passed", "box_limit", "score_limit")
     }
@@ -271,10 +286,44 @@ def compare_outputs(
     return merged
 
 
+def _compare_confident(expected: np.ndarray, actual: np.ndarray, tolerance: Tolerance) -> dict[str, Any]:
+    """One image's end-to-end rows: every detection scoring ``>= min_score`` in one output pairs with a detection of
+    the other scoring ``>= min_score - score_abs`` (a score drifting across the threshold within tolerance)."""
+    box_limit = tolerance.box_limit(expected[:, :4])
+    low = tolerance.score_floor(expected[:, 4])
+    slack = low - tolerance.score_abs
+    unpaired, box_diff, score_diff, paired = 0, 0.0, 0.0, 0
+    for sure, other in ((expected, actual), (actual, expected)):
+        confident, candidates = sure[sure[:, 4] >= low], other[other[:, 4] >= slack]
+        pairs = pair_detections(confident, candidates, box_limit, tolerance.score_abs)
+        unpaired += len(confident) - len(pairs)
+        paired = max(paired, len(pairs))
+        for i, j in pairs:
+            box_diff = max(box_diff, float(np.abs(confident[i, :4] - candidates[j, :4]).max()))
+            score_diff = max(score_diff, float(abs(confident[i, 4] - candidates[j, 4])))
+    return {
+        "passed": unpaired == 0 and bool(np.isfinite(actual).all()),
+        "max_abs_diff_boxes": box_diff,
+        "max_abs_diff_scores": score_diff,
+        "box_limit": box_limit,
+        "score_limit": tolerance.score_abs,
+        "min_score": low,
+        "paired_rows": paired,
+        "unpaired_rows": unpaired,
+        "unpaired_not_at_cutoff": unpaired,
+    }
+
+
 def _compare_raw(expected: np.ndarray, actual: np.ndarray, tolerance: Tolerance) -> dict[str, Any]:
-    """``[N, 4 + nc, anchors]``: the anchor order is fixed, so compare element by element."""
-    box_diff = float(np.abs(expected[:, :4] - actual[:, :4]).max())
-    score_diff = float(np.abs(expected[:, 4:] - actual[:, 4:]).max())
+    """``[N, 4 + nc, anchors]``: the anchor order is fixed, so compare element by element (with ``min_score``: the
+    anchors scoring at least that in either output)."""
+    keep = np.ones(expected[:, 4].shape, dtype=bool)
+    if tolerance.min_score is not None:
+        best_e, best_a = expected[:, 4:].max(1), actual[:, 4:].max(1)  # [N, anchors]
+        floors = np.array([[tolerance.score_floor(image)] for image in best_e])
+        keep = (best_e >= floors) | (best_a >= floors)
+    difference = np.abs(expected - actual) * keep[:, None, :]
+    box_diff, score_diff = float(difference[:, :4].max()), float(difference[:, 4:].max())
     box_limit = tolerance.box_limit(expected[:, :4])
     passed = box_diff <= box_limit and score_diff <= tolerance.score_abs and bool(np.isfinite(actual).all())
     return {

@@ -57,6 +57,9 @@ from auto_quantize_model.quant.scheme import QuantScheme
 SelectorResolver = Callable[[nn.Module, str], tuple[str, ...]]
 IMAGE = "image"  # the model input's quantizer kind: unsigned, fixed step (pixel / 255 by the I/O contract)
 RUNTIME = "runtime"  # a scale from runtime statistics (calibration or the first training steps), then learned
+# Smallest threshold (scale * max code) a learned scale may take: a real activation range is far above it, and an
+# fp16 checkpoint (Ultralytics saves the EMA in half) would flush a tinier one to 0, a division by zero.
+MIN_THRESHOLD = 1e-4
 
 # Operations the placement leaves float on purpose, with the reason (reported with every activation scheme).
 FLOAT_OPERATIONS = {
@@ -77,13 +80,14 @@ def activation_quantizer(bit_width: int, signed: bool, kind: str = RUNTIME) -> t
     """Brevitas injector: per-tensor scale, zero point 0; signed (symmetric) or unsigned codes.
 
     ``runtime``: Brevitas' ``ParameterFromRuntimeStatsScaling`` (99.999th percentile of |x|, averaged; then a
-    learned Parameter). ``image``: a constant threshold of 1.0, so the step is ``1 / (2**bits - 1)``.
+    learned threshold, clamped at :data:`MIN_THRESHOLD`). ``image``: a constant threshold of 1.0, so the step is
+    ``1 / (2**bits - 1)``.
     """
     if kind == IMAGE:
         const = {"scaling_impl_type": ScalingImplType.CONST, "scaling_init": 1.0}
         return Uint8ActPerTensorFloat.let(bit_width=bit_width, **const)
     base = Int8ActPerTensorFloat if signed else Uint8ActPerTensorFloat
-    return base.let(bit_width=bit_width)
+    return base.let(bit_width=bit_width, scaling_min_val=MIN_THRESHOLD)
 
 
 class ActQuantizer(QuantIdentity):
@@ -505,77 +509,3 @@ def copy_activation_scales(target: nn.Module, source: nn.Module) -> int:
             quantizer.set_threshold(other.threshold())
             count += 1
     return count
-
-
-# ----------------------------------------------------------------------------------------------
-# Calibration (PTQ): Brevitas' calibration_mode, one set of statistics per site, then one scale per quantizer
-# ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CalibrationReport:
-    """What :func:`calibrate_activations` did."""
-
-    quantizers: int
-    sites: int
-    batches: int
-    images: int
-    bias_correction: bool
-
-
-def _hooks_by_quantizer(model: nn.Module) -> dict[int, list[QuantizeOutput | QuantizeInput]]:
-    hooks: dict[int, list[QuantizeOutput | QuantizeInput]] = {}
-    for module in model.modules():
-        for hook in (*module._forward_hooks.values(), *module._forward_pre_hooks.values()):
-            if isinstance(hook, (QuantizeOutput, QuantizeInput)):
-                hooks.setdefault(id(hook.quantizer), []).append(hook)
-    return hooks
-
-
-@torch.no_grad()
-def calibrate_activations(model: nn.Module, images: Iterable[torch.Tensor], bias_correction: bool = False) -> Any:
-    """Set every activation scale from ``images`` (float batches on the model's device) with Brevitas' calibration.
-
-    Inside ``brevitas.graph.calibrate.calibration_mode`` the quantizers only observe (the 99.999th percentile of
-    |x| per batch, averaged over batches) while weights and activations run float. A quantizer shared by several
-    sites (a join) would average statistics of different tensors, clipping the widest; so each site observes
-    through its own temporary copy, and the shared quantizer takes the largest threshold of its sites. With
-    ``bias_correction``, Brevitas' ``bias_correction_mode`` then runs the same images through the quantized model
-    and moves each conv's bias by the mean difference between its float and its quantized-weight output.
-    Returns a :class:`CalibrationReport`; the model is left in eval mode.
-    """
-    from brevitas.graph.calibrate import bias_correction_mode, calibration_mode, quantization_status_manager
-
-    images = list(images)
-    if not images:
-        raise ValueError("activation calibration needs at least one batch of images")
-    model.eval()
-    hooks = _hooks_by_quantizer(model)
-    shared = {id(q): q for _, q in activation_quantizers(model) if q.kind != IMAGE and id(q) in hooks}
-    copies, originals = nn.ModuleList(), []
-    for key, quantizer in shared.items():
-        for hook in hooks[key]:
-            copy = ActQuantizer(**quantizer.settings()).to(_device_of(model)).eval()
-            originals.append((hook, quantizer, copy))
-            hook.quantizer = copy
-            copies.append(copy)
-    # calibration_mode is entered on the copies alone: on the whole model its exit would call every module's
-    # ``init_scale`` (Brevitas' duck typing), which WeightQuantConv2d defines with another meaning. The weights
-    # run float meanwhile, as calibration_mode would have them.
-    weights_float = quantization_status_manager(
-        model, disable_weight_quant=True, disable_bias_quant=True, is_training=False
-    )
-    try:
-        with weights_float, calibration_mode(copies):
-            for batch in images:
-                model(batch)
-    finally:
-        for hook, quantizer, _ in originals:
-            hook.quantizer = quantizer
-    for quantizer in shared.values():
-        quantizer.set_threshold(max(copy.threshold() for _, q, copy in originals if q is quantizer))
-    if bias_correction:
-        with bias_correction_mode(model):
-            for batch in images:
-                model(batch)
-    model.eval()
-    count = sum(int(batch.shape[0]) for batch in images)
-    return CalibrationReport(len(shared), len(originals), len(images), count, bias_correction)

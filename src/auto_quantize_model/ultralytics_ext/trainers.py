@@ -30,11 +30,11 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from auto_quantize_model.quant.activations import (
     activation_thresholds,
-    calibrate_activations,
     copy_activation_scales,
     has_activation_quantizers,
     uninitialized_quantizers,
 )
+from auto_quantize_model.quant.calibration import calibrate_activations
 from auto_quantize_model.quant.scheme import QuantScheme
 from auto_quantize_model.quant.yolov10 import (
     copy_stored_scales,
@@ -130,13 +130,14 @@ class QATDetectionTrainer(ScratchDetectionTrainer):
 
         Brevitas would collect them during the first training steps, but Ultralytics' EMA copy (what is validated
         and saved) never runs a training step, so its quantizers would keep their placeholder scale: the ranges are
-        set here, on the model and its EMA, before the first step. Fine-tuning and resuming copied them already.
+        set here, on the model and its EMA, before the first step, with BN normalizing by batch statistics as in
+        training (the running ones of a fresh model mean nothing). Fine-tuning and resuming copied them already.
         """
         super()._setup_train()
         model = unwrap_model(self.model)
         if uninitialized_quantizers(model):
             batches = _train_batches(self, ACTIVATION_INIT_BATCHES)
-            calibrate_activations(model, batches)
+            calibrate_activations(model, batches, bn_batch_statistics=True)
             copy_activation_scales(self.ema.ema, model)
             LOGGER.info(f"QAT: activation ranges set on {len(batches)} train batches before the first step")
 

@@ -1,0 +1,102 @@
+"""QDQ for integer runtimes: Brevitas' weight Clips folded into the codes, checked exact on ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from auto_quantize_model.onnx_io.int4 import onnxruntime_outputs
+from auto_quantize_model.onnx_io.qdq import QDQConversionError, integer_runtime_qdq, integer_runtime_qdq_file
+
+
+def _qcdq_model(codes: np.ndarray) -> onnx.ModelProto:
+    """x -> Q/DQ -> Conv, weights: int8 codes -> Clip(-127, 127) -> DequantizeLinear (Brevitas' chain)."""
+    inits = [
+        numpy_helper.from_array(codes.astype(np.int8), "codes"),
+        numpy_helper.from_array(np.array(-127, np.int8), "low"),
+        numpy_helper.from_array(np.array(127, np.int8), "high"),
+        numpy_helper.from_array(np.full(codes.shape[0], 0.01, np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(codes.shape[0], np.int8), "w_zero"),
+        numpy_helper.from_array(np.array(0.05, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "x_zero"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["images", "x_scale", "x_zero"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xdq"]),
+        helper.make_node("Clip", ["codes", "low", "high"], ["clipped"]),
+        helper.make_node("DequantizeLinear", ["clipped", "w_scale", "w_zero"], ["w"], axis=0),
+        helper.make_node("Conv", ["xdq", "w"], ["output0"], pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "qcdq",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 2, 5, 5])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 3, 5, 5])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_clips_fold_into_the_codes_exactly_including_codes_outside_the_range(tmp_path):
+    codes = np.random.default_rng(0).integers(-120, 120, (3, 2, 3, 3))
+    codes[0, 0, 0, 0], codes[1, 1, 1, 1] = -128, 127  # a code one step outside [-127, 127], as fp16 latents leave
+    src = tmp_path / "qcdq.onnx"
+    onnx.save(_qcdq_model(codes), src)
+    x = np.random.default_rng(1).random((1, 2, 5, 5), dtype=np.float32)
+    result = integer_runtime_qdq_file(src, tmp_path / "qdq.onnx", x)
+    folded = onnx.load(tmp_path / "qdq.onnx")
+    assert "Clip" not in {node.op_type for node in folded.graph.node}
+    stored = numpy_helper.to_array(next(i for i in folded.graph.initializer if i.name == "codes"))
+    assert stored.min() == -127 and stored[1, 1, 1, 1] == 127
+    assert (result.clips_removed, result.codes_clamped, result.activation_quantizers) == (1, 1, 1)
+    assert result.activations_to_uint8 == 2  # the Q and its DQ: int8 zero point 0 -> uint8 zero point 128
+    assert result.max_abs_output_diff == 0.0
+    np.testing.assert_array_equal(onnxruntime_outputs(src, x)[0], onnxruntime_outputs(tmp_path / "qdq.onnx", x)[0])
+
+
+def test_a_graph_without_weight_chains_is_refused():
+    model = _qcdq_model(np.zeros((3, 2, 3, 3)))
+    clip = next(node for node in model.graph.node if node.op_type == "Clip")
+    dequantize = next(node for node in model.graph.node if node.input[0] == "clipped")
+    dequantize.input[0] = "codes"
+    model.graph.node.remove(clip)
+    with pytest.raises(QDQConversionError, match="no 'int8 initializer -> Clip -> DequantizeLinear'"):
+        integer_runtime_qdq(model, "plain.onnx")
+
+
+def _detections(rows: list[tuple[float, float, float, float, float, int]], total: int = 300) -> np.ndarray:
+    """One image's end-to-end output: the given rows, then low-score filler rows (what top-k pads with)."""
+    out = np.zeros((1, total, 6), np.float32)
+    out[0, : len(rows)] = rows
+    filler = np.random.default_rng(0).random((total - len(rows), 6), dtype=np.float32) * [150, 150, 150, 150, 0.01, 3]
+    out[0, len(rows) :] = np.round(filler, 0)
+    out[0, len(rows) :, 4] = np.linspace(0.009, 0.001, total - len(rows))
+    return out
+
+
+CONFIDENT = [(10, 10, 60, 60, 0.9, 0), (80, 20, 150, 90, 0.6, 1), (5, 100, 40, 150, 0.3, 2)]
+
+
+@pytest.mark.parametrize(
+    ("change", "passes"),
+    [
+        (lambda d: d, True),
+        (lambda d: d + np.array([0.5, -0.5, 0.5, 0, 0.04, 0], np.float32) * (d[..., 4:5] > 0.25), True),  # flips
+        (lambda d: d + np.array([0, 0, 0, 0, 0.15, 0], np.float32) * (d[..., 4:5] > 0.25), False),  # score 0.15 off
+        (lambda d: d + np.array([4, 4, 4, 4, 0, 0], np.float32) * (d[..., 4:5] > 0.25), False),  # boxes 4 px off
+        (lambda d: np.concatenate([d[:, :2], d[:, 3:], d[:, :1] * 0], axis=1), False),  # a confident row lost
+        (lambda d: d[:, ::-1].copy(), True),  # order of rows: top-k ties reorder, not an error
+    ],
+)
+def test_the_qdq_tolerance_checks_confident_detections_only(change, passes):
+    """Quantized activations flip rounding differently in each runtime: low-score rows churn and are not compared;
+    the detections scoring >= 0.25 must match within 1% of the box scale and 0.1 in score."""
+    from auto_quantize_model.onnx_io.validation import TOLERANCES, compare_outputs
+
+    expected = _detections(CONFIDENT)
+    actual = change(expected.copy())
+    actual[..., :4] += 30.0 * (actual[..., 4:5] < 0.0087)  # rows below the best 10 churn freely
+    result = compare_outputs(expected, actual, "e2e", TOLERANCES[("qat-qdq", False)])
+    assert result["passed"] is passes, result
