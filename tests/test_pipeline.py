@@ -98,15 +98,19 @@ def demo_run(tmp_path: Path):
     return run_root, config, calls
 
 
-def test_rerun_skips_done_stages_and_a_failure_resumes_at_that_stage(demo_run, monkeypatch, capsys) -> None:
+def test_a_failure_blocks_only_its_dependents_and_a_rerun_resumes_there(demo_run, monkeypatch, capsys) -> None:
     run_root, config, calls = demo_run
     stages = stand_in(plan_stages(run_root, config), calls)
     monkeypatch.setenv("FAIL_STAGE", "s0-quantize-ptq-w4a16")
     with pytest.raises(
-        PipelineError, match=r"stage s0-quantize-ptq-w4a16 failed with exit code 3.*Log: .*s0-quantize-ptq-w4a16.log"
-    ):
+        PipelineError,
+        match=r"1 stage\(s\) failed:\n  s0-quantize-ptq-w4a16: exit code 3.*log: .*s0-quantize-ptq-w4a16.log",
+    ) as failure:
         run_pipeline(run_root, stages)
-    assert ran(calls)[-1] == "s0-quantize-ptq-w4a16"
+    assert "Not run because of them: s0-export-ptq-w4a16-qcdq" in str(failure.value)
+    after = ran(calls)[ran(calls).index("s0-quantize-ptq-w4a16") + 1 :]
+    assert "s0-train-qat-w4a16-ft" in after and "s0-eval-qat-w4a16-ft-int4" in after  # independent chains ran on
+    assert not any("ptq-w4a16" in name for name in after) and "summary" not in after  # its dependents did not
     monkeypatch.delenv("FAIL_STAGE")
     calls.unlink()
     outcome = run_pipeline(run_root, stages)

@@ -66,6 +66,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="Ultralytics argument added to every training (profile key train_overrides)",
     )
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="run the stages one after another here (local), or as a graph on Ray (profile key executor)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        help="Ray cluster to use with --executor ray (default: $RAY_ADDRESS, else start a local instance)",
+    )
     parser.add_argument("--stop-after", help="stop (exit 0) once this stage is done; a later call continues")
     parser.add_argument(
         "--redo",
@@ -108,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run root: {run_root.root} (profile {config['profile']}; run config {verb} {check.path})")
     print(f"stages: {' '.join(stage.name for stage in stages)}", flush=True)
     try:
-        outcome = run_pipeline(run_root, stages, redo=args.redo, stop_after=args.stop_after)
+        outcome = run_pipeline(run_root, stages, config=config, redo=args.redo, stop_after=args.stop_after)
     except StageBusy as error:
         print(f"error: {error}", file=sys.stderr)
         return 75  # EX_TEMPFAIL: try again once the other run ends

@@ -219,6 +219,25 @@ def _key_value_list(key: str, value: Any) -> list[str]:
     return list(value)
 
 
+def _positive_number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{key}: expected a number > 0, got {value!r}")
+    return value
+
+
+def _resource_map(key: str, value: Any) -> dict[str, float]:
+    """Ray custom resources, e.g. ``{trainer: 1}``; CPU and GPU have their own keys."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping of resource name to amount, e.g. {{trainer: 1}}; got {value!r}")
+    for name, amount in value.items():
+        if not isinstance(name, str) or name.upper() in ("CPU", "GPU"):
+            raise ConfigError(f"{key}: {name!r} is not a custom resource name (CPUs and GPUs have their own keys)")
+        _positive_number(f"{key}.{name}", amount)
+    return dict(value)
+
+
 def _opset(key: str, value: Any) -> int | None:
     value = _int(MIN_OPSET, optional=True)(key, value)
     if value is not None:
@@ -264,13 +283,33 @@ PROFILE_SCHEMA: dict[str, Callable[[str, Any], Any]] = {
     "eval_providers": _str_list,
     "eval_max_images": _int(1, optional=True),
     "eval_fold_weights": _bool,
+    "executor": _choice("local", "ray"),
+    "ray_address": _str(optional=True),
+    "stage_threads": _int(1, optional=True),
+    "ray_train_cpus": _positive_number,
+    "ray_train_resources": _resource_map,
 }
+# Keys that say where and how stages run, not what they compute: a rerun may change them (e.g. resume a local run
+# on a Ray cluster); they are saved with the rest.
+EXECUTION_KEYS = ("executor", "ray_address", "ray_train_cpus", "ray_train_resources")
 # Keys the resolver adds; they are saved and compared but never come from a profile file.
 DERIVED_KEYS = ("profile", "recipe_sha256")
 # Profile keys that name recipe files whose content is part of the experiment.
 RECIPE_KEYS = ("hyp", "ft_hyp")
 # The runner's named flags (the rest go through --set KEY=VALUE).
-CLI_OVERRIDE_KEYS = ("model", "epochs", "imgsz", "batch", "device", "workers", "seeds", "fraction", "variants")
+CLI_OVERRIDE_KEYS = (
+    "model",
+    "epochs",
+    "imgsz",
+    "batch",
+    "device",
+    "workers",
+    "seeds",
+    "fraction",
+    "variants",
+    "executor",
+    "ray_address",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,21 +463,22 @@ def _run_config_lock(run_root: RunRoot) -> Iterator[None]:
 def save_or_check_run_config(run_root: RunRoot, config: Mapping[str, Any]) -> RunConfigCheck:
     """Save ``config`` as the run config, or refuse (:class:`RunConfigMismatch`) if a different one exists.
 
-    A changed seed list is the one allowed difference when it only adds seeds: finished seeds are
-    kept and the new ones run (the saved list grows).
+    Allowed differences: a seed list that only adds seeds (finished seeds are kept, the new ones run; the saved
+    list grows), and the execution keys (:data:`EXECUTION_KEYS`: where stages run, not what they compute).
     """
     with _run_config_lock(run_root):
         saved = load_run_config(run_root)
-        if saved is not None:
-            differences = config_differences(saved, config)
-            if set(differences) == {"seeds"} and set(saved["seeds"]) <= set(config["seeds"]):
-                _write_run_config(run_root, config)
-                return RunConfigCheck(run_root.run_config, created=False)
-            if differences:
-                raise RunConfigMismatch(run_root.run_config, differences)
-            return RunConfigCheck(run_root.run_config, created=False)
-        _write_run_config(run_root, config)
-        return RunConfigCheck(run_root.run_config, created=True)
+        if saved is None:
+            _write_run_config(run_root, config)
+            return RunConfigCheck(run_root.run_config, created=True)
+        differences = config_differences(saved, config)
+        experiment = {key: value for key, value in differences.items() if key not in EXECUTION_KEYS}
+        adds_seeds = set(experiment) == {"seeds"} and set(saved["seeds"]) <= set(config["seeds"])
+        if experiment and not adds_seeds:
+            raise RunConfigMismatch(run_root.run_config, experiment)
+        if differences:
+            _write_run_config(run_root, config)
+        return RunConfigCheck(run_root.run_config, created=False)
 
 
 def _write_run_config(run_root: RunRoot, config: Mapping[str, Any]) -> None:

@@ -43,6 +43,15 @@ class StageSpec:
     outputs: tuple[Path, ...]
     needs: tuple[str, ...] = ()
     workdir: Path | None = None  # set aside (renamed) before the stage is redone
+    kind: str = ""  # "train" / "quantize" run on the profile's device; the executor sizes their resources
+
+
+DEVICE_STAGE_KINDS = ("train", "quantize")
+
+
+def uses_device(stage: StageSpec) -> bool:
+    """A training or PTQ stage: it runs on the profile's ``device`` (one GPU under Ray when that is CUDA)."""
+    return stage.kind in DEVICE_STAGE_KINDS
 
 
 def model_name(config: Mapping[str, Any]) -> str:
@@ -193,7 +202,8 @@ def _train_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageS
     if fine_tune:
         argv += ["--init-from", str(_fp_best(seed_root))]
         needs.append(train_stage_name(seed_root.seed, Variant("fp")))
-    return StageSpec(train_stage_name(seed_root.seed, variant), tuple(argv), (paths.best,), tuple(needs), paths.dir)
+    name = train_stage_name(seed_root.seed, variant)
+    return StageSpec(name, tuple(argv), (paths.best,), tuple(needs), paths.dir, kind="train")
 
 
 def _quantize_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageSpec:
@@ -210,7 +220,7 @@ def _quantize_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> Sta
     }
     argv = _cli(ctx, "ptq.py", flags)
     needs = (PREPARE_STAGE, train_stage_name(seed_root.seed, Variant("fp")))
-    return StageSpec(train_stage_name(seed_root.seed, variant), argv, (paths.best,), needs, paths.dir)
+    return StageSpec(train_stage_name(seed_root.seed, variant), argv, (paths.best,), needs, paths.dir, kind="quantize")
 
 
 def _export_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant, weights_format: str, needs: str) -> StageSpec:
