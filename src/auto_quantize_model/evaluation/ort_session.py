@@ -17,6 +17,7 @@ from auto_quantize_model.onnx_io.preprocess import (
     as_hw,
 )
 from auto_quantize_model.runs.env_check import require_single_onnxruntime
+from auto_quantize_model.runs.executors import STAGE_THREADS_ENV
 
 LOGGER = logging.getLogger(__name__)
 
@@ -73,7 +74,9 @@ def _usable_providers(requested: Sequence[str]) -> list[str]:
 
 
 def available_cpus() -> int:
-    """CPUs this process may run on (affinity-aware, unlike ``os.cpu_count``)."""
+    """CPUs this process may use: the runner's explicit stage thread count, else the affinity-aware CPU count."""
+    if os.environ.get(STAGE_THREADS_ENV):
+        return max(1, int(os.environ[STAGE_THREADS_ENV]))
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):

@@ -17,6 +17,7 @@ and propagates a failing exit code.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import re
@@ -37,6 +38,7 @@ from auto_quantize_model.utils.io import read_json, write_json_atomic
 
 RUN_JSON_SCHEMA_VERSION = 1
 STAGE_STATUSES = ("running", "done", "failed")
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -171,6 +173,16 @@ def _tee(source: BinaryIO, log: BinaryIO | None, out: BinaryIO | None) -> str | 
     return log_error
 
 
+def _die_with_parent() -> None:
+    """In the stage process (Linux): get SIGTERM when the process that started it dies.
+
+    A killed runner or Ray worker releases the stage's log lock; without this its stage process would go on
+    training, orphaned, beside the rerun that takes the lock next. Elsewhere this does nothing.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _exit_code(returncode: int) -> int:
     """Shell convention: killed by signal N -> 128 + N."""
     return 128 - returncode if returncode < 0 else returncode
@@ -186,7 +198,9 @@ def _execute(
     child_env = dict(os.environ if env is None else env)
     child_env.setdefault("PYTHONUNBUFFERED", "1")  # so the log follows the child in real time
     try:
-        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env)
+        proc = subprocess.Popen(
+            list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env, preexec_fn=_die_with_parent
+        )
     except OSError as error:
         _emit(f"cannot start {argv[0]!r}: {error}\n", log, out)
         return 127, None

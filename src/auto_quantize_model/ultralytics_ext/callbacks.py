@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from ultralytics.utils import LOGGER, RANK
 
+from auto_quantize_model.runs.executors import STAGE_THREADS_ENV
 from auto_quantize_model.runs.run_root import TrainRunPaths
 from auto_quantize_model.ultralytics_ext.loss_curves import write_loss_curves
 
@@ -31,6 +33,19 @@ def _is_main_process() -> bool:
 
 def _scalar(value) -> float:
     return float(value.item() if hasattr(value, "item") else value)
+
+
+def on_pretrain_routine_start(trainer) -> None:
+    """Give torch the stage's explicit thread count, when the runner set one (profile key ``stage_threads``).
+
+    Ultralytics' ``select_device`` sets torch's threads to ``min(8, cpus - 1)`` on CPU whatever the executor gave
+    the stage; this runs after it, so a stage's numbers do not depend on the executor or the machine's size.
+    """
+    threads = os.environ.get(STAGE_THREADS_ENV)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
 
 
 def on_pretrain_routine_end(trainer) -> None:
@@ -103,6 +118,7 @@ def on_train_end(trainer) -> None:
 
 
 RUN_CALLBACKS = {
+    "on_pretrain_routine_start": on_pretrain_routine_start,
     "on_pretrain_routine_end": on_pretrain_routine_end,
     "on_train_epoch_start": on_train_epoch_start,
     "on_train_batch_end": on_train_batch_end,
