@@ -124,8 +124,14 @@ def test_pixi_and_requirements_pin_the_same_stack(env):
         "numpy",
         "pyyaml",
         "cloudpickle",
+        "ray",
     ):
         assert _version(deps[name]) == str(pins[name].specifier), f"{env}: {name}"
+
+
+def test_the_ray_extra_pins_the_requirements_version():
+    extra = Requirement(_pyproject()["project"]["optional-dependencies"]["ray"][0])
+    assert extra.name == "ray" and str(extra.specifier) == str(_requirements()["ray"].specifier)
 
 
 def test_default_environment_takes_cpu_torch_wheels_and_rtx5090_the_pypi_cuda_build():

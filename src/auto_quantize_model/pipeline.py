@@ -111,7 +111,7 @@ def run_pipeline(
     progress = _Progress(run_root, len(stages), say)
     if config["executor"] == "ray":
         try:
-            result = run_on_ray(_up_to(stages, stop_after), task, progress.report, config, config["ray_address"])
+            result = run_on_ray(_up_to(stages, stop_after), task, progress.report, config, run_root.root)
         except ExecutorError as error:
             raise PipelineError(str(error)) from error
     else:
@@ -161,7 +161,7 @@ class _Progress:
 
     def report(self, report: StageReport) -> None:
         self.done += 1
-        if report.node:  # which Ray node ran it, beside the host and pid the stage wrapper recorded
+        if report.node and report.status in ("ran", "failed"):  # which Ray node ran it, beside host and pid
             update_stage_record(self.run_root, report.name, ray_node=report.node)
         took = f" in {report.duration_s:.1f} s" if report.duration_s is not None else ""
         where = f" on node {report.node[:8]}" if report.node else ""

@@ -151,3 +151,13 @@ def test_trainings_ask_for_a_gpu_on_cuda_and_the_rest_for_one_cpu(tmp_path) -> N
     }
     assert stage_resources(by_name["s0-eval-fp16-float32"], config) == {"num_cpus": 1, "num_gpus": 0, "resources": {}}
     assert thread_env(2)["OMP_NUM_THREADS"] == "2" and thread_env(None) == {}
+
+
+def test_the_lock_probe_tells_a_shared_lock_from_a_per_host_one_and_a_missing_root(tmp_path) -> None:
+    from auto_quantize_model.runs.executors import _try_lock, held_lock
+
+    probe = tmp_path / ".lock-probe"
+    with held_lock(probe):
+        assert _try_lock(str(probe)) == "held elsewhere"  # what every node of a safe cluster must answer
+    assert _try_lock(str(probe)).startswith("not held")  # what a node answers when locks do not cross hosts
+    assert "not on a filesystem this node shares" in _try_lock(str(tmp_path / "absent" / ".lock-probe"))

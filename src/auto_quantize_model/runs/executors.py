@@ -19,6 +19,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from auto_quantize_model.runs.plan import StageSpec, uses_device
@@ -202,16 +203,87 @@ def check_resources(ray: Any, stages: Sequence[StageSpec], config: Mapping[str, 
             )
 
 
+# --------------------------------------------------------------------------------------------
+# Locks on the run root, from every node
+# --------------------------------------------------------------------------------------------
+LOCK_PROBE = ".lock-probe"
+
+
+def _try_lock(probe: str) -> str:
+    """On a node: ``"held elsewhere"`` when another process holds ``probe``'s flock, else what went wrong."""
+    import errno
+    import fcntl
+
+    try:
+        fd = os.open(probe, os.O_RDWR)
+    except OSError as error:
+        return f"cannot open {probe} ({error.strerror}): the run root is not on a filesystem this node shares"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        return "held elsewhere" if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else f"flock fails ({error})"
+    finally:
+        os.close(fd)
+    return "not held: flock on this filesystem is not shared between hosts"
+
+
+@contextlib.contextmanager
+def held_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path``; refuse (ExecutorError) a filesystem where flock does not work."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            raise ExecutorError(
+                f"{path.parent}: flock does not work on this filesystem ({error.strerror}); run.json and the "
+                "stage locks need it: use a local disk or a shared filesystem with working locks (README, "
+                "'Many GPUs, many machines')"
+            ) from error
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_shared_locking(ray: Any, run_root: Path) -> None:
+    """Every node sees the run root and sees this process's lock on it, or the run is refused.
+
+    Stages on several hosts write one ``run.json`` and lock one stage folder each; that is only safe when the
+    run root is one shared folder whose flock holds across hosts (some NFS setups keep locks per host).
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = run_root / LOCK_PROBE
+    with held_lock(probe):
+        probe_task = ray.remote(num_cpus=0)(_try_lock)
+        nodes = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
+        answers = ray.get(
+            [
+                probe_task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+                    str(probe)
+                )
+                for node in nodes
+            ]
+        )
+    wrong = [f"node {node[:8]}: {answer}" for node, answer in zip(nodes, answers) if answer != "held elsewhere"]
+    if wrong:
+        raise ExecutorError(f"{run_root}: not safe to share between the Ray nodes: " + "; ".join(wrong))
+
+
 def run_on_ray(
     stages: Sequence[StageSpec],
     task: StageTask,
     on_report: Callable[[StageReport], None],
     config: Mapping[str, Any],
-    address: str | None,
+    run_root: Path,
 ) -> ExecutionResult:
     """Submit every stage as a Ray task chained on its needs; report each as it ends; wait for all."""
-    with ray_session(address) as ray:
+    with ray_session(config["ray_address"]) as ray:
         check_resources(ray, stages, config)
+        check_shared_locking(ray, run_root)
         remote = ray.remote(_ray_task)
         refs: dict[str, Any] = {}
         for stage in stages:
