@@ -20,8 +20,8 @@ from pathlib import Path
 import auto_quantize_model  # noqa: F401
 from auto_quantize_model.data.coco_dataset import prepare_coco_dataset
 from auto_quantize_model.data.synthetic import generate_synthetic_coco
-from auto_quantize_model.loss_curves import read_results_csv
 from auto_quantize_model.train import TrainRequest, train_stage
+from auto_quantize_model.ultralytics_ext.loss_curves import read_results_csv
 
 
 def epoch_seconds(results_csv: Path) -> list[float]:

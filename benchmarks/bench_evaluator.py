@@ -48,16 +48,11 @@ import cv2
 import numpy as np
 
 import auto_quantize_model  # noqa: F401  (offline Ultralytics settings first)
-from auto_quantize_model import metrics_keys as K
-from auto_quantize_model.evaluate import (
-    DEFAULT_COCO_BACKEND,
-    SessionSettings,
-    evaluate_onnx_coco,
-    load_coco_annotations,
-    load_one,
-    open_session,
-    select_images,
-)
+from auto_quantize_model.evaluate import evaluate_onnx_coco
+from auto_quantize_model.evaluation.coco import DEFAULT_COCO_BACKEND, load_coco_annotations, select_images
+from auto_quantize_model.evaluation.loop import load_one
+from auto_quantize_model.evaluation.ort_session import SessionSettings, open_session
+from auto_quantize_model.runs import metrics_keys as K
 
 if TYPE_CHECKING:
     import torch
@@ -174,7 +169,7 @@ def calibrate_batchnorm(model: torch.nn.Module, images_dir: Path, imgsz: int, co
     """BatchNorm statistics of the first ``count`` letterboxed images, by the PTQ stage's BN re-estimation."""
     import torch
 
-    from auto_quantize_model.preprocess import letterbox
+    from auto_quantize_model.onnx_io.preprocess import letterbox
     from auto_quantize_model.ptq import recalibrate_batchnorm
 
     files = sorted(images_dir.glob("*.jpg"), key=lambda f: int(f.stem))[:count]

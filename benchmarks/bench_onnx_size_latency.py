@@ -5,7 +5,7 @@ quantizes a copy with the ``w4a16`` scheme, saves both as Ultralytics-style chec
 and exports four files with :func:`auto_quantize_model.export.export_onnx` (end-to-end layout): float32,
 FP16 (``half=True``), QCDQ and INT4 (``weights_format="int4"``). Then, for every file:
 
-* bytes, and the ratio to the float32 and to the FP16 file (:func:`auto_quantize_model.onnx_size.size_table`);
+* bytes, and the ratio to the float32 and to the FP16 file (:func:`auto_quantize_model.onnx_io.size.size_table`);
 * ``session.run`` latency on one letterboxed image with default session options and "folded"
   (``session.disable_quant_qdq=1``: constant DequantizeLinear folded once at load), all eight sessions
   interleaved (float32, float32 folded, FP16, ...) so drifting machine load hits all alike; median, min, max;
@@ -42,8 +42,8 @@ from ultralytics.nn.tasks import DetectionModel
 
 import auto_quantize_model  # noqa: F401  (pins Ultralytics offline before it is imported)
 from auto_quantize_model.export import export_onnx
-from auto_quantize_model.onnx_size import SizeRow, size_table, size_table_markdown
-from auto_quantize_model.ultralytics_ext.env import project_root
+from auto_quantize_model.onnx_io.size import SizeRow, size_table, size_table_markdown
+from auto_quantize_model.utils.ultralytics_env import project_root
 
 SCHEME = "w4a16"
 
@@ -91,7 +91,7 @@ def sample_input(imgsz: int) -> np.ndarray:
     import cv2
     from ultralytics.utils import ASSETS
 
-    from auto_quantize_model.preprocess import letterbox
+    from auto_quantize_model.onnx_io.preprocess import letterbox
 
     return letterbox(cv2.imread(str(ASSETS / "bus.jpg")), imgsz, mode="val")[0][None]
 

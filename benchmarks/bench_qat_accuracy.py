@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import auto_quantize_model  # noqa: F401
-from auto_quantize_model.config import parse_overrides
 from auto_quantize_model.data.coco_dataset import prepare_coco_dataset
 from auto_quantize_model.data.synthetic import generate_synthetic_coco
-from auto_quantize_model.loss_curves import read_results_csv
 from auto_quantize_model.quant.scheme import SCHEME_NAMES
+from auto_quantize_model.runs.config import parse_overrides
 from auto_quantize_model.train import TrainRequest, train_stage
+from auto_quantize_model.ultralytics_ext.loss_curves import read_results_csv
 
 MAP_COLUMN = "metrics/mAP50-95(B)"
 

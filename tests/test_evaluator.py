@@ -22,14 +22,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import auto_quantize_model  # noqa: F401  (pins Ultralytics offline before it is imported)
-from auto_quantize_model import metrics_keys as K
-from auto_quantize_model.evaluate import (
-    DEFAULT_COCO_BACKEND,
-    EvaluationInputError,
-    SessionSettings,
-    evaluate_onnx_coco,
-)
-from auto_quantize_model.preprocess import boxes_to_input, letterbox_image
+from auto_quantize_model.evaluate import evaluate_onnx_coco
+from auto_quantize_model.evaluation.coco import DEFAULT_COCO_BACKEND
+from auto_quantize_model.evaluation.errors import EvaluationInputError
+from auto_quantize_model.evaluation.ort_session import SessionSettings
+from auto_quantize_model.onnx_io.preprocess import boxes_to_input, letterbox_image
+from auto_quantize_model.runs import metrics_keys as K
 
 CODE_BASE = 20  # red value of image index 0; index i is painted CODE_BASE + i
 CATEGORIES = [{"id": 11, "name": "bird"}, {"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]  # unsorted on purpose
@@ -315,7 +313,7 @@ def test_missing_provider_falls_back_and_is_logged(tmp_path, dataset, caplog):
     """CUDA is absent from this onnxruntime build: a warning names it and the CPU fallback; no crash."""
     table = detections_table(dataset, gt_detections(dataset), (128, 128), "e2e")
     model = build_table_model(tmp_path / "p.onnx", table, (128, 128))
-    with caplog.at_level(logging.WARNING, logger="auto_quantize_model.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="auto_quantize_model.evaluation"):
         m = _evaluate(
             tmp_path, dataset, model, "out", providers=("CUDAExecutionProvider", "CPUExecutionProvider")
         ).metrics
@@ -359,7 +357,8 @@ def test_metrics_keys_are_the_written_keys(tmp_path, dataset):
 
 def test_detections_json_reproduces_metrics_exactly(tmp_path, dataset):
     """Re-scoring detections.json from disk gives the metrics.json numbers bit for bit (no rounding on write)."""
-    from auto_quantize_model.evaluate import COCO_STAT_KEYS, load_coco_annotations, run_cocoeval
+    from auto_quantize_model.evaluation.coco import load_coco_annotations, run_cocoeval
+    from auto_quantize_model.runs.metrics_keys import COCO_STAT_KEYS
 
     table = detections_table(dataset, perturbed_detections(dataset), (128, 128), "e2e")
     model = build_table_model(tmp_path / "p.onnx", table, (128, 128))
@@ -563,7 +562,7 @@ def test_agreement_with_ultralytics_validator(tmp_path, big_dataset, fmt):
         assert mine["score"] == pytest.approx(yours["score"], abs=6e-6)
         np.testing.assert_allclose(mine["bbox"], yours["bbox"], atol=1e-3)
 
-    from auto_quantize_model.evaluate import load_coco_annotations, run_cocoeval
+    from auto_quantize_model.evaluation.coco import load_coco_annotations, run_cocoeval
 
     coco = load_coco_annotations(ds.ann_file)
     remapped = [{**d, "category_id": CAT_IDS[d["category_id"] - 1]} for d in their_dets]
@@ -697,7 +696,8 @@ def test_coco_backends_agree_on_real_detections(tmp_path, big_dataset):
     The detections are the evaluator's own output for jittered ground truth plus false positives (24 images,
     small and medium boxes); a crowd region is added so its ignore rule is exercised too.
     """
-    from auto_quantize_model.evaluate import COCO_STAT_KEYS, load_coco_annotations, run_cocoeval
+    from auto_quantize_model.evaluation.coco import load_coco_annotations, run_cocoeval
+    from auto_quantize_model.runs.metrics_keys import COCO_STAT_KEYS
 
     ds = big_dataset
     table = detections_table(ds, perturbed_detections(ds, seed=5), (128, 128), "e2e")
@@ -800,7 +800,7 @@ def _optimized_graph_ops(tmp_path: Path, model: Path, settings: SessionSettings)
     """Output on a fixed input and the op types of the graph onnxruntime actually runs under ``settings``."""
     import onnxruntime as ort
 
-    from auto_quantize_model.evaluate import resolve_session_settings, session_options
+    from auto_quantize_model.evaluation.ort_session import resolve_session_settings, session_options
 
     options = session_options(resolve_session_settings(settings, ["CPUExecutionProvider"]))
     optimized = tmp_path / f"optimized-{settings.fold_weights}.onnx"
@@ -840,7 +840,7 @@ def test_raw_candidates_keep_the_best_30000_in_ultralytics_order():
     """Over the cap, the kept (anchor, class) pairs are the 30000 best scores, listed in torch.where's order."""
     import torch
 
-    from auto_quantize_model.evaluate import MAX_NMS_CANDIDATES, raw_candidates
+    from auto_quantize_model.evaluation.decode import MAX_NMS_CANDIDATES, raw_candidates
 
     rng = np.random.default_rng(0)
     pred = np.concatenate([rng.uniform(0, 50, (4, 600)), rng.permutation(600 * 80).reshape(80, 600) / 48000.0])
@@ -860,7 +860,7 @@ def test_prefix_nms_keeps_exactly_what_nms_over_all_candidates_keeps(max_dets):
     import torch
     import torchvision
 
-    from auto_quantize_model.evaluate import NMS_PREFIX_FACTOR, best_after_nms
+    from auto_quantize_model.evaluation.decode import NMS_PREFIX_FACTOR, best_after_nms
 
     rng = np.random.default_rng(max_dets)
     n = 20 * NMS_PREFIX_FACTOR * max_dets + 500
@@ -883,7 +883,7 @@ def test_prefix_nms_with_fewer_survivors_than_max_dets_returns_them_all():
     import torch
     import torchvision
 
-    from auto_quantize_model.evaluate import best_after_nms
+    from auto_quantize_model.evaluation.decode import best_after_nms
 
     boxes = np.tile(np.array([[10, 10, 50, 50]], np.float32), (5000, 1))  # one box repeated: one survivor per class
     scores = np.linspace(0.1, 0.9, 5000, dtype=np.float32)

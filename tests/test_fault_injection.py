@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 from conftest import tiny_train_request
 
-from auto_quantize_model.run_root import RunRoot
-from auto_quantize_model.stages import load_run_state
+from auto_quantize_model.runs.run_root import RunRoot
+from auto_quantize_model.runs.stage_runner import load_run_state
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts" / "cv-models"
@@ -80,7 +80,7 @@ def _stage_paths(run_root: Path, data: Path):
 # --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_kill_after_last_checkpoint_finishes_without_training(prepared_dataset, tmp_path):
-    from auto_quantize_model.checkpoints import inspect_checkpoint
+    from auto_quantize_model.runs.checkpoints import inspect_checkpoint
     from auto_quantize_model.train import train_stage
 
     data = prepared_dataset.dataset_yaml
@@ -142,7 +142,7 @@ def test_finishing_a_saved_run_reproduces_ultralytics_final_validation(fp16_run,
 
 
 def test_torn_checkpoint_is_detected_and_named(tmp_path):
-    from auto_quantize_model.checkpoints import inspect_checkpoint
+    from auto_quantize_model.runs.checkpoints import inspect_checkpoint
 
     empty, garbage = tmp_path / "empty.pt", tmp_path / "garbage.pt"
     empty.write_bytes(b"")

@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from auto_quantize_model import evaluate
-from auto_quantize_model.preprocess import letterbox
+from auto_quantize_model.onnx_io.preprocess import LETTERBOX_MODE, letterbox, read_image
 
 IMGSZ = 96
 
@@ -41,8 +40,8 @@ def test_trainer_val_batches_are_the_evaluators_letterboxed_inputs(prepared_data
     shapes = set()
     for index in range(len(dataset)):
         item = dataset[index]
-        image = evaluate.read_image(item["im_file"])
-        expected, _ = letterbox(image, IMGSZ, mode=evaluate.LETTERBOX_MODE)
+        image = read_image(item["im_file"])
+        expected, _ = letterbox(image, IMGSZ, mode=LETTERBOX_MODE)
         got = item["img"].numpy().astype(np.float32) / np.float32(255.0)  # RGB uint8 CHW (Format flips BGR) -> [0, 1]
         assert got.shape == expected.shape == (3, IMGSZ, IMGSZ)
         np.testing.assert_array_equal(got, expected)

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from auto_quantize_model.config import resolve_run_config
-from auto_quantize_model.pipeline import PipelineError, plan_stages, run_pipeline
-from auto_quantize_model.run_root import RunRoot
-from auto_quantize_model.stages import load_run_state
+from auto_quantize_model.pipeline import PipelineError, run_pipeline
+from auto_quantize_model.runs.config import resolve_run_config
+from auto_quantize_model.runs.plan import plan_stages
+from auto_quantize_model.runs.run_root import RunRoot
+from auto_quantize_model.runs.stage_runner import load_run_state
 
 VARIANTS = "fp16,qat-w4a16,ptq-w4a16,qat-w4a16-ft"
 

@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from auto_quantize_model import metrics_keys as mk
-from auto_quantize_model import summary_schema as ss
-from auto_quantize_model.config import resolve_run_config, save_or_check_run_config
-from auto_quantize_model.io_utils import write_json_atomic
-from auto_quantize_model.pipeline import plan_stages
+from auto_quantize_model.evaluation.stats import accumulate_map, image_evals, load_ground_truth
 from auto_quantize_model.report import write_summary
-from auto_quantize_model.run_root import RunRoot, export_metadata_path
-from auto_quantize_model.stages import update_stage_record
-from auto_quantize_model.stats import accumulate_map, image_evals, load_ground_truth
+from auto_quantize_model.runs import metrics_keys as mk
+from auto_quantize_model.runs import summary_schema as ss
+from auto_quantize_model.runs.config import resolve_run_config, save_or_check_run_config
+from auto_quantize_model.runs.plan import plan_stages
+from auto_quantize_model.runs.run_root import RunRoot, export_metadata_path
+from auto_quantize_model.runs.stage_runner import update_stage_record
+from auto_quantize_model.utils.io import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_CLI = REPO / "scripts" / "cv-models" / "write_yolov10m_scratch_train_summary.py"

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from auto_quantize_model.config import resolve_run_config
-from auto_quantize_model.pipeline import plan_stages
-from auto_quantize_model.run_root import RunRoot
-from auto_quantize_model.stages import load_run_state
+from auto_quantize_model.runs.config import resolve_run_config
+from auto_quantize_model.runs.plan import plan_stages
+from auto_quantize_model.runs.run_root import RunRoot
+from auto_quantize_model.runs.stage_runner import load_run_state
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "scripts" / "cv-models" / "run_yolov10m_scratch_fp16_vs_w4a16_qat.sh"

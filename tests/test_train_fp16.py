@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import TINY_EPOCHS, TINY_IMGSZ, tiny_train_request
 
-from auto_quantize_model.config import ConfigError
-from auto_quantize_model.run_root import RunRoot
+from auto_quantize_model.runs.config import ConfigError
+from auto_quantize_model.runs.run_root import RunRoot
 from auto_quantize_model.train import RunExistsError, resolve_train_args, train_stage
 from auto_quantize_model.ultralytics_ext import callbacks as run_logging
 

@@ -28,7 +28,9 @@ import sys
 from pathlib import Path
 
 import auto_quantize_model  # noqa: F401  (offline Ultralytics before anything imports it)
-from auto_quantize_model.export import (
+from auto_quantize_model.export import export_onnx
+from auto_quantize_model.onnx_io.contract import OUTPUT_FORMATS
+from auto_quantize_model.onnx_io.settings import (
     DEFAULT_VAL_MAX_IMAGES,
     WEIGHTS_FORMATS,
     WEIGHTS_QCDQ,
@@ -37,20 +39,18 @@ from auto_quantize_model.export import (
     ExportResult,
     ExportValidationError,
     describe_kind,
-    export_onnx,
 )
-from auto_quantize_model.onnx_contract import OUTPUT_FORMATS
+from auto_quantize_model.utils.cli import HelpFormatter, add_version_flag, cli_main
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--weights", required=True, type=Path, help="Ultralytics .pt checkpoint (FP or QAT)")
     parser.add_argument(
         "--out", required=True, type=Path, help="output .onnx path (metadata goes to the same stem .json)"
     )
-    parser.add_argument(
-        "--imgsz", type=int, default=640, help="square input size, a multiple of the stride (default 640)"
-    )
+    parser.add_argument("--imgsz", type=int, default=640, help="square input size, a multiple of the stride")
     parser.add_argument(
         "--format",
         choices=OUTPUT_FORMATS,
@@ -135,4 +135,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

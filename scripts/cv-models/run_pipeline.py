@@ -24,16 +24,17 @@ import argparse
 import sys
 import time
 
-from auto_quantize_model.config import (
+from auto_quantize_model.pipeline import PipelineError, run_pipeline
+from auto_quantize_model.runs.config import (
     CLI_OVERRIDE_KEYS,
     ConfigError,
     parse_overrides,
     resolve_run_config,
     save_or_check_run_config,
 )
-from auto_quantize_model.pipeline import PipelineError, plan_stages, run_pipeline
-from auto_quantize_model.run_root import RunRoot
-from auto_quantize_model.stages import StageBusy
+from auto_quantize_model.runs.plan import plan_stages
+from auto_quantize_model.runs.run_root import RunRoot
+from auto_quantize_model.runs.stage_runner import StageBusy
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -19,8 +19,8 @@ import signal
 import sys
 from pathlib import Path
 
-from auto_quantize_model.run_root import RunRoot
-from auto_quantize_model.stages import StageBusy, run_stage
+from auto_quantize_model.runs.run_root import RunRoot
+from auto_quantize_model.runs.stage_runner import StageBusy, run_stage
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

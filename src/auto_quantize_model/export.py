@@ -20,98 +20,53 @@ PyTorch comparison on real images). Nothing is written under the final names unt
 from __future__ import annotations
 
 import logging
-import math
 import os
 import tempfile
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from auto_quantize_model.env_check import require_single_onnxruntime
-from auto_quantize_model.io_utils import atomic_output, sha256_file, write_json_atomic
-from auto_quantize_model.onnx_contract import INPUT_NAME, OUTPUT_FORMATS, OUTPUT_NAME, PAD_VALUE, anchor_count
-from auto_quantize_model.provenance import command_line, git_state, package_versions, utc_now
-from auto_quantize_model.run_root import export_metadata_path
+from auto_quantize_model.onnx_io import validation as checks
+from auto_quantize_model.onnx_io.contract import INPUT_NAME, OUTPUT_FORMATS, OUTPUT_NAME, PAD_VALUE
+from auto_quantize_model.onnx_io.graph import GraphSummary, expected_output_shape, inspect_onnx
+from auto_quantize_model.onnx_io.model_prep import (
+    _is_quantized,
+    _scheme_dict,
+    dynamic_axes,
+    load_detection_checkpoint,
+    prepare_for_export,
+)
+from auto_quantize_model.onnx_io.settings import (
+    CUDA_INT4_NOTE,
+    DEFAULT_VAL_MAX_IMAGES,
+    KIND_FP,
+    KIND_QCDQ,
+    MAX_IR_VERSION,
+    METADATA_SCHEMA_VERSION,
+    OUTPUT_LAYOUTS,
+    PREPROCESSING,
+    WEIGHTS_FORMATS,
+    WEIGHTS_INT4,
+    WEIGHTS_QCDQ,
+    ExportExistsError,
+    ExportInputError,
+    ExportResult,
+    ExportSettings,
+    ExportValidationError,
+    describe_kind,
+)
+from auto_quantize_model.onnx_io.verify import check_out_name, existing_export
+from auto_quantize_model.runs.env_check import require_single_onnxruntime
+from auto_quantize_model.runs.provenance import command_line, git_state, package_versions, utc_now
+from auto_quantize_model.runs.run_root import export_metadata_path
+from auto_quantize_model.utils.io import atomic_output, sha256_file, write_json_atomic
 
 LOGGER = logging.getLogger(__name__)
 
-KIND_FP, KIND_QCDQ = "fp", "qat-qcdq"
-# How a QAT export stores its weights: Brevitas QCDQ (the spec's artifact) or, converted from it, native INT4
-# (auto_quantize_model.onnx_int4). ``kind`` stays "qat-qcdq" for both: it names the export path.
-WEIGHTS_QCDQ, WEIGHTS_INT4 = "qcdq", "int4"
-WEIGHTS_FORMATS = (WEIGHTS_QCDQ, WEIGHTS_INT4)
-CUDA_INT4_NOTE = "CUDA EP: DequantizeLinear Int4 kernels registered per ORT's kernel registry, untested here (no GPU)"
-MAX_DET = 300  # Ultralytics' default max_det; the exporter clamps it to the number of anchors
-MAX_IR_VERSION = 10  # what the Ultralytics exporter caps to, for onnxruntime compatibility
-METADATA_SCHEMA_VERSION = 1
-DEFAULT_VAL_MAX_IMAGES = 8
-PREPROCESSING = {
-    "layout": "NCHW",
-    "dtype": "float32",
-    "color": "RGB",
-    "scale": "pixel / 255, range [0, 1]",
-    "letterbox": "resize keeping aspect ratio (cv2.INTER_LINEAR), pad centered to H x W with gray 114",
-    "reference": "auto_quantize_model.preprocess.letterbox (Ultralytics LetterBox, pixel for pixel)",
-    "pad_value": PAD_VALUE,
-}
-OUTPUT_LAYOUTS = {
-    "e2e": "x1, y1, x2, y2, score, class in input pixels; NMS-free one-to-one head, rows sorted by score",
-    "raw": "cx, cy, w, h in input pixels, then per-class sigmoid scores; one-to-many head, needs NMS",
-}
 
-
-class ExportInputError(ValueError):
-    """Bad input to the exporter; the message names the file or argument and the fix."""
-
-
-class ExportExistsError(FileExistsError):
-    """The output ONNX already exists and ``overwrite`` was not given."""
-
-
-class ExportValidationError(RuntimeError):
-    """ONNX Runtime outputs differ from PyTorch beyond the documented tolerances; nothing was written."""
-
-    def __init__(self, message: str, report: dict[str, Any]):
-        super().__init__(message)
-        self.report = report
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    """What :func:`export_onnx` wrote."""
-
-    onnx_path: Path
-    metadata_path: Path
-    kind: str  # "fp" or "qat-qcdq"
-    scheme_name: str | None
-    size_bytes: int
-    validation: dict[str, Any] | None
-    weights_format: str = WEIGHTS_QCDQ  # what the file stores: float32, float16, qcdq or int4 (onnx_size)
-    already_exported: bool = False  # out existed and was verified against this request (export_verify)
-
-
-@dataclass(frozen=True)
-class ExportSettings:
-    """The resolved export request shared by both exporters and the validation."""
-
-    imgsz: tuple[int, int]
-    output_format: str
-    opset: int
-    dynamic_batch: bool
-    half: bool
-    weights_format: str = WEIGHTS_QCDQ
-
-    @property
-    def end2end(self) -> bool:
-        return self.output_format == "e2e"
-
-
-# ----------------------------------------------------------------------------------------------
-# Public entry point
 # ----------------------------------------------------------------------------------------------
 def export_onnx(
     weights: str | os.PathLike,
@@ -134,14 +89,11 @@ def export_onnx(
     validation images of the dataset the checkpoint was trained on) and raises
     :class:`ExportValidationError` without writing anything when a difference exceeds its tolerance.
     ``weights_format="int4"`` (QAT only) converts the QCDQ graph to native INT4 weights
-    (:mod:`~auto_quantize_model.onnx_int4`).
+    (:mod:`~auto_quantize_model.onnx_io.int4`).
     """
-    from auto_quantize_model import export_validation as checks  # it imports this module's settings
 
     weights, out = Path(weights), Path(out)
     if out.exists() and not overwrite and weights.is_file():  # published before; maybe its stage was never recorded
-        from auto_quantize_model.export_verify import existing_export
-
         request = {
             "imgsz": imgsz,
             "output_format": output_format,
@@ -156,7 +108,7 @@ def export_onnx(
     require_single_onnxruntime()  # before the export: its contract check and validation run onnxruntime
     model, ckpt = load_detection_checkpoint(weights)
     kind = KIND_QCDQ if _is_quantized(model) else KIND_FP
-    _check_out_name(out, kind)
+    check_out_name(out, kind)
     settings = _resolve_settings(model, imgsz, output_format, opset, dynamic_batch, half, kind)
     settings = replace(settings, weights_format=_check_weights_format(weights_format, kind, weights))
     scheme = _scheme_dict(model) if kind == KIND_QCDQ else None
@@ -189,15 +141,6 @@ def export_onnx(
         return replace(_publish(staged, out, metadata, kind, scheme, validation), weights_format=storage)
 
 
-def describe_kind(kind: str, scheme: dict[str, Any] | None) -> str:
-    """One line saying which kind of checkpoint this is and what it becomes."""
-    if kind == KIND_FP:
-        return "float (FP) checkpoint -> ONNX through the Ultralytics exporter"
-    return f"QAT checkpoint (Brevitas, scheme {(scheme or {}).get('name', '?')}) -> Brevitas QCDQ ONNX"
-
-
-# ----------------------------------------------------------------------------------------------
-# Input checks and checkpoint loading
 # ----------------------------------------------------------------------------------------------
 def _check_request(weights: Path, out: Path, output_format: str, overwrite: bool, val_max_images: int) -> None:
     """Reject bad arguments before any work; an existing ONNX is never replaced without ``overwrite``."""
@@ -215,61 +158,9 @@ def _check_request(weights: Path, out: Path, output_format: str, overwrite: bool
         raise ExportExistsError(f"{out}: already exists; pass --overwrite to replace it or choose another --out")
 
 
-def _check_out_name(out: Path, kind: str) -> None:
-    from auto_quantize_model.export_verify import check_out_name
-
-    check_out_name(out, kind)
-
-
 def _ensure_dir(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def load_detection_checkpoint(weights: Path) -> tuple[Any, dict[str, Any]]:
-    """Load an Ultralytics detection checkpoint as a float32 eval model; a clear error for anything else.
-
-    Importing the Brevitas module first lets pickle find the quantized layers of QAT checkpoints.
-    """
-    from ultralytics.nn.autobackend import check_class_names, default_class_names
-    from ultralytics.nn.modules import Detect
-    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
-
-    import auto_quantize_model.quant.yolov10  # noqa: F401  (QAT layers must be importable)
-
-    try:
-        model, ckpt = load_checkpoint(str(weights))
-    except Exception as error:  # torch/pickle/Ultralytics raise many types for a bad file; one message for all
-        raise ExportInputError(
-            f"{weights}: not a loadable Ultralytics checkpoint ({type(error).__name__}: {_first_line(error)}); "
-            "pass the weights/best.pt (or last.pt) that Ultralytics training wrote"
-        ) from error
-    if not isinstance(model, DetectionModel) or not isinstance(model.model[-1], Detect):
-        raise ExportInputError(
-            f"{weights}: holds a {type(model).__name__}, not an Ultralytics detection model; "
-            "export a checkpoint of a YOLO detection run"
-        )
-    # As the Ultralytics exporter does: numbered names when a checkpoint has none, always {int: str}.
-    model.names = check_class_names(getattr(model, "names", None) or default_class_names(nc=model.model[-1].nc))
-    return model, ckpt
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else ""
-
-
-def _is_quantized(model: Any) -> bool:
-    from auto_quantize_model.quant.yolov10 import is_quantized
-
-    return is_quantized(model)
-
-
-def _scheme_dict(model: Any) -> dict[str, Any] | None:
-    from auto_quantize_model.quant.yolov10 import quant_scheme_of
-
-    scheme = quant_scheme_of(model)
-    return scheme.to_dict() if scheme is not None else None
 
 
 def _resolve_settings(
@@ -292,8 +183,6 @@ def _resolve_settings(
     return ExportSettings((int(size[0]), int(size[1])), output_format, int(chosen), bool(dynamic_batch), bool(half))
 
 
-# ----------------------------------------------------------------------------------------------
-# The two exporters
 # ----------------------------------------------------------------------------------------------
 def _export_fp(weights: Path, staged: Path, settings: ExportSettings) -> None:
     """Float checkpoint: the Ultralytics exporter itself, writing into the staging folder.
@@ -319,45 +208,6 @@ def _export_fp(weights: Path, staged: Path, settings: ExportSettings) -> None:
     )
     if Path(written).resolve() != staged.resolve():
         raise RuntimeError(f"Ultralytics wrote {written}, expected {staged}")
-
-
-def prepare_for_export(model: Any, imgsz: tuple[int, int], end2end: bool, dynamic: bool, fuse: bool = True) -> Any:
-    """The model preparation ``ultralytics.engine.exporter.Exporter.__call__`` does for ONNX (8.4.190).
-
-    Class names checked, head branch chosen (``end2end``), gradients off, eval, float32, ``fuse()``
-    (a quantized model's own ``fuse`` folds BN into the scale and sign of its integer codes, never re-rounding a
-    weight, and keeps RepVGGDW branches apart; ``fuse=False`` skips it for the validation reference), then the
-    ``Detect`` flags (``export``, ``format``, ``dynamic``, ``max_det`` clamped to the anchors,
-    ``xyxy``/``agnostic_nms`` off as for ``nms=False``, cached anchors reset) and ``C2f.forward_split``.
-    Returns the prepared model (``fuse`` may return a new object).
-    """
-    from ultralytics.nn.autobackend import check_class_names
-    from ultralytics.nn.modules import C2f, Detect
-
-    model.names = check_class_names(model.names)
-    model.end2end = end2end  # before fuse: fusing drops the branch that is not selected
-    for parameter in model.parameters():
-        parameter.requires_grad = False
-    model.eval()
-    model.float()
-    if fuse:
-        model = model.fuse(verbose=False, imgsz=list(imgsz))
-    anchors = anchor_count(imgsz, model.stride.tolist())
-    for module in model.modules():
-        if isinstance(module, Detect):
-            module.dynamic, module.export, module.format = dynamic, True, "onnx"
-            module.max_det = min(MAX_DET, anchors)
-            module.agnostic_nms, module.xyxy, module.shape = False, False, None
-        elif isinstance(module, C2f):
-            module.forward = module.forward_split
-    return model
-
-
-def dynamic_axes(dynamic: bool) -> dict[str, dict[int, str]] | None:
-    """The Ultralytics exporter's dynamic axes for a detection model (batch, and also height/width)."""
-    if not dynamic:
-        return None
-    return {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch", 2: "anchors"}}
 
 
 def _export_qcdq(model: Any, staged: Path, settings: ExportSettings, ckpt: dict[str, Any]) -> None:
@@ -405,7 +255,7 @@ def _check_weights_format(weights_format: str, kind: str, weights: Path) -> str:
 
 def _export_int4(model: Any, staged: Path, settings: ExportSettings, ckpt: dict[str, Any]) -> Any:
     """Brevitas QCDQ export beside ``staged``, then the checked QCDQ -> INT4 rewrite onto ``staged``."""
-    from auto_quantize_model.onnx_int4 import INT4_OPSET, convert_qcdq_file_to_int4
+    from auto_quantize_model.onnx_io.int4 import INT4_OPSET, convert_qcdq_file_to_int4
 
     qcdq = staged.with_name(f"{staged.stem}.qcdq.onnx")
     _export_qcdq(model, qcdq, settings, ckpt)
@@ -420,7 +270,7 @@ def _add_weights_metadata(metadata: dict[str, Any], staged: Path, int4: Any) -> 
     """``weights_format`` read from the file itself, the runtimes that can run it and the INT4 conversion record."""
     import onnxruntime as ort
 
-    from auto_quantize_model.onnx_size import WEIGHTS_FORMAT_TEXT, weight_storage
+    from auto_quantize_model.onnx_io.size import WEIGHTS_FORMAT_TEXT, weight_storage
 
     storage = weight_storage(staged)
     metadata["weights_format"] = storage.weights_format
@@ -431,7 +281,7 @@ def _add_weights_metadata(metadata: dict[str, Any], staged: Path, int4: Any) -> 
         "onnxruntime_cuda": CUDA_INT4_NOTE if storage.weights_format == WEIGHTS_INT4 else "untested here (no GPU)",
     }
     if int4 is not None:
-        metadata["onnx"]["exporter"] += ", then auto_quantize_model.onnx_int4 (QCDQ -> native INT4, checked)"
+        metadata["onnx"]["exporter"] += ", then auto_quantize_model.onnx_io.int4 (QCDQ -> native INT4, checked)"
         # The QCDQ intermediate lived in the staging folder; name what it was rather than its deleted path.
         qcdq_source = "Brevitas QCDQ export of source.checkpoint (staged, not kept)"
         metadata["int4_conversion"] = {**asdict(int4), "source": qcdq_source}
@@ -473,84 +323,6 @@ def ultralytics_metadata(model: Any, settings: ExportSettings, ckpt: dict[str, A
 
 
 # ----------------------------------------------------------------------------------------------
-# Inspecting the written graph
-# ----------------------------------------------------------------------------------------------
-def _dims(value_info: Any) -> list[int | str]:
-    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
-
-
-def _initializer_arrays(graph: Any) -> dict[str, np.ndarray]:
-    from onnx import numpy_helper
-
-    return {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-
-
-def weight_qdq_bit_widths(proto: Any) -> list[int]:
-    """Bit width of every weight ``int8 initializer -> Clip(-m, m) -> DequantizeLinear`` chain, in graph order.
-
-    ``m = 2**(b-1) - 1`` (signed narrow range), so ``Clip(-7, 7)`` is a 4-bit and ``Clip(-127, 127)`` an
-    8-bit weight. In a native INT4 file (no Clip) a DequantizeLinear fed by an INT4 initializer counts as 4 bits
-    and one fed by an INT8 initializer as 8. A DequantizeLinear fed any other way is not counted.
-    """
-    graph = proto.graph
-    arrays = _initializer_arrays(graph)
-    producer = {output: node for node in graph.node for output in node.output}
-    widths = []
-    for node in graph.node:
-        direct = arrays.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
-        if direct is not None and str(direct.dtype) in ("int4", "int8"):
-            widths.append(4 if str(direct.dtype) == "int4" else 8)
-            continue
-        clip = producer.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
-        if clip is None or clip.op_type != "Clip" or len(clip.input) != 3:
-            continue
-        codes, low, high = (arrays.get(name) for name in clip.input)
-        if codes is None or codes.dtype != np.int8 or low is None or high is None or int(low) != -int(high):
-            continue
-        widths.append(int(math.log2(int(high) + 1)) + 1)
-    return widths
-
-
-@dataclass(frozen=True)
-class GraphSummary:
-    """What the metadata JSON records about the written ONNX graph."""
-
-    opset: int
-    ir_version: int
-    inputs: dict[str, list[int | str]]
-    outputs: dict[str, list[int | str]]
-    op_counts: dict[str, int]
-    weight_qdq_bits: dict[str, int]
-    external_data: bool
-    metadata_props: dict[str, str]
-
-
-def inspect_onnx(path: Path) -> GraphSummary:
-    """Read I/O shapes, op counts, weight Q/DQ chains and external-data use of an ONNX file."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data
-
-    proto = onnx.load(str(path), load_external_data=False)
-    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    bits = Counter(str(b) for b in weight_qdq_bit_widths(proto))
-    return GraphSummary(
-        opset=int(opset),
-        ir_version=int(proto.ir_version),
-        inputs={i.name: _dims(i) for i in proto.graph.input},
-        outputs={o.name: _dims(o) for o in proto.graph.output},
-        op_counts=dict(sorted(Counter(n.op_type for n in proto.graph.node).items())),
-        weight_qdq_bits=dict(sorted(bits.items())),
-        external_data=any(uses_external_data(t) for t in proto.graph.initializer),
-        metadata_props={p.key: p.value for p in proto.metadata_props},
-    )
-
-
-def expected_output_shape(
-    settings: ExportSettings, nc: int, strides: Sequence[float], batch: int = 1
-) -> tuple[int, ...]:
-    """``output0`` shape of the contract: ``(N, min(300, anchors), 6)`` or ``(N, 4 + nc, anchors)``."""
-    anchors = anchor_count(settings.imgsz, strides)
-    return (batch, min(MAX_DET, anchors), 6) if settings.end2end else (batch, 4 + nc, anchors)
 
 
 def _check_contract(path: Path, graph: GraphSummary, imgsz: tuple[int, int], want: tuple[int, ...]) -> tuple[int, ...]:
@@ -580,8 +352,6 @@ def _check_contract(path: Path, graph: GraphSummary, imgsz: tuple[int, int], wan
     return shape
 
 
-# ----------------------------------------------------------------------------------------------
-# Metadata JSON and publishing
 # ----------------------------------------------------------------------------------------------
 def _export_metadata(
     weights: Path,

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from auto_quantize_model.io_utils import atomic_output, write_json_atomic
-from auto_quantize_model.provenance import command_line, git_state, package_versions, utc_now
+from auto_quantize_model.runs.provenance import command_line, git_state, package_versions, utc_now
+from auto_quantize_model.utils.io import atomic_output, write_json_atomic
 
 
 class PTQInputError(ValueError):
@@ -157,7 +157,8 @@ def _check_request(request: PTQRequest) -> None:
 
 def _load(weights: Path) -> tuple[Any, dict[str, Any]]:
     """The exporter's checkpoint loader (one loader for the project), with this stage's error type."""
-    from auto_quantize_model.export import ExportInputError, load_detection_checkpoint
+    from auto_quantize_model.onnx_io.model_prep import load_detection_checkpoint
+    from auto_quantize_model.onnx_io.settings import ExportInputError
 
     try:
         model, ckpt = load_detection_checkpoint(weights)

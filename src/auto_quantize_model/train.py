@@ -19,7 +19,7 @@ A stage folder is in one of four states (:class:`StageState`, decided by :func:`
 
 A torn checkpoint (fails to load) is renamed ``<name>.corrupt-<time>`` beside itself and the
 choice (which checkpoint, what was set aside) goes into the log and the attempt's record in
-``train_metadata.json``. Checkpoints are written atomically (:mod:`auto_quantize_model.checkpoints`),
+``train_metadata.json``. Checkpoints are written atomically (:mod:`auto_quantize_model.runs.checkpoints`),
 so a torn one only comes from outside (older code, a copy, a failing disk).
 """
 
@@ -34,29 +34,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from auto_quantize_model.config import (
+from auto_quantize_model.runs.config import (
     ConfigError,
     check_keys,
     dump_yaml,
     load_yaml_mapping,
     resolve_project_path,
 )
-from auto_quantize_model.io_utils import read_json, write_json_atomic, write_text_atomic
-from auto_quantize_model.provenance import (
+from auto_quantize_model.runs.provenance import (
     command_line,
     device_info,
     git_state,
     package_versions,
     utc_now,
 )
-from auto_quantize_model.run_root import (
+from auto_quantize_model.runs.run_root import (
     FP16_STAGE,
     RunRoot,
     TrainRunPaths,
     qat_stage_name,
 )
-from auto_quantize_model.train_checks import check_init_from, check_model, check_numbers
-from auto_quantize_model.ultralytics_ext.env import (
+from auto_quantize_model.runs.train_checks import check_init_from, check_model, check_numbers
+from auto_quantize_model.utils.io import write_json_atomic, write_text_atomic
+from auto_quantize_model.utils.ultralytics_env import (
     pin_ultralytics_settings,
 )
 
@@ -254,7 +254,7 @@ def plan_stage(paths: TrainRunPaths, request: TrainRequest) -> StagePlan:
 
 def _plan_from_checkpoints(paths: TrainRunPaths) -> StagePlan:
     """The newest intact checkpoint decides: last.pt, else best.pt; torn ones are set aside first."""
-    from auto_quantize_model.checkpoints import inspect_checkpoint, set_aside
+    from auto_quantize_model.runs.checkpoints import inspect_checkpoint, set_aside
 
     notes: list[str] = []
     intact = []
@@ -283,10 +283,8 @@ def _stamp() -> str:
 
 def _refuse_live_owner(paths: TrainRunPaths) -> None:
     """A ``running`` record whose process is alive on this host is another training; a dead one was interrupted."""
-    if not paths.metadata_json.is_file():
-        return
     with contextlib.suppress(ValueError):  # a torn metadata file belongs to a dead process
-        metadata = read_json(paths.metadata_json)
+        metadata = paths.read_metadata()
         last = (metadata.get("attempts") or [{}])[-1]
         pid, host = last.get("pid"), last.get("host")
         if metadata.get("status") == "running" and host == socket.gethostname() and _alive(pid):
@@ -332,7 +330,7 @@ def _resume_args(request: TrainRequest, paths: TrainRunPaths, checkpoint: Path) 
 
 def _trim_results_csv(paths: TrainRunPaths, checkpoint: Path) -> None:
     """Drop results.csv rows after the checkpoint's epoch: Ultralytics appends the redone epochs again."""
-    from auto_quantize_model.checkpoints import inspect_checkpoint
+    from auto_quantize_model.runs.checkpoints import inspect_checkpoint
 
     epoch = inspect_checkpoint(checkpoint).epoch
     if epoch is None or epoch < 0 or not paths.results_csv.is_file():
@@ -353,9 +351,9 @@ def _csv_epoch(row: str) -> float:
 
 def _finish_saved_stage(request: TrainRequest, paths: TrainRunPaths, plan: StagePlan) -> TrainResult:
     """``last-epoch-saved``: strip the checkpoints as ``final_eval`` does, validate best.pt, record from best.pt."""
-    from auto_quantize_model.checkpoints import inspect_checkpoint
+    from auto_quantize_model.runs.checkpoints import inspect_checkpoint
 
-    config = (read_json(paths.metadata_json) if paths.metadata_json.is_file() else {}).get("config", {})
+    config = paths.read_metadata().get("config", {})
     _write_start_records(request, paths, config, True, _quant_scheme(request), plan)
     with _failure_recorded(paths):
         epochs_completed = _strip_like_final_eval(paths)
@@ -369,7 +367,7 @@ def _strip_like_final_eval(paths: TrainRunPaths) -> int | None:
     """What ``BaseTrainer.final_eval`` does to the checkpoints (atomically); return the epochs in results."""
     import ultralytics.engine.trainer as trainer_module
 
-    from auto_quantize_model.checkpoints import atomic_strip_optimizer, publish_file
+    from auto_quantize_model.runs.checkpoints import atomic_strip_optimizer, publish_file
 
     with atomic_strip_optimizer():
         last = trainer_module.strip_optimizer(paths.last) if paths.last.is_file() else {}
@@ -464,7 +462,7 @@ def _write_start_records(
         write_text_atomic(paths.config_yaml, header + dump_yaml(args))
     if scheme is not None:
         scheme.save(paths.quant_scheme_json)
-    previous = read_json(paths.metadata_json) if paths.metadata_json.is_file() else {}
+    previous = paths.read_metadata()
     attempt = {
         "started_at": utc_now(),
         "resumed": resuming,
@@ -500,7 +498,7 @@ def _previous_status(previous: dict[str, Any]) -> str | None:
 
 
 def _update_metadata(paths: TrainRunPaths, **fields: Any) -> None:
-    metadata = read_json(paths.metadata_json) if paths.metadata_json.is_file() else {}
+    metadata = paths.read_metadata()
     write_json_atomic(paths.metadata_json, {**metadata, **fields})
 
 
@@ -535,7 +533,7 @@ def training_precision(trainer) -> dict[str, Any]:
 
 
 def _result(request: TrainRequest, paths: TrainRunPaths, status: str, resumed: bool) -> TrainResult:
-    metadata = read_json(paths.metadata_json)
+    metadata = paths.read_metadata()
     return TrainResult(
         stage=request.stage,
         paths=paths,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from auto_quantize_model.io_utils import write_json_atomic
+from auto_quantize_model.utils.io import write_json_atomic
 
 # Non-contiguous ids like COCO's 1..90-with-gaps, so consumers must map ids to class indices.
 CATEGORIES: tuple[dict, ...] = (

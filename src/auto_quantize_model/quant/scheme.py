@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from auto_quantize_model.io_utils import read_json, write_json_atomic
+from auto_quantize_model.utils.io import read_json, write_json_atomic
 
 # Role names a selector may use (resolved on a model by quant.yolov10.ROLES).
 ROLE_NAMES = ("first_conv", "head_pred", "dfl")

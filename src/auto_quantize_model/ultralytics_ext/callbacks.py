@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ultralytics.utils import LOGGER, RANK
 
-from auto_quantize_model.loss_curves import write_loss_curves
-from auto_quantize_model.run_root import TrainRunPaths
+from auto_quantize_model.runs.run_root import TrainRunPaths
+from auto_quantize_model.ultralytics_ext.loss_curves import write_loss_curves
 
 # Per-iteration scalars are written every this many batches (epoch scalars always).
 ITERATION_LOG_INTERVAL = 10

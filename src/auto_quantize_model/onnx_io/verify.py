@@ -1,0 +1,119 @@
+"""Export idempotence: an ONNX that was published but whose stage was never recorded is verified, not redone.
+
+``export_onnx`` moves the ONNX into place last (after its metadata JSON). A process killed between
+that rename and the stage's ``run.json`` record leaves a finished export that a plain rerun (no
+``--overwrite``) used to refuse forever. :func:`existing_export` accepts it when it is exactly what
+the rerun would write: the metadata records the same input checkpoint sha256 and the same settings,
+the file's sha256 matches the metadata and ONNX loads and checks it. Anything else is still refused
+with the reason, unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from auto_quantize_model.onnx_io.settings import (
+    KIND_FP,
+    WEIGHTS_INT4,
+    ExportExistsError,
+    ExportInputError,
+    ExportResult,
+)
+from auto_quantize_model.runs.run_root import export_metadata_path
+from auto_quantize_model.utils.io import read_json, sha256_file
+
+# Output names that promise integer weights (RunRoot.onnx_model spells them); a float checkpoint must not get one.
+QAT_NAME_TOKENS = ("qcdq", "int4")
+
+
+def read_export_metadata(onnx_path: Path) -> dict[str, Any] | None:
+    """The export metadata JSON beside ``onnx_path`` (the one reader of that file); ``None`` when there is none."""
+    path = export_metadata_path(onnx_path)
+    return read_json(path) if path.is_file() else None
+
+
+def check_out_name(out: Path, kind: str) -> None:
+    """Refuse to write a float checkpoint under a QAT file name (``...-qcdq.onnx``, ``...-int4.onnx``)."""
+    tokens = set(Path(out).stem.lower().split("-"))
+    if kind == KIND_FP and tokens & set(QAT_NAME_TOKENS):
+        raise ExportInputError(
+            f"{out}: the name says {'/'.join(sorted(tokens & set(QAT_NAME_TOKENS)))} (a QAT export) but the checkpoint "
+            "is float (no quantized layers); pass the QAT stage's best.pt or a float name such as <model>-fp16.onnx"
+        )
+
+
+def existing_export(weights: Path, out: Path, request: dict[str, Any]) -> ExportResult:
+    """``out`` exists and ``--overwrite`` was not given: return it if verified, else raise :class:`ExportExistsError`.
+
+    ``request`` holds the export's settings as passed: imgsz, output_format, opset, dynamic_batch, half,
+    weights_format, validate.
+    """
+    reason = _mismatch(weights, out, request)
+    if reason:
+        raise ExportExistsError(
+            f"{out}: already exists and {reason}; pass --overwrite to replace it or choose another --out"
+        )
+    metadata = read_export_metadata(out) or {}
+    return ExportResult(
+        onnx_path=out,
+        metadata_path=export_metadata_path(out),
+        kind=metadata.get("kind", "?"),
+        scheme_name=(metadata.get("quant_scheme") or {}).get("name"),
+        size_bytes=out.stat().st_size,
+        validation=metadata.get("validation"),
+        weights_format=metadata.get("weights_format", request.get("weights_format")),
+        already_exported=True,
+    )
+
+
+def _mismatch(weights: Path, out: Path, request: dict[str, Any]) -> str | None:
+    """Why the existing ``out`` is not what this request would write, or ``None`` when it is."""
+    meta_path = export_metadata_path(out)
+    try:
+        metadata = read_export_metadata(out)
+    except ValueError:
+        return f"its metadata {meta_path.name} is not valid JSON"
+    if metadata is None:
+        return f"has no metadata {meta_path.name} to verify it against"
+    recorded_source = (metadata.get("source") or {}).get("sha256")
+    if recorded_source != sha256_file(weights):
+        return f"was exported from another checkpoint (sha256 in {meta_path.name} differs from {weights})"
+    differing = [key for key, (want, have) in _settings(metadata, request).items() if want != have]
+    if differing:
+        return f"was exported with other settings ({', '.join(differing)})"
+    if (metadata.get("onnx") or {}).get("sha256") != sha256_file(out):
+        return "its content differs from the sha256 in its metadata (torn or edited)"
+    return _onnx_error(out)
+
+
+def _settings(metadata: dict[str, Any], request: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Setting name -> (requested, recorded), for the settings that decide the file's content."""
+    onnx_record, input_record = metadata.get("onnx") or {}, metadata.get("input") or {}
+    imgsz = request["imgsz"]
+    size = [int(imgsz), int(imgsz)] if isinstance(imgsz, int) else [int(v) for v in imgsz]
+    recorded_half = metadata.get("weights_format") == "float16" or str(onnx_record.get("precision", "")).startswith(
+        "fp16"
+    )
+    settings = {
+        "imgsz": (size, input_record.get("imgsz")),
+        "format": (request["output_format"], (metadata.get("output") or {}).get("format")),
+        "dynamic_batch": (bool(request["dynamic_batch"]), input_record.get("dynamic_batch")),
+        "half": (bool(request["half"]), recorded_half),
+        "int4": (request["weights_format"] == WEIGHTS_INT4, metadata.get("weights_format") == WEIGHTS_INT4),
+    }
+    if request.get("opset") is not None:
+        settings["opset"] = (int(request["opset"]), onnx_record.get("opset"))
+    if request.get("validate"):  # a published export passed its validation; one made without cannot count as one
+        settings["validate"] = (True, metadata.get("validation") is not None)
+    return settings
+
+
+def _onnx_error(out: Path) -> str | None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(onnx.load(str(out)))
+    except Exception as error:  # noqa: BLE001  (protobuf and the checker raise many types)
+        return f"does not load as ONNX ({type(error).__name__})"
+    return None

@@ -1,0 +1,255 @@
+"""The stage plan of a run: a resolved run config -> an ordered list of :class:`StageSpec`.
+
+:func:`plan_stages` turns the config into stages, each one CLI call with the files it must produce
+and the stages it depends on (their ``needs`` form a DAG):
+
+    [check-env] [make-synthetic-data] prepare-data
+    for each seed k, for each variant V (fp16 first):
+        s<k>-train-V  (or s<k>-quantize-V for ptq-*)    -> R/seed-k/V/weights/best.pt
+        s<k>-export-V-F, s<k>-eval-V-F  for each weight format F of V
+    summary [publish]
+
+The runner (:mod:`auto_quantize_model.pipeline`) executes the plan; the summary reads it to know
+what a complete run root holds.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from auto_quantize_model.runs.run_root import RunRoot, SeedRoot
+from auto_quantize_model.runs.variants import Variant, parse_variants
+from auto_quantize_model.utils.ultralytics_env import project_root
+
+SCRIPTS_DIR = project_root() / "scripts" / "cv-models"
+CHECK_ENV_SCRIPT = project_root() / "scripts" / "check_env.py"
+SUMMARY_STAGE = "summary"
+PUBLISH_STAGE = "publish"
+CHECK_ENV_STAGE = "check-env"
+PREPARE_STAGE = "prepare-data"
+SYNTHETIC_STAGE = "make-synthetic-data"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One tracked stage: the CLI call, the files it must produce, what it needs, what a redo sets aside."""
+
+    name: str
+    argv: tuple[str, ...]
+    outputs: tuple[Path, ...]
+    needs: tuple[str, ...] = ()
+    workdir: Path | None = None  # set aside (renamed) before the stage is redone
+
+
+def model_name(config: Mapping[str, Any]) -> str:
+    """The model name used in ONNX file names: the model cfg stem (``yolov10n.yaml`` -> ``yolov10n``)."""
+    return Path(str(config["model"])).stem
+
+
+def needs_gpu(config: Mapping[str, Any]) -> bool:
+    """A profile that trains on a CUDA device or evaluates with a GPU provider gets the preflight."""
+    return config["device"] not in ("cpu", "mps") or any(
+        "CUDA" in p or "Tensorrt" in p for p in config["eval_providers"]
+    )
+
+
+def train_stage_name(seed: int, variant: Variant) -> str:
+    action = "quantize" if variant.kind == "ptq" else "train"
+    return f"s{seed}-{action}-{variant.name}"
+
+
+def export_stage_name(seed: int, variant: Variant, weights_format: str) -> str:
+    return f"s{seed}-export-{variant.name}-{weights_format}"
+
+
+def eval_stage_name(seed: int, variant: Variant, weights_format: str) -> str:
+    return f"s{seed}-eval-{variant.name}-{weights_format}"
+
+
+@dataclass(frozen=True)
+class _Context:
+    run_root: RunRoot
+    config: Mapping[str, Any]
+    python: str
+    tools: Path
+
+
+def plan_stages(
+    run_root: RunRoot,
+    config: Mapping[str, Any],
+    *,
+    publish: bool = False,
+    python: str | None = None,
+    tools: Path = SCRIPTS_DIR,
+) -> list[StageSpec]:
+    """Every stage of the run, in order (``python`` runs the CLIs; default: this interpreter)."""
+    ctx = _Context(run_root, config, python or sys.executable, Path(tools))
+    stages = _setup_stages(ctx)
+    variants = parse_variants(list(config["variants"]))
+    for seed in config["seeds"]:
+        for variant in variants:
+            stages += _variant_stages(ctx, seed, variant)
+    evals = tuple(s.name for s in stages if "-eval-" in s.name)
+    summary = _cli(ctx, "write_yolov10m_scratch_train_summary.py", {"--run-root": run_root.root})
+    stages.append(StageSpec(SUMMARY_STAGE, summary, (run_root.summary_md, run_root.summary_csv), evals))
+    if publish:
+        argv = _cli(ctx, "publish_run_report.py", {"--run-root": run_root.root})
+        stages.append(StageSpec(PUBLISH_STAGE, argv, (), (SUMMARY_STAGE,)))
+    return stages
+
+
+def _cli(
+    ctx: _Context, script: str, flags: Mapping[str, Any], *extra: str, command: str | None = None
+) -> tuple[str, ...]:
+    """``python tools/script [command] --flag value ... extra...``; a flag whose value is ``None`` is left out."""
+    argv = [ctx.python, str(ctx.tools / script), *([command] if command else [])]
+    for flag, value in flags.items():
+        if value is not None:
+            argv += [flag, str(value)]
+    return (*argv, *extra)
+
+
+def _setup_stages(ctx: _Context) -> list[StageSpec]:
+    config, root = ctx.config, ctx.run_root
+    stages = []
+    if needs_gpu(config):
+        argv = (
+            ctx.python,
+            str(CHECK_ENV_SCRIPT),
+            "--device",
+            str(config["device"]),
+            "--providers",
+            *config["eval_providers"],
+        )
+        stages.append(StageSpec(CHECK_ENV_STAGE, argv, ()))
+    source_root, prepare_needs = str(config["source_root"] or ""), ()
+    if config["data_source"] == "synthetic":
+        out = root.synthetic_source_dir
+        flags = {
+            "--out": out,
+            "--train": config["synthetic_train"],
+            "--val": config["synthetic_val"],
+            "--imgsz": config["synthetic_imgsz"],
+            "--seed": config["data_seed"],
+        }
+        argv = _cli(ctx, "make_synthetic_coco.py", flags, "--overwrite")
+        stages.append(StageSpec(SYNTHETIC_STAGE, argv, (out,), (), out))
+        source_root, prepare_needs = str(out), (SYNTHETIC_STAGE,)
+    # --overwrite: a data stage only runs while it is not done, so its folder holds a failed attempt of this run.
+    flags = {
+        "--source-root": source_root,
+        "--out-dir": root.dataset_dir,
+        "--max-train-images": config["max_train_images"],
+        "--max-val-images": config["max_val_images"],
+        "--seed": config["data_seed"],
+    }
+    argv = _cli(ctx, "prepare_coco_dataset.py", flags, "--overwrite")
+    outputs = (root.dataset_yaml, root.val_annotations)
+    stages.append(StageSpec(PREPARE_STAGE, argv, outputs, prepare_needs, root.dataset_dir))
+    return stages
+
+
+def _variant_stages(ctx: _Context, seed: int, variant: Variant) -> list[StageSpec]:
+    seed_root = ctx.run_root.seed(seed)
+    make = _quantize_stage(ctx, seed_root, variant) if variant.kind == "ptq" else _train_stage(ctx, seed_root, variant)
+    stages = [make]
+    for weights_format in variant.weight_formats:
+        export = _export_stage(ctx, seed_root, variant, weights_format, make.name)
+        stages += [export, _eval_stage(ctx, seed_root, variant, weights_format, export)]
+    return stages
+
+
+def _fp_best(seed_root: SeedRoot) -> Path:
+    return seed_root.train_run("fp16").best
+
+
+def _train_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageSpec:
+    config, paths = ctx.config, seed_root.train_run(variant.name)
+    fine_tune = variant.kind == "qat-ft"
+    flags = {
+        "--run-root": ctx.run_root.root,
+        "--data": ctx.run_root.dataset_yaml,
+        "--model": config["model"],
+        "--epochs": config["ft_epochs"] if fine_tune else config["epochs"],
+        "--imgsz": config["imgsz"],
+        "--batch": config["batch"],
+        "--device": config["device"],
+        "--hyp": config["ft_hyp"] if fine_tune else config["hyp"],
+        "--seed": seed_root.seed,
+        "--workers": config["workers"],
+        "--fraction": config["fraction"],
+    }
+    command = "qat-w4a16" if variant.quantized else "fp16"
+    argv = list(_cli(ctx, "train_yolov10m_scratch_fp16_vs_w4a16_qat_brevitas.py", flags, "--resume", command=command))
+    for pair in config["train_overrides"]:
+        argv += ["--train-arg", pair]
+    needs = [PREPARE_STAGE]
+    if variant.quantized:
+        argv += ["--quant-scheme", variant.scheme_spec]
+    if fine_tune:
+        argv += ["--init-from", str(_fp_best(seed_root))]
+        needs.append(train_stage_name(seed_root.seed, Variant("fp")))
+    return StageSpec(train_stage_name(seed_root.seed, variant), tuple(argv), (paths.best,), tuple(needs), paths.dir)
+
+
+def _quantize_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageSpec:
+    config, paths = ctx.config, seed_root.train_run(variant.name)
+    flags = {
+        "--weights": _fp_best(seed_root),
+        "--quant-scheme": variant.scheme_spec,
+        "--out": paths.best,
+        "--data": ctx.run_root.dataset_yaml,
+        "--bn-recalib-batches": config["ptq_bn_recalib_batches"],
+        "--imgsz": config["imgsz"],
+        "--batch": config["batch"],
+        "--device": config["device"],
+    }
+    argv = _cli(ctx, "ptq.py", flags)
+    needs = (PREPARE_STAGE, train_stage_name(seed_root.seed, Variant("fp")))
+    return StageSpec(train_stage_name(seed_root.seed, variant), argv, (paths.best,), needs, paths.dir)
+
+
+def _export_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant, weights_format: str, needs: str) -> StageSpec:
+    config = ctx.config
+    out = seed_root.onnx_model(model_name(config), variant.name, weights_format)
+    flags = {
+        "--weights": seed_root.train_run(variant.name).best,
+        "--out": out,
+        "--imgsz": config["imgsz"],
+        "--format": config["export_format"],
+        "--opset": config["export_opset"],
+    }
+    extra = ["--validate"]
+    if config["export_dynamic_batch"]:
+        extra.append("--dynamic-batch")
+    if weights_format == "float16":
+        extra.append("--half")
+    if weights_format == "int4":
+        extra += ["--weights-format", "int4"]
+    argv = _cli(ctx, "export_onnx.py", flags, *extra)
+    return StageSpec(export_stage_name(seed_root.seed, variant, weights_format), argv, (out,), (needs,), out)
+
+
+def _eval_stage(
+    ctx: _Context, seed_root: SeedRoot, variant: Variant, weights_format: str, export: StageSpec
+) -> StageSpec:
+    config, root = ctx.config, ctx.run_root
+    out_dir = seed_root.eval_dir(variant.name, weights_format)
+    flags = {
+        "--onnx": export.outputs[0],
+        "--ann-file": root.val_annotations,
+        "--images-dir": root.val_images_dir,
+        "--out-dir": out_dir,
+        "--imgsz": config["imgsz"],
+        "--batch": config["eval_batch"],
+        "--max-images": config["eval_max_images"],
+    }
+    extra = ["--fold-weights"] if config["eval_fold_weights"] else []
+    argv = _cli(ctx, "eval_yolov10m_onnx_coco.py", flags, *extra, "--providers", *config["eval_providers"])
+    outputs = (seed_root.eval_metrics(variant.name, weights_format),)
+    name = eval_stage_name(seed_root.seed, variant, weights_format)
+    return StageSpec(name, argv, outputs, (export.name, PREPARE_STAGE), out_dir)
