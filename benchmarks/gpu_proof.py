@@ -24,7 +24,7 @@ repository root, with tmp/gpu-wheels made here by scripts/gpu_wheels.sh and carr
 The default budgets (env 15 s, amp 45 s, steps 150 s, epoch 250 s) keep it under 8 minutes on one H100;
 --budget-scale 0.8 leaves more margin, --parts steps reruns one part. CPU mode for the tests:
 
-  python benchmarks/gpu_proof.py --device cpu --tiny       # yolov10n at 64 px, every part, about a minute
+  python benchmarks/gpu_proof.py --device cpu --tiny       # yolov10n at 64 px, every part, ~80-100 s of CPU
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ import time
 from gpu_proof_parts.budget import Part, run_part, skipped_part
 from gpu_proof_parts.settings import PARTS, ProofInputError, ProofSettings, build_settings
 
-from auto_quantize_model.provenance import command_line, git_state, utc_now
+from auto_quantize_model.runs.provenance import command_line, utc_now
+from auto_quantize_model.utils.version import git_state
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -27,9 +27,9 @@ from gpu_proof_parts.budget import Part, run_part  # noqa: E402
 from gpu_proof_parts.epoch_run import run_stage_within_budget  # noqa: E402
 from gpu_proof_parts.settings import GPU_BUDGETS_S, WHOLE_PROOF_TARGET_S, timing_scheme_names  # noqa: E402
 
-from auto_quantize_model.pipeline import StageSpec  # noqa: E402
 from auto_quantize_model.quant.scheme import SCHEME_NAMES, named_scheme  # noqa: E402
-from auto_quantize_model.run_root import RunRoot  # noqa: E402
+from auto_quantize_model.runs.plan import StageSpec  # noqa: E402
+from auto_quantize_model.runs.run_root import RunRoot  # noqa: E402
 
 IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s+([\w.]+)\s*$")
 

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 
-from auto_quantize_model.env_check import synthetic_train_batch
 from auto_quantize_model.quant.scheme import named_scheme
 from auto_quantize_model.quant.yolov10 import WeightQuantConv2d, learned_scales, quantize_model, quantized_layers
+from auto_quantize_model.runs.env_check import synthetic_train_batch
 from gpu_proof_parts.budget import Part
 from gpu_proof_parts.settings import AMP_DTYPES, ProofSettings, scheme_label
 

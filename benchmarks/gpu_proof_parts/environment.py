@@ -15,7 +15,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from auto_quantize_model.env_check import kernels_for
+from auto_quantize_model.runs.env_check import kernels_for
 from gpu_proof_parts.budget import Part
 from gpu_proof_parts.settings import ProofSettings
 

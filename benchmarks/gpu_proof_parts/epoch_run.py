@@ -1,13 +1,13 @@
 """Part ``epoch``: one epoch of FP and W4A16 QAT through the runner's own stages, both exported and checked.
 
 The run config is the ``dry-run`` profile (the COCO pipeline's plumbing check: 1 epoch, the scratch recipe) on
-generated data instead of COCO, resolved and saved by the config module, and planned by
-:func:`auto_quantize_model.pipeline.plan_stages`: the very CLI commands the runner would run. The proof runs the
-required stages first (GPU preflight, data, both trainings, FP float32 / QAT QCDQ / QAT INT4 exports), each through
-:func:`auto_quantize_model.stages.run_stage` (``run.json``, one log per stage) under coreutils ``timeout`` set to
-what is left of the part's budget; then compares each exported file on ONNX Runtime CPU with its checkpoint's model
-on the device (:mod:`.export_check`); then, with ``extra_stages``, the rest of the plan (FP16 export, ONNX COCO
-evaluation, summary) while the budget lasts. A stage whose input stage did not finish is skipped, not run.
+generated data instead of COCO, resolved and saved by the config module, and planned by ``runs.plan.plan_stages``:
+the very CLI commands the runner would run. The proof runs the required stages first (GPU preflight, data, both
+trainings, FP float32 / QAT QCDQ / QAT INT4 exports), each through ``runs.stage_runner.run_stage`` (``run.json``,
+one log per stage) under coreutils ``timeout`` set to what is left of the part's budget; then compares each
+exported file on ONNX Runtime CPU with its checkpoint's model on the device (:mod:`.export_check`); then, with
+``extra_stages``, the rest of the plan (FP16 export, ONNX COCO evaluation, summary) while the budget lasts. A stage
+whose input stage did not finish is skipped, not run.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from auto_quantize_model.config import resolve_run_config, save_or_check_run_config
-from auto_quantize_model.io_utils import read_json
-from auto_quantize_model.pipeline import (
+from auto_quantize_model.runs.config import resolve_run_config, save_or_check_run_config
+from auto_quantize_model.runs.plan import (
     CHECK_ENV_STAGE,
     PREPARE_STAGE,
     SYNTHETIC_STAGE,
@@ -29,9 +28,10 @@ from auto_quantize_model.pipeline import (
     plan_stages,
     train_stage_name,
 )
-from auto_quantize_model.run_root import RunRoot
-from auto_quantize_model.stages import run_stage
-from auto_quantize_model.variants import parse_variants
+from auto_quantize_model.runs.run_root import RunRoot
+from auto_quantize_model.runs.stage_runner import run_stage
+from auto_quantize_model.runs.variants import parse_variants
+from auto_quantize_model.utils.io import read_json
 from gpu_proof_parts import export_check
 from gpu_proof_parts.budget import Part
 from gpu_proof_parts.settings import ProofSettings

@@ -17,16 +17,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from auto_quantize_model.export import INPUT_NAME, OUTPUT_NAME, ExportSettings, load_detection_checkpoint
-from auto_quantize_model.export_validation import (
+from auto_quantize_model.onnx_io.contract import INPUT_NAME, OUTPUT_NAME
+from auto_quantize_model.onnx_io.model_prep import load_detection_checkpoint
+from auto_quantize_model.onnx_io.settings import ExportSettings
+from auto_quantize_model.onnx_io.validation import (
     NON_CPU_TOLERANCE_FACTOR,
     TOLERANCES,
     compare_outputs,
     plan_validation,
     unfused_reference_model,
 )
-from auto_quantize_model.io_utils import read_json
-from auto_quantize_model.run_root import export_metadata_path
+from auto_quantize_model.runs.run_root import export_metadata_path
+from auto_quantize_model.utils.io import read_json
 
 MAX_IMAGES = 8
 

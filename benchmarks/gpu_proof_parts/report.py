@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from auto_quantize_model.io_utils import write_json_atomic, write_text_atomic
+from auto_quantize_model.utils.io import write_json_atomic, write_text_atomic
 from gpu_proof_parts.budget import Part
 from gpu_proof_parts.settings import WHOLE_PROOF_TARGET_S, ProofSettings
 

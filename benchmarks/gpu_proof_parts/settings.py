@@ -11,15 +11,16 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from auto_quantize_model.quant.scheme import SCHEME_NAMES, QuantScheme, named_scheme
-from auto_quantize_model.ultralytics_ext.env import project_root
+from auto_quantize_model.utils.ultralytics_env import project_root
 
 PARTS = ("env", "amp", "steps", "epoch")
 AMP_DTYPES = ("float16", "bfloat16")
 # fp16 autocast on a CPU runs torch's reference convolution (no oneDNN fp16 kernels; ~10 s per yolov10n step on the
 # development machine): CPU runs train and time bf16 steps only, and check the fp16 layer numerics (cheap).
 CPU_TRAIN_DTYPES = ("bfloat16",)
-# Seconds per part. GPU: measured estimates on one H100 are env ~5, amp ~20, steps ~100, epoch ~200 (see
-# benchmarks/RESULTS.md, "GPU"); each budget leaves room, and together they stay under 8 minutes.
+# Seconds per part. GPU: estimates for one H100, not yet measured (benchmarks/RESULTS.md, "GPU"): env ~5, amp ~20
+# (8 schemes x 2 dtypes), steps ~100 (4 trainers x 2 dtypes x 60 steps), epoch ~200 (8 stage processes); each
+# budget leaves room, and together they stay under 8 minutes.
 GPU_BUDGETS_S = {"env": 15.0, "amp": 45.0, "steps": 150.0, "epoch": 250.0}
 TINY_BUDGETS_S = {"env": 10.0, "amp": 20.0, "steps": 25.0, "epoch": 90.0}
 WHOLE_PROOF_TARGET_S = 480.0  # the "whole proof under 8 minutes on one H100"
