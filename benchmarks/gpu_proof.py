@@ -108,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     header = {"schema_version": 1, "started_at": utc_now(), "command": command_line(), "git": git_state()}
     print(f"gpu_proof: {settings.mode}, {settings.model} at {settings.imgsz} px, report in {settings.out}", flush=True)
     parts = run_parts(settings)
-    from gpu_proof_parts.report import write_report
+    from gpu_proof_parts.report import targets_section, write_report
 
     json_path, md_path = write_report(settings, parts, header, time.monotonic() - began)
+    print(targets_section(md_path.read_text(encoding="utf-8")))
     failed = [name for name, part in parts.items() if part.status == "failed"]
     verdict = f"FAILED: {', '.join(failed)}" if failed else "no part failed"
     print(f"gpu_proof: {verdict}; report {md_path} ({json_path.name})")

@@ -34,6 +34,7 @@ def run(settings: ProofSettings, part: Part) -> None:
     data["cpu_count"] = os.cpu_count()
     data["load_average"] = _load_average()
     data["pythonpath"] = os.environ.get("PYTHONPATH", "")
+    print(f"[env] torch {torch.__version__} (CUDA build {torch.version.cuda}, cuDNN {data['cudnn']})", flush=True)
     if not settings.cuda:
         part.check("device", True, f"CPU requested; torch {torch.__version__}")
         return
@@ -57,11 +58,9 @@ def run(settings: ProofSettings, part: Part) -> None:
         "arch_list_covers_device": kernels_for(capability, arch_list),
         "bf16_supported": torch.cuda.is_bf16_supported(),
     }
-    part.check(
-        "torch kernels for the device",
-        data["gpu"]["arch_list_covers_device"],
-        f"{props.name} sm_{props.major}{props.minor}; torch {torch.__version__} has {' '.join(arch_list)}",
-    )
+    detail = f"{props.name} sm_{props.major}{props.minor}; torch {torch.__version__} has {' '.join(arch_list)}"
+    print(f"[env] {detail}; covered: {data['gpu']['arch_list_covers_device']}", flush=True)
+    part.check("torch kernels for the device", data["gpu"]["arch_list_covers_device"], detail)
 
 
 def _versions() -> dict[str, str]:

@@ -43,7 +43,8 @@ class Config:
     scaler: Any
     warmup_ms: list[float] = field(default_factory=list)
     step_ms: list[float] = field(default_factory=list)
-    peak_bytes: int = 0
+    peak_bytes: int = 0  # everything allocated at the peak: all trainers' models, EMAs and optimizer states too
+    step_peak_bytes: int = 0  # the peak above what was allocated before the steps: activations and gradients
     nonfinite_losses: int = 0
 
 
@@ -66,7 +67,10 @@ def run(settings: ProofSettings, part: Part) -> None:
     for config in configs:
         _run_steps(config, batch, settings.warmup, warmup=True)
     rounds = _rounds_that_fit(settings, part, configs)
-    for _ in range(rounds):
+    for done in range(rounds):
+        if part.left() <= 0:
+            part.skip(f"rounds {done + 1}-{rounds} of timed steps", f"budget {part.budget_s:.0f} s reached")
+            break
         for config in configs:
             _run_steps(config, batch, settings.chunk, warmup=False)
     part.data["rows"] = _rows(configs)
@@ -156,6 +160,7 @@ def _run_steps(config: Config, batch: dict, count: int, warmup: bool) -> None:
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
+        resident = torch.cuda.memory_allocated(device)
     losses = []
     times = config.warmup_ms if warmup else config.step_ms
     for _ in range(count):
@@ -171,7 +176,9 @@ def _run_steps(config: Config, batch: dict, count: int, warmup: bool) -> None:
             losses.append(_step(config, batch))
             times.append((time.perf_counter() - began) * 1000)
     if cuda:
-        config.peak_bytes = max(config.peak_bytes, torch.cuda.max_memory_allocated(device))
+        peak = torch.cuda.max_memory_allocated(device)
+        config.peak_bytes = max(config.peak_bytes, peak)
+        config.step_peak_bytes = max(config.step_peak_bytes, peak - resident)
     config.nonfinite_losses += sum(not math.isfinite(float(loss)) for loss in losses)
 
 
@@ -210,6 +217,7 @@ def _rows(configs: list[Config]) -> list[dict[str, Any]]:
                 row["vs_fp"] = row["median_ms"] / statistics.median(base.step_ms)
         row["warmup_ms"] = [round(v, 2) for v in config.warmup_ms]
         row["peak_mib"] = round(config.peak_bytes / 2**20, 1) if config.peak_bytes else None
+        row["step_peak_mib"] = round(config.step_peak_bytes / 2**20, 1) if config.peak_bytes else None
         rows.append(row)
     return rows
 
