@@ -6,6 +6,12 @@ replacing ``/images/`` with ``/labels/`` in the image path it globbed (it does n
 link). Besides those the writer owns ``dataset.yaml`` (the data YAML), ``instances_val.json``
 (exactly the validation ground truth used, for the ONNX COCO evaluator) and ``provenance.json``.
 
+With ``selection_images`` a selection split is carved out of the train images (seeded, disjoint from the
+remaining train images and from val): ``images/selection/``, ``labels/selection/`` and
+``dataset-selection.yaml``, a data YAML whose ``val:`` is that split, so that a training validating on it
+chooses its ``best.pt`` without looking at the val images the evaluator scores. Its image ids are
+recorded in ``provenance.json``.
+
 Class index ``i`` is the ``i``-th category of the annotation file sorted by id, so COCO2017's
 91 ids with gaps map to the usual 80 indices; categories without instances keep their index.
 """
@@ -36,7 +42,10 @@ from auto_quantize_model.utils.io import (
 )
 
 SPLITS = ("train", "val")
-_OWNED_FILES = ("dataset.yaml", "instances_val.json", "provenance.json")
+SELECTION_SPLIT = "selection"  # carved out of train; never part of val
+DATASET_YAML = "dataset.yaml"
+SELECTION_DATASET_YAML = "dataset-selection.yaml"
+_OWNED_FILES = (DATASET_YAML, SELECTION_DATASET_YAML, "instances_val.json", "provenance.json")
 _OWNED_DIRS = ("images", "labels")
 _STAGING = ".prepare-staging"
 _TOOL = "auto_quantize_model.data.coco_dataset.prepare_coco_dataset"
@@ -101,13 +110,15 @@ def prepare_coco_dataset(
     val_ann: str = "annotations/instances_val2017.json",
     max_train_images: int | None = None,
     max_val_images: int | None = None,
+    selection_images: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
 ) -> PreparedDataset:
     """Write the Ultralytics dataset for the COCO source under ``source_root`` into ``out_dir``.
 
     The four paths are relative to ``source_root`` (absolute paths also work). ``max_*_images``
-    keep a seeded random subset of that many images, sorted by image id. Raises
+    keep a seeded random subset of that many images, sorted by image id; ``selection_images`` then
+    moves a seeded random subset of the kept train images into the selection split. Raises
     :class:`DatasetError` for bad input, and for a non-empty ``out_dir`` unless ``overwrite``.
     """
     root = _existing_dir(Path(source_root).expanduser().resolve(), "source root (--source-root)")
@@ -116,6 +127,7 @@ def prepare_coco_dataset(
         "train": _check_cap(max_train_images, "max_train_images"),
         "val": _check_cap(max_val_images, "max_val_images"),
     }
+    _check_cap(selection_images, "selection_images")
     splits = {
         "train": _load_split("train", root / train_ann, root / train_images),
         "val": _load_split("val", root / val_ann, root / val_images),
@@ -126,6 +138,7 @@ def prepare_coco_dataset(
         _check_image_files(splits[name], selected[name])
     corrupt = {name: _corrupt_images(splits[name], selected[name]) for name in SPLITS}
     selected = {name: [i for i in selected[name] if i not in corrupt[name]] for name in SPLITS}
+    selected["train"], selection = _carve_selection(splits, selected, selection_images, seed)
     _check_out_dir(out, [split.images_dir for split in splits.values()], overwrite)
 
     categories = splits["train"].categories
@@ -134,10 +147,14 @@ def prepare_coco_dataset(
     staging = out / _STAGING
     shutil.rmtree(staging, ignore_errors=True)
     counts = {name: _write_split(splits[name], selected[name], staging, class_of, names) for name in SPLITS}
+    if selection:
+        counts[SELECTION_SPLIT] = _write_split(splits["train"], selection, staging, class_of, names, SELECTION_SPLIT)
     _swap_in(staging, out)
 
     val_json = _write_val_ground_truth(splits["val"], selected["val"], out / "instances_val.json")
-    provenance = _write_provenance(out, root, splits, caps, seed, counts, categories, corrupt)
+    provenance = _write_provenance(out, root, splits, caps, seed, counts, categories, corrupt, selection)
+    if selection:
+        _write_dataset_yaml(out, names, SELECTION_DATASET_YAML, val_split=SELECTION_SPLIT)
     dataset_yaml = _write_dataset_yaml(out, names)  # last: its presence marks a complete dataset
     return PreparedDataset(out, dataset_yaml, val_json, provenance, names, tuple(class_of), counts)
 
@@ -263,6 +280,37 @@ def _select_image_ids(images: dict[int, dict], cap: int | None, seed: int) -> li
     if cap is not None and cap < len(ids):
         ids = sorted(random.Random(seed).sample(ids, cap))
     return ids
+
+
+def _carve_selection(
+    splits: dict[str, _CocoSplit], selected: dict[str, list[int]], count: int | None, seed: int
+) -> tuple[list[int], list[int]]:
+    """(train ids left, selection ids): a seeded random ``count`` of the kept train images, both sorted by id.
+
+    The selection chooses checkpoints, so it must share no image file with val (the scored images).
+    """
+    train = selected["train"]
+    if count is None:
+        return train, []
+    if count >= len(train):
+        raise DatasetError(
+            f"selection_images={count}: carved out of {len(train)} usable train images it leaves none to train on; "
+            "lower --selection-images"
+        )
+    selection = sorted(random.Random(f"selection-{seed}").sample(train, count))
+    chosen = set(selection)
+    val_files = {(splits["val"].images_dir / splits["val"].images[i]["file_name"]).resolve() for i in selected["val"]}
+    shared = [
+        splits["train"].images[i]["file_name"]
+        for i in selection
+        if (splits["train"].images_dir / splits["train"].images[i]["file_name"]).resolve() in val_files
+    ]
+    if shared:
+        raise DatasetError(
+            f"{splits['train'].ann_path}: {len(shared)} selection image(s) are also val images, e.g. "
+            f"{shared[:_MAX_LISTED]}; the train and val sources must not share images"
+        )
+    return [i for i in train if i not in chosen], selection
 
 
 def _check_image_files(split: _CocoSplit, image_ids: Iterable[int]) -> None:
@@ -395,10 +443,16 @@ def _swap_in(staging: Path, out: Path) -> None:
 
 
 def _write_split(
-    split: _CocoSplit, image_ids: list[int], staging: Path, class_of: dict[int, int], names: tuple[str, ...]
+    split: _CocoSplit,
+    image_ids: list[int],
+    staging: Path,
+    class_of: dict[int, int],
+    names: tuple[str, ...],
+    out_name: str | None = None,
 ) -> SplitCounts:
-    """Symlink every selected image and write its label file; return the split's counts."""
-    images_out, labels_out = staging / "images" / split.name, staging / "labels" / split.name
+    """Symlink every selected image and write its label file into ``out_name`` (default: the split's name)."""
+    out_name = out_name or split.name
+    images_out, labels_out = staging / "images" / out_name, staging / "labels" / out_name
     tally = dict.fromkeys(("crowd", "degenerate", "duplicate", "clipped"), 0)
     per_class, without_boxes = [0] * len(names), 0
     source_dir = split.images_dir.resolve()
@@ -491,6 +545,7 @@ def _write_provenance(
     counts: dict[str, SplitCounts],
     categories: tuple[tuple[int, str], ...],
     corrupt: dict[str, dict[int, str]],
+    selection: list[int],
 ) -> Path:
     """Record where the dataset came from and what the writer did, for the run's audit trail."""
 
@@ -517,10 +572,20 @@ def _write_provenance(
         "category_ids": [category_id for category_id, _ in categories],
         "splits": {name: split_record(name) for name in SPLITS},
     }
+    if selection:
+        record["splits"][SELECTION_SPLIT] = {
+            "carved_from": "train",
+            "seed": seed,
+            "images": len(selection),
+            "image_ids": selection,
+            "counts": asdict(counts[SELECTION_SPLIT]),
+        }
     return write_json_atomic(out / "provenance.json", record)
 
 
-def _write_dataset_yaml(out: Path, names: tuple[str, ...]) -> Path:
-    data = {"path": str(out), "train": "images/train", "val": "images/val", "names": dict(enumerate(names))}
+def _write_dataset_yaml(
+    out: Path, names: tuple[str, ...], file_name: str = DATASET_YAML, val_split: str = "val"
+) -> Path:
+    data = {"path": str(out), "train": "images/train", "val": f"images/{val_split}", "names": dict(enumerate(names))}
     text = "# Written by prepare_coco_dataset; see provenance.json for the source.\n"
-    return write_text_atomic(out / "dataset.yaml", text + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return write_text_atomic(out / file_name, text + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))

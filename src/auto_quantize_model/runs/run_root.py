@@ -6,9 +6,10 @@ Layout (``R`` is the run root, ``k`` a training seed, ``V`` a variant name such 
     R/run.json, R/run_config.yaml, R/logs/<stage>.log
     R/summary.md, R/summary.csv, R/summary.json, R/*.png       (the summary stage)
     R/dataset/{dataset.yaml, provenance.json, instances_val.json, images/, labels/}
-    R/seed-k/V/             Ultralytics save_dir of a training (PTQ: weights/best.pt + ptq_metadata.json)
+        [dataset-selection.yaml, images/selection/, labels/selection/]  (checkpoint_policy best-on-selection)
+    R/seed-k/V/             Ultralytics save_dir of a training (PTQ: weights/<last|best>.pt + .json beside it)
         args.yaml results.csv weights/{best,last}.pt tensorboard/ loss_curves.{csv,png}
-        train_metadata.json train_config.yaml [quant_scheme.json]
+        train_metadata.json train_config.yaml checkpoint_epochs.json [quant_scheme.json]
     R/seed-k/onnx/<model>-V-F.onnx (+ <model>-V-F.json export metadata)
     R/seed-k/eval/V-F/{metrics.json, detections.json}
 
@@ -25,13 +26,19 @@ from auto_quantize_model.runs.metrics_keys import DETECTIONS_FILE, METRICS_FILE
 from auto_quantize_model.runs.summary_schema import SUMMARY_CSV
 
 FP16_STAGE = "fp16"
+FINE_TUNE_SUFFIX = "-ft"
 DEFAULT_RUN_PARENT = Path("tmp") / "yolov10m_scratch_fp16_vs_w4a16_qat"
 SEED_DIR_PREFIX = "seed-"
 
 
 def qat_stage_name(scheme_name: str, fine_tune: bool = False) -> str:
     """Folder name of a QAT run: ``qat-<scheme>``, ``qat-<scheme>-ft`` when initialised from FP weights."""
-    return f"qat-{scheme_name}" + ("-ft" if fine_tune else "")
+    return f"qat-{scheme_name}" + (FINE_TUNE_SUFFIX if fine_tune else "")
+
+
+def fp_stage_name(fine_tune: bool = False) -> str:
+    """Folder name of a float run: ``fp16``, ``fp16-ft`` when fine-tuned from the seed's ``fp16`` checkpoint."""
+    return FP16_STAGE + (FINE_TUNE_SUFFIX if fine_tune else "")
 
 
 def export_metadata_path(onnx_path: str | os.PathLike) -> Path:
@@ -89,6 +96,11 @@ class TrainRunPaths:
     def config_yaml(self) -> Path:
         """The resolved training configuration (recipe + CLI overrides)."""
         return self.dir / "train_config.yaml"
+
+    @property
+    def checkpoint_epochs_json(self) -> Path:
+        """The epoch each checkpoint holds, written on every save (``strip_optimizer`` erases it from the .pt)."""
+        return self.dir / "checkpoint_epochs.json"
 
     @property
     def quant_scheme_json(self) -> Path:
@@ -178,6 +190,11 @@ class RunRoot:
     def val_images_dir(self) -> Path:
         """Symlinks to the validation images (what the ONNX evaluator reads)."""
         return self.dataset_dir / "images" / "val"
+
+    @property
+    def selection_dataset_yaml(self) -> Path:
+        """Data YAML whose ``val:`` is the selection split carved from train (training validates there)."""
+        return self.dataset_dir / "dataset-selection.yaml"
 
     @property
     def dataset_provenance(self) -> Path:

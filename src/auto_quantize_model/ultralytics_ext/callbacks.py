@@ -1,8 +1,8 @@
 """Ultralytics trainer callbacks shared by the FP16 and QAT runs.
 
 They add what the plan asks of every training run without touching Ultralytics' loop:
-TensorBoard event files, loss curves (CSV + PNG) refreshed every epoch, and a guard that
-reports any non-finite loss with its epoch and batch. Callbacks are module-level
+TensorBoard event files, loss curves (CSV + PNG) refreshed every epoch, a guard that
+reports any non-finite loss with its epoch and batch, and the epoch each checkpoint holds. Callbacks are module-level
 functions so Ultralytics' DDP launcher can pickle them by reference.
 """
 
@@ -16,6 +16,7 @@ from ultralytics.utils import LOGGER, RANK
 
 from auto_quantize_model.runs.run_root import TrainRunPaths
 from auto_quantize_model.ultralytics_ext.loss_curves import write_loss_curves
+from auto_quantize_model.utils.io import read_json, write_json_atomic
 
 # Per-iteration scalars are written every this many batches (epoch scalars always).
 ITERATION_LOG_INTERVAL = 10
@@ -94,6 +95,23 @@ def on_fit_epoch_end(trainer) -> None:
         write_loss_curves(paths.results_csv, paths.loss_curves_csv, paths.loss_curves_png, title=paths.name)
 
 
+def on_model_save(trainer) -> None:
+    """Record the epoch (1-based) last.pt and best.pt now hold in ``checkpoint_epochs.json``.
+
+    ``strip_optimizer`` sets a finished checkpoint's own ``epoch`` to -1 and overwrites best.pt's results with
+    last.pt's, so the scored checkpoint's epoch is only known here. ``save_model`` has just written best.pt
+    exactly when ``best_fitness == fitness``; the file survives a resume.
+    """
+    if not _is_main_process():
+        return
+    path = _paths(trainer).checkpoint_epochs_json
+    epochs = read_json(path) if path.is_file() else {}
+    epochs["last"] = trainer.epoch + 1
+    if trainer.best_fitness == trainer.fitness:
+        epochs["best"] = trainer.epoch + 1
+    write_json_atomic(path, epochs)
+
+
 def on_train_end(trainer) -> None:
     """Close the TensorBoard writer."""
     writer = getattr(trainer, "aqm_tb_writer", None)
@@ -107,6 +125,7 @@ RUN_CALLBACKS = {
     "on_train_epoch_start": on_train_epoch_start,
     "on_train_batch_end": on_train_batch_end,
     "on_fit_epoch_end": on_fit_epoch_end,
+    "on_model_save": on_model_save,
     "on_train_end": on_train_end,
 }
 
