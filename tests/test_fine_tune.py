@@ -95,3 +95,16 @@ def test_best_on_selection_chooses_best_pt_on_the_selection_split_and_records_ea
     assert scored_checkpoint(paths, config["checkpoint_policy"]) == paths.best
     assert scored_epoch(run_root.seed(0), variant, config["checkpoint_policy"]) == best_epoch
     assert scored_epoch(run_root.seed(0), variant, "last") == 2
+
+
+def test_fp16_ft_refuses_a_quantized_checkpoint_before_training(qat_run, prepared_dataset, tmp_path) -> None:
+    from conftest import tiny_train_request
+
+    from auto_quantize_model.runs.config import ConfigError
+    from auto_quantize_model.train import train_stage
+
+    request = tiny_train_request(tmp_path, prepared_dataset.dataset_yaml, init_from=qat_run.paths.best)
+    assert request.stage == "fp16-ft"
+    with pytest.raises(ConfigError, match=r"is quantized \(scheme w4a16\); fp16-ft fine-tunes a float model"):
+        train_stage(request)
+    assert not request.paths.dir.exists()

@@ -207,7 +207,7 @@ def train_stage(request: TrainRequest) -> TrainResult:
         return _finish_saved_stage(request, paths, plan)
     resuming = plan.state is StageState.INTERRUPTED
     if not resuming:
-        check_init_from(request.init_from)  # before the trainer creates the stage folder
+        check_init_from(request.init_from, float_stage=not request.quantized)  # before the stage folder exists
     args = _resume_args(request, paths, plan.checkpoint) if resuming else resolve_train_args(request)
     if resuming:
         _trim_results_csv(paths, plan.checkpoint)

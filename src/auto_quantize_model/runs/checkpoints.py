@@ -117,6 +117,7 @@ class CheckpointInfo:
     epoch: int | None = None  # last completed epoch (0-based); -1 once strip_optimizer ran
     epochs: int | None = None  # the run's target epochs (train_args)
     has_optimizer: bool = False
+    quant_scheme: str | None = None  # the scheme name of a QAT/PTQ checkpoint, None for a float one
 
     @property
     def stripped(self) -> bool:
@@ -140,7 +141,7 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
     """Load ``path`` fully (a torn zip or pickle fails here) and read epoch, target epochs and optimizer state."""
     from ultralytics.utils.patches import torch_load
 
-    import auto_quantize_model.quant.yolov10  # noqa: F401  (QAT layers must be importable to unpickle)
+    from auto_quantize_model.quant.yolov10 import quant_scheme_of  # QAT layers must be importable to unpickle
 
     path = Path(path)
     if not path.is_file():
@@ -154,12 +155,14 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
     if not isinstance(ckpt, dict) or not (ckpt.get("ema") or ckpt.get("model")):
         return CheckpointInfo(path, intact=False, error="not an Ultralytics checkpoint (no 'ema' or 'model')")
     epochs = (ckpt.get("train_args") or {}).get("epochs")
+    scheme = quant_scheme_of(ckpt.get("ema") or ckpt.get("model"))
     return CheckpointInfo(
         path,
         intact=True,
         epoch=int(ckpt.get("epoch", -1)),
         epochs=int(epochs) if epochs is not None else None,
         has_optimizer=ckpt.get("optimizer") is not None,
+        quant_scheme=scheme.name if scheme is not None else None,
     )
 
 
