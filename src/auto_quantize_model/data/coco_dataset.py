@@ -6,11 +6,8 @@ replacing ``/images/`` with ``/labels/`` in the image path it globbed (it does n
 link). Besides those the writer owns ``dataset.yaml`` (the data YAML), ``instances_val.json``
 (exactly the validation ground truth used, for the ONNX COCO evaluator) and ``provenance.json``.
 
-With ``selection_images`` a selection split is carved out of the train images (seeded, disjoint from the
-remaining train images and from val): ``images/selection/``, ``labels/selection/`` and
-``dataset-selection.yaml``, a data YAML whose ``val:`` is that split, so that a training validating on it
-chooses its ``best.pt`` without looking at the val images the evaluator scores. Its image ids are
-recorded in ``provenance.json``.
+With ``selection_images`` a selection split is carved out of the train images
+(:mod:`auto_quantize_model.data.selection_split`).
 
 Class index ``i`` is the ``i``-th category of the annotation file sorted by id, so COCO2017's
 91 ids with gaps map to the usual 80 indices; categories without instances keep their index.
@@ -33,6 +30,13 @@ from typing import Any
 
 import yaml
 
+from auto_quantize_model.data.selection_split import (
+    SELECTION_DATASET_YAML,
+    SELECTION_SPLIT,
+    carve_selection,
+    selection_record,
+    shared_files,
+)
 from auto_quantize_model.utils.io import (
     atomic_output,
     read_json,
@@ -42,9 +46,7 @@ from auto_quantize_model.utils.io import (
 )
 
 SPLITS = ("train", "val")
-SELECTION_SPLIT = "selection"  # carved out of train; never part of val
 DATASET_YAML = "dataset.yaml"
-SELECTION_DATASET_YAML = "dataset-selection.yaml"
 _OWNED_FILES = (DATASET_YAML, SELECTION_DATASET_YAML, "instances_val.json", "provenance.json")
 _OWNED_DIRS = ("images", "labels")
 _STAGING = ".prepare-staging"
@@ -138,11 +140,13 @@ def prepare_coco_dataset(
         _check_image_files(splits[name], selected[name])
     corrupt = {name: _corrupt_images(splits[name], selected[name]) for name in SPLITS}
     selected = {name: [i for i in selected[name] if i not in corrupt[name]] for name in SPLITS}
+    categories = splits["train"].categories
+    class_of = {category_id: index for index, (category_id, _) in enumerate(categories)}
+    for name in SPLITS:
+        _check_split_usable(splits[name], selected[name], len(corrupt[name]), class_of)
     selected["train"], selection = _carve_selection(splits, selected, selection_images, seed)
     _check_out_dir(out, [split.images_dir for split in splits.values()], overwrite)
 
-    categories = splits["train"].categories
-    class_of = {category_id: index for index, (category_id, _) in enumerate(categories)}
     names = tuple(name for _, name in categories)
     staging = out / _STAGING
     shutil.rmtree(staging, ignore_errors=True)
@@ -282,35 +286,23 @@ def _select_image_ids(images: dict[int, dict], cap: int | None, seed: int) -> li
     return ids
 
 
-def _carve_selection(
-    splits: dict[str, _CocoSplit], selected: dict[str, list[int]], count: int | None, seed: int
-) -> tuple[list[int], list[int]]:
-    """(train ids left, selection ids): a seeded random ``count`` of the kept train images, both sorted by id.
-
-    The selection chooses checkpoints, so it must share no image file with val (the scored images).
-    """
-    train = selected["train"]
-    if count is None:
-        return train, []
-    if count >= len(train):
-        raise DatasetError(
-            f"selection_images={count}: carved out of {len(train)} usable train images it leaves none to train on; "
-            "lower --selection-images"
-        )
-    selection = sorted(random.Random(f"selection-{seed}").sample(train, count))
-    chosen = set(selection)
-    val_files = {(splits["val"].images_dir / splits["val"].images[i]["file_name"]).resolve() for i in selected["val"]}
-    shared = [
-        splits["train"].images[i]["file_name"]
-        for i in selection
-        if (splits["train"].images_dir / splits["train"].images[i]["file_name"]).resolve() in val_files
-    ]
+def _carve_selection(splits: dict, selected: dict, count: int | None, seed: int) -> tuple[list[int], list[int]]:
+    """Carve the selection split out of the kept train images; it must share no image file with val."""
+    try:
+        train, selection = carve_selection(selected["train"], count, seed)
+    except ValueError as error:
+        raise DatasetError(str(error)) from None
+    files = {
+        name: [splits[name].images_dir / splits[name].images[i]["file_name"] for i in ids]
+        for name, ids in (("train", selection), ("val", selected["val"]))
+    }
+    shared = shared_files(files["train"], files["val"])
     if shared:
         raise DatasetError(
             f"{splits['train'].ann_path}: {len(shared)} selection image(s) are also val images, e.g. "
-            f"{shared[:_MAX_LISTED]}; the train and val sources must not share images"
+            f"{[str(p) for p in shared[:_MAX_LISTED]]}; the train and val sources must not share images"
         )
-    return [i for i in train if i not in chosen], selection
+    return train, selection
 
 
 def _check_image_files(split: _CocoSplit, image_ids: Iterable[int]) -> None:
@@ -360,6 +352,25 @@ def _corrupt_images(split: _CocoSplit, image_ids: list[int]) -> dict[int, str]:
     return corrupt
 
 
+def _check_split_usable(split: _CocoSplit, usable_ids: list[int], unreadable: int, class_of: dict[int, int]) -> None:
+    """A split must keep at least one readable image and one trainable box once unreadable images are left out."""
+    fix = f"replace the unreadable files in {split.images_dir}, or pass other --{split.name}-images/--{split.name}-ann"
+    if not usable_ids:
+        raise DatasetError(
+            f"{split.ann_path}: the {split.name} split has no usable image: all {unreadable} selected image file(s) "
+            f"are unreadable; {fix}"
+        )
+    scratch_tally = dict.fromkeys(("crowd", "degenerate", "duplicate", "clipped"), 0)
+    if not any(
+        label_lines(split.images[i], split.anns_by_image.get(i, ()), class_of, scratch_tally) for i in usable_ids
+    ):
+        raise DatasetError(
+            f"{split.ann_path}: the {split.name} split has no annotation left: none of its {len(usable_ids)} readable "
+            f"image(s) has a box to learn or score ({unreadable} unreadable image file(s) left out, crowd and "
+            f"zero-area boxes do not count); {fix}"
+        )
+
+
 def _image_problem(path: Path) -> str | None:
     """Why ``path`` is not a usable image (PIL's structural check, JPEG end marker), or ``None``."""
     from PIL import Image
@@ -376,6 +387,8 @@ def _image_problem(path: Path) -> str | None:
                     return "truncated JPEG (no end marker)"
     except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for unreadable or damaged files
         return f"{type(error).__name__}: {error}"
+    except ImportError:  # once Ultralytics is imported, Image.open retries an unidentified file with pi-heif
+        return "not an image PIL can identify (nor a HEIF file: Ultralytics' pi-heif plugin is not installed)"
     return None
 
 
@@ -573,13 +586,7 @@ def _write_provenance(
         "splits": {name: split_record(name) for name in SPLITS},
     }
     if selection:
-        record["splits"][SELECTION_SPLIT] = {
-            "carved_from": "train",
-            "seed": seed,
-            "images": len(selection),
-            "image_ids": selection,
-            "counts": asdict(counts[SELECTION_SPLIT]),
-        }
+        record["splits"][SELECTION_SPLIT] = selection_record(selection, seed, asdict(counts[SELECTION_SPLIT]))
     return write_json_atomic(out / "provenance.json", record)
 
 
