@@ -550,7 +550,7 @@ def _checkpoint_records(paths: TrainRunPaths, data: Path) -> dict[str, Any]:
     The epochs come from the save callback's ``checkpoint_epochs.json`` (the .pt files lose theirs when
     stripped); ``chosen_on`` is the data YAML's ``val:`` split, where Ultralytics' fitness picked best.pt.
     """
-    epochs = read_json(paths.checkpoint_epochs_json) if paths.checkpoint_epochs_json.is_file() else {}
+    epochs = paths.read_checkpoint_epochs()
     val = load_yaml_mapping(Path(data)).get("val")
     chosen_on = Path(str(val)).name if isinstance(val, str) else str(val)
     return {

@@ -22,7 +22,6 @@ from typing import Any
 
 from auto_quantize_model.runs.run_root import SeedRoot, TrainRunPaths
 from auto_quantize_model.runs.variants import FP_VARIANT, Variant
-from auto_quantize_model.utils.io import read_json
 
 LAST = "last"
 BEST_ON_SELECTION = "best-on-selection"
@@ -67,10 +66,8 @@ def scored_epoch(seed_root: SeedRoot, variant: Variant, policy: str) -> int | No
 
 def checkpoint_record(paths: TrainRunPaths, policy: str) -> dict[str, Any] | None:
     """The training's record of the policy's checkpoint (``{"epoch": ..., "chosen_on": ...}``), if any."""
-    if not paths.metadata_json.is_file():
-        return None
     try:
-        checkpoints = read_json(paths.metadata_json).get(CHECKPOINTS_KEY) or {}
-    except ValueError:
+        checkpoints = paths.read_metadata().get(CHECKPOINTS_KEY) or {}
+    except ValueError:  # a torn file: the summary names it elsewhere
         return None
     return checkpoints.get(checkpoint_name(policy))

@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from auto_quantize_model.data import selection_split  # the dataset writer names its files (data is below runs)
 from auto_quantize_model.runs.metrics_keys import DETECTIONS_FILE, METRICS_FILE
 from auto_quantize_model.runs.summary_schema import SUMMARY_CSV
 
@@ -46,6 +47,7 @@ TRAIN_METADATA_JSON = "train_metadata.json"
 TRAIN_CONFIG_YAML = "train_config.yaml"
 QUANT_SCHEME_JSON = "quant_scheme.json"
 NONFINITE_LOSSES_JSONL = "nonfinite_losses.jsonl"
+CHECKPOINT_EPOCHS_JSON = "checkpoint_epochs.json"
 
 
 def qat_stage_name(scheme_name: str, fine_tune: bool = False) -> str:
@@ -117,7 +119,7 @@ class TrainRunPaths:
     @property
     def checkpoint_epochs_json(self) -> Path:
         """The epoch each checkpoint holds, written on every save (``strip_optimizer`` erases it from the .pt)."""
-        return self.dir / "checkpoint_epochs.json"
+        return self.dir / CHECKPOINT_EPOCHS_JSON
 
     @property
     def quant_scheme_json(self) -> Path:
@@ -137,6 +139,12 @@ class TrainRunPaths:
         from auto_quantize_model.utils.io import read_json
 
         return read_json(self.metadata_json) if self.metadata_json.is_file() else {}
+
+    def read_checkpoint_epochs(self) -> dict:
+        """``checkpoint_epochs.json`` (the one reader of that file): ``{"last": E, "best": E}``, ``{}`` before."""
+        from auto_quantize_model.utils.io import read_json
+
+        return read_json(self.checkpoint_epochs_json) if self.checkpoint_epochs_json.is_file() else {}
 
     def is_finished(self) -> bool:
         """A stage is finished once its metadata records completion and ``best.pt`` exists."""
@@ -213,7 +221,7 @@ class RunRoot:
     @property
     def selection_dataset_yaml(self) -> Path:
         """Data YAML whose ``val:`` is the selection split carved from train (training validates there)."""
-        return self.dataset_dir / "dataset-selection.yaml"
+        return self.dataset_dir / selection_split.SELECTION_DATASET_YAML
 
     @property
     def dataset_provenance(self) -> Path:

@@ -16,7 +16,7 @@ from ultralytics.utils import LOGGER, RANK
 
 from auto_quantize_model.runs.run_root import TrainRunPaths
 from auto_quantize_model.ultralytics_ext.loss_curves import write_loss_curves
-from auto_quantize_model.utils.io import read_json, write_json_atomic
+from auto_quantize_model.utils.io import write_json_atomic
 
 # Per-iteration scalars are written every this many batches (epoch scalars always).
 ITERATION_LOG_INTERVAL = 10
@@ -104,12 +104,12 @@ def on_model_save(trainer) -> None:
     """
     if not _is_main_process():
         return
-    path = _paths(trainer).checkpoint_epochs_json
-    epochs = read_json(path) if path.is_file() else {}
+    paths = _paths(trainer)
+    epochs = paths.read_checkpoint_epochs()
     epochs["last"] = trainer.epoch + 1
     if trainer.best_fitness == trainer.fitness:
         epochs["best"] = trainer.epoch + 1
-    write_json_atomic(path, epochs)
+    write_json_atomic(paths.checkpoint_epochs_json, epochs)
 
 
 def on_train_end(trainer) -> None:
