@@ -22,7 +22,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from auto_quantize_model.data import selection_split  # the dataset writer names its files (data is below runs)
 from auto_quantize_model.runs.metrics_keys import DETECTIONS_FILE, METRICS_FILE
 from auto_quantize_model.runs.summary_schema import SUMMARY_CSV
 
@@ -221,7 +220,7 @@ class RunRoot:
     @property
     def selection_dataset_yaml(self) -> Path:
         """Data YAML whose ``val:`` is the selection split carved from train (training validates there)."""
-        return self.dataset_dir / selection_split.SELECTION_DATASET_YAML
+        return self.dataset_dir / "dataset-selection.yaml"  # spelled like dataset.yaml by the dataset writer
 
     @property
     def dataset_provenance(self) -> Path:
