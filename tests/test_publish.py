@@ -381,12 +381,12 @@ def test_index_lists_reports_newest_first_with_their_numbers(tmp_path):
         "seeds": "0, 1, 2",
         "FP16 mAP50-95": "0.4200 ± 0.0200",
         "best quantized (mAP50-95)": "qat-w4a16 (qcdq) 0.3800 ± 0.0200",
-        "ratio to FP16": f"{0.38 / 0.42:.4f}",
+        "ratio to its baseline": f"{0.38 / 0.42:.4f} (fp16)",
         "ONNX sizes": (
             "fp16 (float32) 0.01 MB; fp16 (float16) 0.00 MB; qat-w4a16 (qcdq) 0.00 MB; qat-w4a16 (int4) 0.00 MB"
         ),
     }
-    assert rows[1]["FP16 mAP50-95"] == "0.2179" and rows[1]["ratio to FP16"] == f"{0.1902 / 0.2179:.4f}"
+    assert rows[1]["FP16 mAP50-95"] == "0.2179" and rows[1]["ratio to its baseline"] == f"{0.1902 / 0.2179:.4f} (fp16)"
     for row in rows:
         assert (dest / re.search(r"\(([^)]+)\)", row["run"]).group(1)).is_file()
 

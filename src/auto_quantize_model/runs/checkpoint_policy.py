@@ -27,9 +27,6 @@ LAST = "last"
 BEST_ON_SELECTION = "best-on-selection"
 BEST_ON_VAL = "best-on-val"
 POLICIES = (LAST, BEST_ON_SELECTION, BEST_ON_VAL)
-# The split name (the data YAML's val folder) a best.pt was chosen on, per policy; last chooses nothing.
-SELECTION_SPLIT = "selection"
-CHOSEN_ON = {LAST: None, BEST_ON_SELECTION: SELECTION_SPLIT, BEST_ON_VAL: "val"}
 # train_metadata.json keys written by the training stage and read here.
 CHECKPOINTS_KEY = "checkpoints"  # {"last": {"epoch": E}, "best": {"epoch": E, "chosen_on": split}}
 SELECTED_ON_SCORED_NOTE = "checkpoint selected on the scored images"
