@@ -84,11 +84,6 @@ class Variant:
         return self.fine_tunes or self.kind == "ptq"
 
     @property
-    def is_baseline(self) -> bool:
-        """``fp16`` and ``fp16-ft``: the float models other rows are compared with."""
-        return self.kind in FLOAT_KINDS
-
-    @property
     def trains(self) -> bool:
         return self.kind != "ptq"
 
