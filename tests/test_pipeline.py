@@ -207,7 +207,7 @@ def test_redo_reruns_a_stage_and_its_dependents_and_sets_the_old_work_aside(demo
     redone = ran(calls)
     assert redone[0] == "s0-train-fp16" and "s0-quantize-ptq-w4a16" in redone and "s0-train-qat-w4a16-ft" in redone
     assert "s0-train-qat-w4a16" not in redone  # QAT from scratch does not depend on the FP model
-    assert list((run_root.root / "seed-0").glob("fp16.stale-*"))
+    assert list((run_root.set_aside_dir / "seed-0").glob("fp16.stale-*"))
     with pytest.raises(PipelineError, match="--redo s9-train-fp16: not a stage of this run"):
         run_pipeline(run_root, stages, redo=["s9-train-fp16"])
 

@@ -248,6 +248,48 @@ def test_a_half_finished_root_names_what_is_missing_and_is_not_complete(tmp_path
     assert json.loads(run_root.summary_json.read_text())["complete"] is False
 
 
+def test_dataset_table_shows_the_image_counts_the_dataset_writer_recorded(tmp_path, val_annotations) -> None:
+    from auto_quantize_model.data.coco_dataset import prepare_coco_dataset
+
+    run_root = RunRoot(tmp_path / "run")
+    source = val_annotations.parents[1]
+    prepare_coco_dataset(source, run_root.dataset_dir)
+    write_summary(run_root)
+    text = run_root.summary_md.read_text()
+    provenance = json.loads(run_root.dataset_provenance.read_text())
+    for split, images in (("train", 2), ("val", 24)):
+        boxes = provenance["splits"][split]["counts"]["boxes_written"]
+        assert row(text, split)[1:4] == [str(images), str(boxes), f"instances_{split}2017.json"]
+
+
+def test_the_summary_names_its_run_root_without_the_machine_path(tmp_path, val_annotations) -> None:
+    run_root, _ = make_run_root(tmp_path, val_annotations, seeds=(0, 1))
+    write_summary(run_root)
+    text = run_root.summary_md.read_text()
+    assert str(run_root.root) not in text
+    assert "`run` (the folder holding this file)" in text
+    assert "`tensorboard --logdir_spec seed-0:seed-0,seed-1:seed-1`" in text
+
+
+def test_each_evaluated_onnx_reaches_tensorboard_once_after_the_summary(tmp_path, val_annotations) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_root, values = make_run_root(tmp_path, val_annotations, seeds=(0,))
+    write_summary(run_root)
+    write_summary(run_root)  # a rerun replaces the sessions, it does not add to them
+    for (seed, variant, fmt), value in values.items():
+        folder = run_root.seed(seed).eval_tensorboard_dir(variant, fmt)
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        (mean,) = events.Scalars("onnx/mAP50-95")
+        (size,) = events.Scalars("onnx/size_MB")
+        (latency,) = events.Scalars("onnx/latency_p50_ms")
+        assert mean.value == pytest.approx(value) and size.value == pytest.approx(SIZES[fmt] / 1e6)
+        assert latency.value == pytest.approx(SIZES[fmt] / 1e6)
+        assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+
+
 def test_a_bare_run_root_gives_a_summary_not_a_crash(tmp_path) -> None:
     run_root = RunRoot(tmp_path / "bare")
     run_root.root.mkdir()

@@ -8,7 +8,8 @@ reproduce the run.
 A stage folder is in one of four states (:class:`StageState`, decided by :func:`plan_stage`):
 
 * ``fresh``: nothing to continue. No folder, or leftovers without an intact checkpoint (an
-  attempt killed before its first save), which are set aside as ``<stage>.incomplete-<time>/``.
+  attempt killed before its first save), which are set aside as
+  ``<run root>/set-aside/seed-<k>/<stage>.incomplete-<time>/``.
 * ``interrupted``: an intact checkpoint that can resume (``last.pt``, else ``best.pt``):
   Ultralytics continues from its next epoch.
 * ``last-epoch-saved``: the final epoch's checkpoint (or one ``strip_optimizer`` already ran on)
@@ -17,7 +18,7 @@ A stage folder is in one of four states (:class:`StageState`, decided by :func:`
   stripped as ``final_eval`` does, final validation on ``best.pt``, outcome recorded from it.
 * ``finished``: ``train_metadata.json`` says finished and ``best.pt`` exists. Never redone.
 
-A torn checkpoint (fails to load) is renamed ``<name>.corrupt-<time>`` beside itself and the
+A torn checkpoint (fails to load) is moved to ``set-aside/.../<name>.corrupt-<time>`` and the
 choice (which checkpoint, what was set aside) goes into the log and the attempt's record in
 ``train_metadata.json``. Checkpoints are written atomically (:mod:`auto_quantize_model.runs.checkpoints`),
 so a torn one only comes from outside (older code, a copy, a failing disk).
@@ -281,8 +282,8 @@ def _plan_from_checkpoints(paths: TrainRunPaths) -> StagePlan:
         if info.intact:
             intact.append(info)
         elif path.is_file():
-            moved = set_aside(path, _stamp())
-            notes.append(f"{path.name} does not load ({info.error}); set aside as {moved.name}")
+            moved = set_aside(path, paths.corrupt_checkpoint(path, _stamp()))
+            notes.append(f"{path.name} does not load ({info.error}); set aside as {moved}")
     for info in intact:
         if info.final_epoch_saved:
             notes.append(f"{info.path.name} holds the final epoch; finishing the stage without training")
@@ -291,7 +292,7 @@ def _plan_from_checkpoints(paths: TrainRunPaths) -> StagePlan:
             notes.append(f"resuming from {info.path.name} (epoch {info.epoch + 1} of {info.epochs} saved)")
             return StagePlan(StageState.INTERRUPTED, info.path, tuple(notes))
     target = _set_aside(paths)
-    notes.append(f"no checkpoint to resume from; moved the attempt to {target.name} and starting fresh")
+    notes.append(f"no checkpoint to resume from; moved the attempt to {target} and starting fresh")
     return StagePlan(StageState.FRESH, None, tuple(notes))
 
 
@@ -327,6 +328,7 @@ def _set_aside(paths: TrainRunPaths) -> Path:
     Ultralytics appends to an existing results.csv and TensorBoard would mix both attempts' events.
     """
     target = paths.incomplete_dir(_stamp())
+    target.parent.mkdir(parents=True, exist_ok=True)
     paths.dir.rename(target)
     return target
 

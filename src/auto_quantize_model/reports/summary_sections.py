@@ -7,7 +7,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from auto_quantize_model.reports.summary_view import MAP_COLUMN, Cell, RunView, Training, load_file, rel_path
+from auto_quantize_model.reports.summary_view import (
+    MAP_COLUMN,
+    Cell,
+    RunView,
+    Training,
+    load_file,
+    rel_path,
+    shown_path,
+)
 from auto_quantize_model.runs import metrics_keys as mk
 from auto_quantize_model.runs.checkpoint_policy import (
     BEST_ON_SELECTION,
@@ -18,7 +26,7 @@ from auto_quantize_model.runs.checkpoint_policy import (
 )
 from auto_quantize_model.runs.plan import SUMMARY_STAGE, plan_stages
 from auto_quantize_model.runs.provenance import utc_now
-from auto_quantize_model.runs.run_root import BEST_PT, LAST_PT
+from auto_quantize_model.runs.run_root import BEST_PT, LAST_PT, SEED_DIR_PREFIX, SET_ASIDE_DIR
 from auto_quantize_model.runs.variants import FP_FT_VARIANT, FP_VARIANT, Baseline, Variant
 
 BOOTSTRAP_RESAMPLES = 1000
@@ -95,7 +103,7 @@ def section_header(view: RunView, missing: Sequence[str]) -> list[str]:
     lines = [
         "# YOLOv10: FP baseline vs quantized variants (shared ONNX COCO evaluator)",
         "",
-        f"- Run root: `{root}`",
+        f"- Run root: `{root.name}` (the folder holding this file)",
         f"- Profile: `{config.get('profile', 'unknown')}`; model `{config.get('model')}`; seeds {view.seeds}; "
         f"variants {[v.name for v in view.variants]}; resolved config: [run_config.yaml](run_config.yaml)",
         f"- Generated: {utc_now()} by `scripts/cv-models/write_yolov10m_scratch_train_summary.py`",
@@ -425,7 +433,10 @@ def section_training(view: RunView, plot: Path | None) -> list[str]:
     if plot is not None:
         lines += [f"![val mAP50-95 per epoch]({rel_path(plot, root)})", ""]
     lines += [
-        f"TensorBoard: `tensorboard --logdir {root}` (every seed and variant; `seed-<k>/<variant>/tensorboard/`).",
+        f"TensorBoard, started in the run root: `tensorboard {tensorboard_logdir(view.seeds)}`. Training curves are in "
+        "`seed-<k>/<variant>/tensorboard/` (the final validation of best.pt under `final_val/`), each ONNX file's "
+        "mAP, size and latency in `seed-<k>/eval/<variant>-<format>/tensorboard/` (HPARAMS tab); work set aside by "
+        f"a redo or a resume stays out of it in `{SET_ASIDE_DIR}/`.",
         "",
     ]
     for training in view.trainings:
@@ -472,16 +483,28 @@ def section_dataset(view: RunView) -> list[str]:
     provenance = load_file(root.dataset_provenance, view.problems, root.root)
     if not isinstance(provenance, Mapping):
         return []
-    splits = provenance.get("splits") or {}
-    rows = [[name, (info or {}).get("images"), (info or {}).get("annotations")] for name, info in splits.items()]
+    rows = []
+    for name, info in (provenance.get("splits") or {}).items():
+        counts = (info or {}).get("counts") or {}
+        annotations = (info or {}).get("annotations")
+        rows.append([name, counts.get("images"), counts.get("boxes_written"), annotations and Path(annotations).name])
+    source = provenance.get("source_root", provenance.get("source"))
     lines = [
         "## Dataset",
         "",
-        f"Source `{provenance.get('source_root', provenance.get('source'))}`; "
+        f"Source `{shown_path(source, root.root) if source else None}`; "
         f"details in `{rel_path(root.dataset_provenance, root.root)}`.",
         "",
     ]
-    return lines + _table(["split", "images", "annotations"], rows)
+    return lines + _table(["split", "images", "boxes", "annotations"], rows)
+
+
+def tensorboard_logdir(seeds: Sequence[int]) -> str:
+    """The ``--logdir`` (one seed) or ``--logdir_spec`` (several) of a run root's seed folders, relative to it."""
+    folders = [f"{SEED_DIR_PREFIX}{seed}" for seed in seeds]
+    if len(folders) == 1:
+        return f"--logdir {folders[0]}"
+    return "--logdir_spec " + ",".join(f"{folder}:{folder}" for folder in folders)
 
 
 def section_missing(missing: Sequence[str]) -> list[str]:

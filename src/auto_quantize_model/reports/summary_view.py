@@ -148,6 +148,13 @@ def best_epoch(results: Sequence[Mapping[str, Any]] | None) -> dict[str, Any] | 
     }
 
 
+def shown_path(path: str | Path, root: Path) -> str:
+    """``path`` relative to the run root when it lies inside it (no machine's absolute run-root path in a
+    report), else as given."""
+    inside = Path(path) == root or root in Path(path).parents
+    return rel_path(Path(path), root) if inside else str(path)
+
+
 def rel_path(path: Path, root: Path) -> str:
     """Path relative to the run root, with forward slashes (markdown links)."""
     return Path(os.path.relpath(path, root)).as_posix()

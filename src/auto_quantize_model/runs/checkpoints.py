@@ -13,7 +13,7 @@ leaves a truncated file under the final name. The two hooks here make every such
   calls for one that writes through a temp file.
 
 :func:`inspect_checkpoint` tells an intact checkpoint (with its epoch and whether it can resume)
-from a torn one; :func:`set_aside` renames a torn one out of the way (kept, never deleted).
+from a torn one; :func:`set_aside` moves a torn one out of the way (kept, never deleted).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from auto_quantize_model.runs.run_root import BEST_PT, LAST_PT
 from auto_quantize_model.utils.errors import first_line
 
 STAGING_DIR_NAME = ".saving"  # inside weights/: same filesystem, so the final rename is atomic
-CORRUPT_SUFFIX = ".corrupt"
 
 
 def publish_file(tmp: Path, final: Path) -> Path:
@@ -167,8 +166,8 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
     )
 
 
-def set_aside(path: Path, stamp: str) -> Path:
-    """Rename a torn checkpoint to ``<name>.corrupt-<stamp>`` beside it (kept for inspection, never deleted)."""
-    target = path.with_name(f"{path.name}{CORRUPT_SUFFIX}-{stamp}")
+def set_aside(path: Path, target: Path) -> Path:
+    """Move a torn checkpoint to ``target`` (the run root's set-aside folder; kept for inspection, never deleted)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(path, target)
     return target

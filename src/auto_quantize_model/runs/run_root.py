@@ -11,7 +11,8 @@ Layout (``R`` is the run root, ``k`` a training seed, ``V`` a variant name such 
         args.yaml results.csv weights/{best,last}.pt tensorboard/ loss_curves.{csv,png}
         train_metadata.json train_config.yaml checkpoint_epochs.json [quant_scheme.json]
     R/seed-k/onnx/<model>-V-F.onnx (+ <model>-V-F.json export metadata)
-    R/seed-k/eval/V-F/{metrics.json, detections.json}
+    R/seed-k/eval/V-F/{metrics.json, detections.json, tensorboard/ (written by the summary)}
+    R/set-aside/...         work set aside by a redo or a resume, at its old relative path + .<reason>-<time>
 
 No other module builds these paths or spells these file names.
 """
@@ -30,6 +31,11 @@ FINE_TUNE_SUFFIX = "-ft"
 DEFAULT_RUN_PARENT = Path("tmp") / "yolov10m_scratch_fp16_vs_w4a16_qat"
 SEED_DIR_PREFIX = "seed-"
 
+# Work moved out of the way (a --redo's old outputs, an attempt without a checkpoint, a torn checkpoint) goes under
+# this one folder of the run root, at its old relative path: kept, never deleted, and out of a TensorBoard logdir
+# that names the seed folders.
+SET_ASIDE_DIR = "set-aside"
+
 # File names, as plain constants: the path objects below build every path from them, and a module that needs only a
 # name (a published report mirrors the run root's names) imports the constant instead of building a dummy path.
 RUN_JSON = "run.json"
@@ -47,6 +53,7 @@ TRAIN_CONFIG_YAML = "train_config.yaml"
 QUANT_SCHEME_JSON = "quant_scheme.json"
 NONFINITE_LOSSES_JSONL = "nonfinite_losses.jsonl"
 CHECKPOINT_EPOCHS_JSON = "checkpoint_epochs.json"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def qat_stage_name(scheme_name: str, fine_tune: bool = False) -> str:
@@ -57,6 +64,12 @@ def qat_stage_name(scheme_name: str, fine_tune: bool = False) -> str:
 def fp_stage_name(fine_tune: bool = False) -> str:
     """Folder name of a float run: ``fp16``, ``fp16-ft`` when fine-tuned from the seed's ``fp16`` checkpoint."""
     return FP16_STAGE + (FINE_TUNE_SUFFIX if fine_tune else "")
+
+
+def set_aside_path(base: Path, path: Path, label: str) -> Path:
+    """Where ``path`` (inside ``base``) is set aside: ``<base>/set-aside/<its path relative to base>.<label>``."""
+    relative = Path(path).relative_to(base)
+    return base / SET_ASIDE_DIR / relative.parent / f"{relative.name}.{label}"
 
 
 def export_metadata_path(onnx_path: str | os.PathLike) -> Path:
@@ -96,7 +109,7 @@ class TrainRunPaths:
 
     @property
     def tensorboard_dir(self) -> Path:
-        return self.dir / "tensorboard"
+        return self.dir / TENSORBOARD_DIR
 
     @property
     def loss_curves_csv(self) -> Path:
@@ -124,9 +137,21 @@ class TrainRunPaths:
     def quant_scheme_json(self) -> Path:
         return self.dir / QUANT_SCHEME_JSON
 
+    @property
+    def set_aside_base(self) -> Path:
+        """Whose ``set-aside/`` folder takes this training's set-aside work: the run root of ``R/seed-k/V``, else
+        (a training outside a run root) the training's parent folder."""
+        seed_dir = self.dir.parent
+        in_run_root = seed_dir.name.startswith(SEED_DIR_PREFIX) and seed_dir.name[len(SEED_DIR_PREFIX) :].isdigit()
+        return seed_dir.parent if in_run_root else seed_dir
+
     def incomplete_dir(self, stamp: str) -> Path:
         """Where an attempt that died before its first checkpoint is set aside."""
-        return self.dir.with_name(f"{self.dir.name}.incomplete-{stamp}")
+        return set_aside_path(self.set_aside_base, self.dir, f"incomplete-{stamp}")
+
+    def corrupt_checkpoint(self, checkpoint: Path, stamp: str) -> Path:
+        """Where a checkpoint of this training that does not load is set aside."""
+        return set_aside_path(self.set_aside_base, checkpoint, f"corrupt-{stamp}")
 
     @property
     def nonfinite_log(self) -> Path:
@@ -191,6 +216,15 @@ class RunRoot:
     @property
     def map_comparison_png(self) -> Path:
         return self.root / MAP_COMPARISON_PNG
+
+    @property
+    def set_aside_dir(self) -> Path:
+        """Everything set aside in this run root (see :data:`SET_ASIDE_DIR`)."""
+        return self.root / SET_ASIDE_DIR
+
+    def set_aside_path(self, path: Path, label: str) -> Path:
+        """Where ``path`` of this run root is set aside, e.g. ``set-aside/seed-0/fp16.stale-<time>``."""
+        return set_aside_path(self.root, path, label)
 
     @property
     def logs_dir(self) -> Path:
@@ -269,3 +303,7 @@ class SeedRoot:
 
     def eval_detections(self, variant: str, weights_format: str) -> Path:
         return self.eval_dir(variant, weights_format) / DETECTIONS_FILE
+
+    def eval_tensorboard_dir(self, variant: str, weights_format: str) -> Path:
+        """The summary's TensorBoard record of this file's ONNX mAP, size and latency (an hparams session)."""
+        return self.eval_dir(variant, weights_format) / TENSORBOARD_DIR

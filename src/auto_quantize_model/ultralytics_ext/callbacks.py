@@ -20,6 +20,9 @@ from auto_quantize_model.utils.io import write_json_atomic
 
 # Per-iteration scalars are written every this many batches (epoch scalars always).
 ITERATION_LOG_INTERVAL = 10
+# Set on the trainer while Ultralytics' final validation of best.pt runs (ScratchDetectionTrainer.final_eval).
+FINAL_EVAL_FLAG = "aqm_final_eval"
+FINAL_VAL_PREFIX = "final_val"  # TensorBoard tags of that validation: final_val/metrics/mAP50-95(B), ...
 
 
 def _paths(trainer) -> TrainRunPaths:
@@ -81,11 +84,19 @@ def _report_nonfinite_loss(trainer, batch_index: int, loss: float) -> None:
 
 
 def on_fit_epoch_end(trainer) -> None:
-    """Write epoch scalars to TensorBoard and refresh the loss curves from ``results.csv``."""
+    """Write epoch scalars to TensorBoard and refresh the loss curves from ``results.csv``.
+
+    Ultralytics also calls this after its final validation of best.pt, with ``epoch`` raised by one; those metrics
+    go under ``final_val/`` at the last epoch's step, so no curve gets a fake extra epoch (loss and lr repeated).
+    """
     if not _is_main_process():
         return
     writer = getattr(trainer, "aqm_tb_writer", None)
-    if writer is not None:
+    if writer is not None and getattr(trainer, FINAL_EVAL_FLAG, False):
+        for name, value in trainer.metrics.items():
+            writer.add_scalar(f"{FINAL_VAL_PREFIX}/{name}", _scalar(value), trainer.epoch)
+        writer.flush()
+    elif writer is not None:
         scalars = {**trainer.label_loss_items(trainer.tloss, prefix="train"), **trainer.metrics, **trainer.lr}
         for name, value in scalars.items():
             writer.add_scalar(name, _scalar(value), trainer.epoch + 1)
