@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from auto_quantize_model.runs.checkpoint_policy import scored_checkpoint
 from auto_quantize_model.runs.config import resolve_run_config, save_or_check_run_config
 from auto_quantize_model.runs.plan import (
     CHECK_ENV_STAGE,
@@ -165,7 +166,7 @@ def _check_exports(
             part.skip(f"device check of {name} {weights_format}", "its export did not finish or no budget left")
             continue
         onnx = seed_root.onnx_model(model_name(config), name, weights_format)
-        weights = seed_root.train_run(name).best
+        weights = scored_checkpoint(seed_root.train_run(name), config["checkpoint_policy"])  # what the stage exported
         result = export_check.compare_on_device(onnx, weights, run_root.val_images_dir, settings.torch_device)
         results.append(result)
         part.check(

@@ -20,6 +20,7 @@ import torch
 from auto_quantize_model.onnx_io.contract import INPUT_NAME, OUTPUT_NAME
 from auto_quantize_model.onnx_io.model_prep import load_detection_checkpoint
 from auto_quantize_model.onnx_io.settings import ExportSettings
+from auto_quantize_model.onnx_io.size import FLOAT16
 from auto_quantize_model.onnx_io.validation import (
     NON_CPU_TOLERANCE_FACTOR,
     TOLERANCES,
@@ -52,7 +53,7 @@ def export_settings_of(onnx_path: Path) -> tuple[ExportSettings, str]:
         output_format=meta["output"]["format"],
         opset=meta["onnx"]["opset"],
         dynamic_batch=meta["input"]["dynamic_batch"],
-        half=meta["onnx"]["precision"].startswith("fp16"),
+        half=meta["weights_format"] == FLOAT16,
     )
     return settings, meta["kind"]
 
