@@ -11,6 +11,7 @@ Layout (``R`` is the run root, ``k`` a training seed, ``V`` a variant name such 
         train_metadata.json train_config.yaml [quant_scheme.json]
     R/seed-k/onnx/<model>-V-F.onnx (+ <model>-V-F.json export metadata)
     R/seed-k/eval/V-F/{metrics.json, detections.json}
+    R/seed-k/latency.json                       every ONNX file of the seed timed together (the latency stage)
 
 No other module builds these paths or spells these file names.
 """
@@ -21,6 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from auto_quantize_model.runs.latency_keys import LATENCY_FILE
 from auto_quantize_model.runs.metrics_keys import DETECTIONS_FILE, METRICS_FILE
 from auto_quantize_model.runs.summary_schema import SUMMARY_CSV
 
@@ -32,6 +34,11 @@ SEED_DIR_PREFIX = "seed-"
 def qat_stage_name(scheme_name: str, fine_tune: bool = False) -> str:
     """Folder name of a QAT run: ``qat-<scheme>``, ``qat-<scheme>-ft`` when initialised from FP weights."""
     return f"qat-{scheme_name}" + ("-ft" if fine_tune else "")
+
+
+def artifact_label(variant: str, weights_format: str) -> str:
+    """``<variant>-<format>``, e.g. ``qat-w4a16-int4``: names an evaluation folder and a file in ``latency.json``."""
+    return f"{variant}-{weights_format}"
 
 
 def export_metadata_path(onnx_path: str | os.PathLike) -> Path:
@@ -219,10 +226,15 @@ class SeedRoot:
         return self.onnx_dir / f"{model_name}-{variant}-{weights_format}.onnx"
 
     def eval_dir(self, variant: str, weights_format: str) -> Path:
-        return self.dir / "eval" / f"{variant}-{weights_format}"
+        return self.dir / "eval" / artifact_label(variant, weights_format)
 
     def eval_metrics(self, variant: str, weights_format: str) -> Path:
         return self.eval_dir(variant, weights_format) / METRICS_FILE
 
     def eval_detections(self, variant: str, weights_format: str) -> Path:
         return self.eval_dir(variant, weights_format) / DETECTIONS_FILE
+
+    @property
+    def latency_json(self) -> Path:
+        """Latency of every ONNX file of this seed, timed in one process (keys: ``runs.latency_keys``)."""
+        return self.dir / LATENCY_FILE
