@@ -105,7 +105,7 @@ def test_runner_demo_partial_fail_resume_and_idempotent_rerun(tmp_path: Path) ->
     healed = runner(root)
     assert healed.returncode == 0, healed.stderr[-3000:]
     redone = [line.split()[2] for line in healed.stdout.splitlines() if line.startswith("redo: stage")]
-    assert redone == ["s0-export-qat-w4a16-int4", "s0-eval-qat-w4a16-int4", "summary"]
+    assert redone == ["s0-export-qat-w4a16-int4", "s0-eval-qat-w4a16-int4", "s0-latency", "summary"]
 
     # A rerun of a finished run root touches nothing.
     before = snapshot(root)
