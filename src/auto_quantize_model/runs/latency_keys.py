@@ -1,4 +1,5 @@
-"""Key names of a seed's ``latency.json`` (the latency stage): one spelling for the writer and every reader.
+"""Key names of a seed's ``latency.json`` (``SeedRoot.latency_json``, written by the latency stage): one spelling
+for the writer and every reader.
 
 :mod:`auto_quantize_model.latency` writes these keys; the summary reads them through the same constants. Import-free
 on purpose, like :mod:`auto_quantize_model.runs.metrics_keys`.
@@ -6,7 +7,6 @@ on purpose, like :mod:`auto_quantize_model.runs.metrics_keys`.
 
 from __future__ import annotations
 
-LATENCY_FILE = "latency.json"
 SCHEMA_VERSION = "schema_version"
 
 # One entry per timed file, keyed by its artifact label (RunRoot's "<variant>-<weights format>").

@@ -22,13 +22,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from auto_quantize_model.runs.latency_keys import LATENCY_FILE
 from auto_quantize_model.runs.metrics_keys import DETECTIONS_FILE, METRICS_FILE
 from auto_quantize_model.runs.summary_schema import SUMMARY_CSV
 
 FP16_STAGE = "fp16"
 DEFAULT_RUN_PARENT = Path("tmp") / "yolov10m_scratch_fp16_vs_w4a16_qat"
 SEED_DIR_PREFIX = "seed-"
+LATENCY_JSON = "latency.json"  # per seed: every ONNX file timed together (keys: runs.latency_keys)
 
 
 def qat_stage_name(scheme_name: str, fine_tune: bool = False) -> str:
@@ -237,4 +237,10 @@ class SeedRoot:
     @property
     def latency_json(self) -> Path:
         """Latency of every ONNX file of this seed, timed in one process (keys: ``runs.latency_keys``)."""
-        return self.dir / LATENCY_FILE
+        return self.dir / LATENCY_JSON
+
+    def read_latency(self) -> dict | None:
+        """``latency.json`` (the one reader of that file), ``None`` before the latency stage wrote it."""
+        from auto_quantize_model.utils.io import read_json
+
+        return read_json(self.latency_json) if self.latency_json.is_file() else None
