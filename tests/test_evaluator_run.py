@@ -12,7 +12,6 @@ import onnx
 import pytest
 from test_evaluator import SIZES, _cli_main, _evaluate, build_table_model, detections_table, gt_detections, make_dataset
 
-from auto_quantize_model import __version__
 from auto_quantize_model.evaluation import ort_session
 from auto_quantize_model.evaluation.loop import LOG_INTERVAL_S, Progress
 from auto_quantize_model.evaluation.ort_session import SessionSettings
@@ -22,6 +21,7 @@ from auto_quantize_model.quant.scheme import named_scheme
 from auto_quantize_model.runs import metrics_keys as K
 from auto_quantize_model.runs.run_root import export_metadata_path
 from auto_quantize_model.utils.io import sha256_cache_path
+from auto_quantize_model.utils.version import package_version
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_quantized_file_without_its_sidecar_reports_its_full_scheme(tmp_path, da
     onnx_record = _evaluate(tmp_path, dataset, gt_model, "out").metrics[K.ONNX]
     assert onnx_record[K.ONNX_QUANT_SCHEME] == scheme
     assert onnx_record[K.ONNX_PROVENANCE_SOURCE] == "onnx metadata_props"
-    assert onnx_record[K.ONNX_PACKAGE_VERSION] == __version__
+    assert onnx_record[K.ONNX_PACKAGE_VERSION] == package_version()
     assert onnx_record[K.ONNX_GIT_COMMIT]  # the tests run inside the git checkout
 
 

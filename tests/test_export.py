@@ -266,9 +266,9 @@ def test_qcdq_metadata_json(qat_e2e, qat_run, prepared_dataset):
 def test_qcdq_file_carries_its_scheme_and_is_verified_without_its_sidecar(qat_run, tmp_path):
     """The full scheme, package version, commit and export request live in the file; a rerun whose sidecar is gone
     is checked against them (other settings still refused) and gets its sidecar back."""
-    from auto_quantize_model import __version__
     from auto_quantize_model.onnx_io.embedded import read_provenance
     from auto_quantize_model.quant.scheme import QuantScheme, named_scheme
+    from auto_quantize_model.utils.version import package_version
 
     out = tmp_path / "yolov10n-qat-w4a16-qcdq.onnx"
     first = ex.export_onnx(qat_run.paths.best, out, imgsz=IMGSZ)
@@ -276,7 +276,7 @@ def test_qcdq_file_carries_its_scheme_and_is_verified_without_its_sidecar(qat_ru
     embedded = read_provenance(out)
     assert QuantScheme.from_dict(embedded.quant_scheme) == named_scheme("w4a16")
     assert embedded.quant_scheme == sidecar["quant_scheme"]
-    assert embedded.package_version == __version__ == sidecar["package_version"]
+    assert embedded.package_version == package_version() == sidecar["package_version"]
     assert embedded.git_commit.split("-")[0] == sidecar["git"]["commit"]
     assert embedded.export["source_sha256"] == sha256_file(qat_run.paths.best)
     first.metadata_path.unlink()

@@ -25,11 +25,13 @@ from auto_quantize_model.evaluation.errors import EvaluationInputError
 from auto_quantize_model.evaluation.ort_session import FALLBACK_FLAG, GRAPH_OPTIMIZATIONS, SessionSettings
 from auto_quantize_model.onnx_io.contract import OUTPUT_FORMATS
 from auto_quantize_model.runs import metrics_keys as K
+from auto_quantize_model.utils.cli import HelpFormatter, add_version_flag, cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options; defaults match Ultralytics' validator (conf 0.001, iou 0.7, max_det 300)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--onnx", required=True, type=Path, help="ONNX model ([N,3,H,W] input 'images')")
     parser.add_argument("--ann-file", required=True, type=Path, help="COCO instances json")
     parser.add_argument("--images-dir", required=True, type=Path, help="folder holding the annotation's file_names")
@@ -67,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--intra-op-threads", type=int, default=0, help="threads per session.run (0 = auto)")
     parser.add_argument("--parallel-runs", type=int, default=0, help="batches run at once (0 = auto: CPUs on CPU)")
-    parser.add_argument("--graph-optimization", choices=GRAPH_OPTIMIZATIONS, default="all")
+    parser.add_argument(
+        "--graph-optimization", choices=GRAPH_OPTIMIZATIONS, default="all", help="ONNX Runtime graph optimization level"
+    )
     parser.add_argument("--workers", type=int, default=2, help="image decode threads")
     return parser
 
@@ -115,4 +119,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

@@ -24,6 +24,7 @@ from auto_quantize_model.evaluation.ort_session import FALLBACK_FLAG
 from auto_quantize_model.latency import DEFAULT_WARMUP_RUNS, LatencySettings, time_onnx_latency
 from auto_quantize_model.runs import latency_keys as L
 from auto_quantize_model.runs.config import MIN_LATENCY_ROUNDS
+from auto_quantize_model.utils.cli import HelpFormatter, add_version_flag, cli_main
 
 
 def _labelled_path(text: str) -> tuple[str, Path]:
@@ -34,7 +35,8 @@ def _labelled_path(text: str) -> tuple[str, Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--onnx", required=True, action="append", type=_labelled_path, help="LABEL=PATH, repeated")
     parser.add_argument("--out", required=True, type=Path, help="the latency.json to write")
     parser.add_argument(
@@ -83,4 +85,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

@@ -99,9 +99,10 @@ from auto_quantize_model.onnx_io.embedded import commit_label, parse_provenance
 from auto_quantize_model.onnx_io.preprocess import (
     LETTERBOX_MODE,
 )
+from auto_quantize_model.onnx_io.verify import read_export_metadata
 from auto_quantize_model.runs import metrics_keys as K
 from auto_quantize_model.runs.run_root import export_metadata_path
-from auto_quantize_model.utils.io import read_json, sha256_file_cached, write_json_atomic, write_text_atomic
+from auto_quantize_model.utils.io import sha256_file_cached, write_json_atomic, write_text_atomic
 
 LOGGER = logging.getLogger(__name__)
 
@@ -292,19 +293,19 @@ def _run_description(
 def _model_provenance(onnx_path: Path, metadata_props: dict[str, str]) -> dict[str, Any]:
     """Scheme, package version and commit of the file: from its export sidecar, else from its ``metadata_props``."""
     sidecar = export_metadata_path(onnx_path)
-    if sidecar.is_file():
-        try:
-            record = read_json(sidecar)
-        except ValueError as error:
-            LOGGER.warning("%s; reading the model's own metadata instead", error)
-        else:
-            git = record.get("git") or {}
-            return {
-                K.ONNX_QUANT_SCHEME: record.get("quant_scheme"),
-                K.ONNX_PACKAGE_VERSION: record.get("package_version"),
-                K.ONNX_GIT_COMMIT: commit_label(git.get("commit"), git.get("dirty")),
-                K.ONNX_PROVENANCE_SOURCE: f"sidecar {sidecar.name}",
-            }
+    try:
+        record = read_export_metadata(onnx_path)
+    except ValueError as error:
+        LOGGER.warning("%s; reading the model's own metadata instead", error)
+        record = None
+    if record is not None:
+        git = record.get("git") or {}
+        return {
+            K.ONNX_QUANT_SCHEME: record.get("quant_scheme"),
+            K.ONNX_PACKAGE_VERSION: record.get("package_version"),
+            K.ONNX_GIT_COMMIT: commit_label(git.get("commit"), git.get("dirty")),
+            K.ONNX_PROVENANCE_SOURCE: f"sidecar {sidecar.name}",
+        }
     embedded = parse_provenance(metadata_props)
     return {
         K.ONNX_QUANT_SCHEME: embedded.quant_scheme if embedded else None,

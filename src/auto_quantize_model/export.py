@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from auto_quantize_model import __version__
 from auto_quantize_model.onnx_io import validation as checks
 from auto_quantize_model.onnx_io.contract import INPUT_NAME, OUTPUT_FORMATS, OUTPUT_NAME, PAD_VALUE
 from auto_quantize_model.onnx_io.embedded import provenance_props
@@ -67,6 +66,7 @@ from auto_quantize_model.runs.env_check import require_single_onnxruntime
 from auto_quantize_model.runs.provenance import command_line, git_state, package_versions, utc_now
 from auto_quantize_model.runs.run_root import export_metadata_path
 from auto_quantize_model.utils.io import atomic_output, sha256_file, write_json_atomic
+from auto_quantize_model.utils.version import package_version
 
 LOGGER = logging.getLogger(__name__)
 
@@ -422,7 +422,7 @@ def _export_metadata(
             "Clip": graph.op_counts.get("Clip", 0),
             "weight_qdq_by_bit_width": graph.weight_qdq_bits,
         },
-        "package_version": __version__,
+        "package_version": package_version(),
         "versions": package_versions(),
         "git": git_state(),
         "command": command_line(),

@@ -49,7 +49,7 @@ def commit_label(commit: str | None, dirty: bool | None) -> str | None:
 
 def git_commit_label() -> str | None:
     """:func:`commit_label` of the running code (``None`` outside git)."""
-    from auto_quantize_model.runs.provenance import git_state
+    from auto_quantize_model.utils.version import git_state
 
     state = git_state()
     return commit_label(state["commit"], state["dirty"])  # type: ignore[arg-type]
@@ -59,7 +59,7 @@ def provenance_props(
     scheme: Mapping[str, Any], source_sha256: str, settings: ExportSettings, validated: bool
 ) -> dict[str, str]:
     """The ``metadata_props`` entries of a quantized export."""
-    from auto_quantize_model import __version__
+    from auto_quantize_model.utils.version import package_version
 
     export = {
         "source_sha256": source_sha256,
@@ -71,7 +71,7 @@ def provenance_props(
     }
     props = {
         QUANT_SCHEME_KEY: json.dumps(dict(scheme), sort_keys=True),
-        PACKAGE_VERSION_KEY: __version__,
+        PACKAGE_VERSION_KEY: package_version(),
         EXPORT_KEY: json.dumps(export, sort_keys=True),
     }
     commit = git_commit_label()

@@ -32,6 +32,12 @@ from auto_quantize_model.utils.io import read_json, sha256_file, write_json_atom
 QAT_NAME_TOKENS = ("qcdq", "int4")
 
 
+def read_export_metadata(onnx_path: Path) -> dict[str, Any] | None:
+    """The export metadata JSON beside ``onnx_path`` (the one reader of that file); ``None`` when there is none."""
+    path = export_metadata_path(onnx_path)
+    return read_json(path) if path.is_file() else None
+
+
 def check_out_name(out: Path, kind: str) -> None:
     """Refuse to write a float checkpoint under a QAT file name (``...-qcdq.onnx``, ``...-int4.onnx``)."""
     tokens = set(Path(out).stem.lower().split("-"))
@@ -74,11 +80,12 @@ def existing_export(weights: Path, out: Path, request: dict[str, Any]) -> Export
 def _recorded_export(out: Path) -> tuple[dict[str, Any] | None, str | None]:
     """The export's record: its sidecar JSON, else one rebuilt from the file's embedded provenance; or why none."""
     meta_path = export_metadata_path(out)
-    if meta_path.is_file():
-        try:
-            return read_json(meta_path), None
-        except ValueError:
-            return None, f"its metadata {meta_path.name} is not valid JSON"
+    try:
+        metadata = read_export_metadata(out)
+    except ValueError:
+        return None, f"its metadata {meta_path.name} is not valid JSON"
+    if metadata is not None:
+        return metadata, None
     problem = _onnx_error(out)
     if problem:
         return None, problem
