@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from auto_quantize_model.reports.summary_view import Cell, RunView, Training, load_file, rel_path
+from auto_quantize_model.runs import latency_keys as lk
 from auto_quantize_model.runs import metrics_keys as mk
-from auto_quantize_model.runs.plan import SUMMARY_STAGE, plan_stages
+from auto_quantize_model.runs.plan import SUMMARY_STAGE, latency_stage_name, plan_stages
 from auto_quantize_model.runs.provenance import utc_now
 from auto_quantize_model.runs.variants import FP_VARIANT, Variant
 
@@ -142,6 +143,7 @@ def section_headline(view: RunView) -> tuple[list[str], dict[str, Any]]:
     fp_map = _mean(c.map50_95 for c in fp_cells.values())
     fp_bytes = _mean(c.onnx_bytes for c in fp_cells.values())
     fp_latency = _mean(c.latency_p50 for c in fp_cells.values())
+    timed = bool(view.latency)  # no latency stage has run: no latency column at all
     header = [
         "variant (ONNX scored)",
         *[f"seed {s}" for s in view.seeds],
@@ -150,7 +152,7 @@ def section_headline(view: RunView) -> tuple[list[str], dict[str, Any]]:
         "diff 95% CI (paired bootstrap)",
         "ratio 95% CI",
         "ONNX size ratio",
-        "latency p50 ratio",
+        *(["latency median ratio"] if timed else []),
     ]
     rows, results, verdicts = [], {}, []
     for variant in view.variants:
@@ -168,7 +170,7 @@ def section_headline(view: RunView) -> tuple[list[str], dict[str, Any]]:
                 format_ci(result.diff_ci) if result else "—",
                 format_ci(result.ratio_ci, 3) if result else "—",
                 _fmt(_ratio(_mean(c.onnx_bytes for c in cells if c), fp_bytes), 3),
-                _fmt(_ratio(_mean(c.latency_p50 for c in cells if c), fp_latency), 2),
+                *([_fmt(_ratio(_mean(c.latency_p50 for c in cells if c), fp_latency), 2)] if timed else []),
             ]
         )
         if result:
@@ -178,7 +180,13 @@ def section_headline(view: RunView) -> tuple[list[str], dict[str, Any]]:
         "Every model is scored by the same ONNX evaluator (onnxruntime + COCOeval) on the same val images. "
         "Ratios are against the FP baseline's float32 ONNX; CIs resample val images with the same "
         f"resample for both models ({BOOTSTRAP_RESAMPLES} resamples, from the saved detections); they do not "
-        "include the spread between training seeds, which the ± std shows.",
+        "include the spread between training seeds, which the ± std shows. "
+        + (
+            "The latency ratio compares medians of each seed's latency stage (every file timed together; "
+            "spread and load in the ONNX artifacts section)."
+            if timed
+            else "No latency column: no seed's latency stage has run."
+        ),
         "",
     ]
     lines += (
@@ -216,11 +224,13 @@ def _weights_description(cell: Cell | None) -> str:
 
 
 def section_onnx(view: RunView) -> list[str]:
-    """Every exported file: size, ratios to float32 and float16, mAP, latency."""
+    """Every exported file: size, ratios to float32 and float16, mAP, the provider that scored it and, from the
+    seed's latency stage, its latency with spread and the load it was measured under."""
     seed = view.seeds[0]
     fp32 = view.cell(seed, FP_VARIANT, "float32")
     fp16 = view.cell(seed, FP_VARIANT, "float16")
     base32, base16 = (fp32.onnx_bytes if fp32 else None), (fp16.onnx_bytes if fp16 else None)
+    latency = view.latency.get(seed)
     rows = []
     for cell in (c for c in view.cells if c.seed == seed):
         size = cell.onnx_bytes
@@ -234,30 +244,56 @@ def section_onnx(view: RunView) -> list[str]:
                 _fmt(_ratio(size, base32), 3),
                 _fmt(_ratio(size, base16), 3),
                 _fmt(cell.map50_95, 4),
-                _fmt(cell.latency_p50, 2),
+                _fmt(cell.providers),
+                *(_latency_cells(cell) if latency else []),
                 session.get("fold_weights"),
             ]
         )
-    header = [
-        "variant",
-        "weights",
-        "ONNX file",
-        "MB",
-        "x float32",
-        "x float16",
-        "mAP50-95",
-        "latency p50 (ms/img)",
-        "folded DQ",
-    ]
-    lines = [f"## ONNX artifacts (seed {seed})", ""] + _table(header, rows)
+    latency_header = ["latency median ms", "IQR ms", "min-max ms", "latency provider"] if latency else []
+    header = ["variant", "weights", "ONNX file", "MB", "x float32", "x float16", "mAP50-95", "eval provider"]
+    lines = [f"## ONNX artifacts (seed {seed})", ""] + _table([*header, *latency_header, "folded DQ"], rows)
     lines += [
-        f"{ORT_NOTE} Latency: the evaluator's per-image `session.run` median on the providers it records; "
+        f'{ORT_NOTE} "eval provider": what ran the evaluation (`metrics.json` providers). '
         '"folded DQ" true means constant DequantizeLinear was folded at session load '
         "(`session.disable_quant_qdq=1`), what a deployment would do. INT4 and QCDQ hold the same codes, so "
         "their mAP must be equal.",
         "",
+        _latency_note(view, seed, latency),
+        "",
     ]
     return lines
+
+
+def _latency_cells(cell: Cell) -> list[str]:
+    entry = cell.latency or {}
+    if not entry:
+        return ["not timed", "—", "—", "—"]
+    return [
+        _fmt(entry.get(lk.MEDIAN_MS), 2),
+        f"{_fmt(entry.get(lk.P25_MS), 2)}-{_fmt(entry.get(lk.P75_MS), 2)}",
+        f"{_fmt(entry.get(lk.MIN_MS), 2)}-{_fmt(entry.get(lk.MAX_MS), 2)}",
+        _fmt(entry.get(lk.PROVIDERS)),
+    ]
+
+
+def _latency_note(view: RunView, seed: int, latency: Mapping[str, Any] | None) -> str:
+    """How the latency columns were measured, or why there are none."""
+    path = rel_path(view.run_root.seed(seed).latency_json, view.run_root.root)
+    if not latency:
+        return (
+            f"No latency columns: `{path}` is missing (stage {latency_stage_name(seed)}). An evaluation's own timing "
+            "is taken while other work shares the machine, one file after another, and is not shown."
+        )
+    load = latency.get(lk.LOAD_AVG_1MIN) or {}
+    return (
+        f"Latency: `session.run` of one batch from `{path}`: every file of seed {seed} timed in one process, "
+        f"{latency.get(lk.ROUNDS)} interleaved rounds (the starting file rotating) after {latency.get(lk.WARMUP_RUNS)} "
+        f"warm-up runs each, {latency.get(lk.THREADS)} intra-op thread(s) each, folded DQ "
+        f"{_fmt(latency.get(lk.FOLD_WEIGHTS))}, on {latency.get(lk.CPUS)} CPUs; 1-minute load average "
+        f"{_fmt(load.get(lk.LOAD_MIN), 2)}-{_fmt(load.get(lk.LOAD_MAX), 2)} (median "
+        f"{_fmt(load.get(lk.LOAD_MEDIAN), 2)}) during the rounds. Compare files by their medians; files "
+        "whose IQRs overlap are not told apart."
+    )
 
 
 def section_validator(view: RunView) -> list[str]:

@@ -35,7 +35,7 @@ class VariantStats:
     val_map50_95_best: Spread | None
     ratio_to_fp: float | None  # mean mAP50-95 / mean FP mAP50-95 of the same run root
     onnx_mb: float | None  # mean over seeds, 1 MB = 1e6 bytes
-    latency_ms_p50: float | None  # mean over seeds of the per-image p50
+    latency_ms_p50: float | None  # mean over seeds of the latency stage's median (ms)
     val_ann_sha256: str | None
 
 

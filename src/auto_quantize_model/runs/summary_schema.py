@@ -17,7 +17,7 @@ MAP50 = "mAP50"  # ONNX evaluator, COCO mAP@.50
 VAL_MAP50_95_BEST = "val_mAP50_95_best"  # Ultralytics validator, best epoch (in-training PyTorch model)
 ONNX = "onnx"  # path of the evaluated ONNX, relative to the run root
 ONNX_BYTES = "onnx_bytes"  # its file size in bytes
-LATENCY_MS_P50 = "latency_ms_p50"  # evaluator's per-image session.run latency, median, ms
+LATENCY_MS_P50 = "latency_ms_p50"  # median session.run ms at batch 1 from the seed's latency.json (latency stage)
 VAL_ANN_SHA256 = "val_ann_sha256"  # sha256 of the val annotation file the evaluator scored against
 
 SUMMARY_COLUMNS = (
