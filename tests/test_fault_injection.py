@@ -117,7 +117,8 @@ def test_torn_last_pt_is_set_aside_and_training_resumes_from_best(prepared_datas
     assert result.status == "finished" and result.resumed and result.epochs_completed == 2
     assert attempt["state"] == "interrupted" and attempt["checkpoint"].endswith("best.pt")
     assert any("last.pt does not load" in note for note in attempt["notes"])
-    assert len(list(paths.weights_dir.glob("last.pt.corrupt-*"))) == 1  # set aside, not deleted
+    set_aside = run_root / "set-aside" / "seed-0" / "fp16" / "weights"
+    assert len(list(set_aside.glob("last.pt.corrupt-*"))) == 1  # kept, not deleted
     assert pd.read_csv(paths.results_csv)["epoch"].tolist() == [1, 2]
 
 

@@ -5,7 +5,7 @@ through :func:`~auto_quantize_model.runs.stage_runner.run_stage` (``run.json`` t
 stage). A rerun skips stages that are done and whose recorded outputs are still there with the same
 sha256; a stage whose outputs went missing or changed is redone together with every stage downstream
 of it, and ``redo`` asks for that on purpose. Work that is redone is set aside (renamed
-``*.stale-<time>``), never deleted.
+``set-aside/<path>.stale-<time>``), never deleted.
 """
 
 from __future__ import annotations
@@ -114,9 +114,10 @@ def _set_aside(run_root: RunRoot, stage: StageSpec, say: Callable[[str], None]) 
         targets.append(stage.workdir.with_suffix(".json"))
     for target in targets:
         if target.exists():
-            moved = target.with_name(f"{target.name}.stale-{stamp}")
+            moved = run_root.set_aside_path(target, f"stale-{stamp}")
+            moved.parent.mkdir(parents=True, exist_ok=True)
             target.rename(moved)
-            say(f"  set aside {target} -> {moved.name}")
+            say(f"  set aside {target} -> {moved}")
     update_stage_record(run_root, stage.name, status="failed", error=f"set aside for a redo at {stamp}")
 
 
