@@ -99,13 +99,16 @@ def test_runner_demo_partial_fail_resume_and_idempotent_rerun(tmp_path: Path) ->
     summary = run_root.summary_md.read_text()
     assert "**Status:** Complete" in summary, summary[:3000]
     assert "FP32 (AMP off: cpu)" in summary  # a CPU run says what ran
+    # Latency comes from the seed's latency stage, with its spread and the load beside it.
+    assert "from `seed-0/latency.json`: every file of seed 0 timed in one process" in summary
+    assert "IQR ms" in summary and "1-minute load average" in summary
 
     # A deleted artifact is rebuilt with what depends on it, and nothing else.
     run_root.seed(0).onnx_model("yolov10n", "qat-w4a16", "int4").unlink()
     healed = runner(root)
     assert healed.returncode == 0, healed.stderr[-3000:]
     redone = [line.split()[2] for line in healed.stdout.splitlines() if line.startswith("redo: stage")]
-    assert redone == ["s0-export-qat-w4a16-int4", "s0-eval-qat-w4a16-int4", "summary"]
+    assert redone == ["s0-export-qat-w4a16-int4", "s0-eval-qat-w4a16-int4", "s0-latency", "summary"]
 
     # A rerun of a finished run root touches nothing.
     before = snapshot(root)
