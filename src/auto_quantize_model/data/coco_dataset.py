@@ -4,7 +4,8 @@ Images are never copied: ``OUT/images/<split>/`` holds absolute symlinks to the 
 and ``OUT/labels/<split>/<stem>.txt`` the YOLO labels, because Ultralytics finds a label by
 replacing ``/images/`` with ``/labels/`` in the image path it globbed (it does not resolve the
 link). Besides those the writer owns ``dataset.yaml`` (the data YAML), ``instances_val.json``
-(exactly the validation ground truth used, for the ONNX COCO evaluator) and ``provenance.json``.
+(exactly the validation ground truth used, for the ONNX COCO evaluator), ``provenance.json`` and
+``fingerprint.json`` (:mod:`auto_quantize_model.data.fingerprint`: what a later change is checked against).
 
 Class index ``i`` is the ``i``-th category of the annotation file sorted by id, so COCO2017's
 91 ids with gaps map to the usual 80 indices; categories without instances keep their index.
@@ -27,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from auto_quantize_model.data.fingerprint import FINGERPRINT_FILE, write_fingerprint
 from auto_quantize_model.utils.io import (
     atomic_output,
     read_json,
@@ -36,7 +38,7 @@ from auto_quantize_model.utils.io import (
 )
 
 SPLITS = ("train", "val")
-_OWNED_FILES = ("dataset.yaml", "instances_val.json", "provenance.json")
+_OWNED_FILES = ("dataset.yaml", "instances_val.json", "provenance.json", FINGERPRINT_FILE)
 _OWNED_DIRS = ("images", "labels")
 _STAGING = ".prepare-staging"
 _TOOL = "auto_quantize_model.data.coco_dataset.prepare_coco_dataset"
@@ -138,7 +140,8 @@ def prepare_coco_dataset(
 
     val_json = _write_val_ground_truth(splits["val"], selected["val"], out / "instances_val.json")
     provenance = _write_provenance(out, root, splits, caps, seed, counts, categories, corrupt)
-    dataset_yaml = _write_dataset_yaml(out, names)  # last: its presence marks a complete dataset
+    dataset_yaml = _write_dataset_yaml(out, names)  # its presence marks a complete dataset
+    write_fingerprint(out)  # last: it covers every file above, so a later change is noticed
     return PreparedDataset(out, dataset_yaml, val_json, provenance, names, tuple(class_of), counts)
 
 

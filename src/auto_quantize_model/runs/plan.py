@@ -15,12 +15,14 @@ what a complete run root holds.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from auto_quantize_model.runs.config import resolve_project_path
 from auto_quantize_model.runs.run_root import RunRoot, SeedRoot
 from auto_quantize_model.runs.variants import Variant, parse_variants
 from auto_quantize_model.utils.ultralytics_env import project_root
@@ -36,13 +38,20 @@ SYNTHETIC_STAGE = "make-synthetic-data"
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One tracked stage: the CLI call, the files it must produce, what it needs, what a redo sets aside."""
+    """One tracked stage: the CLI call, the files it must produce, what it is built from, what a redo sets aside.
+
+    Its inputs are the outputs of its ``needs`` and its ``input_files`` (recipe, scheme file); their sha256
+    go into the stage's ``run.json`` record when it starts (:func:`~auto_quantize_model.runs.provenance.stage_inputs`).
+    """
 
     name: str
     argv: tuple[str, ...]
     outputs: tuple[Path, ...]
     needs: tuple[str, ...] = ()
     workdir: Path | None = None  # set aside (renamed) before the stage is redone
+    input_files: tuple[tuple[str, Path], ...] = ()  # (label, path): the training recipe, a scheme file
+    fingerprint: Path | None = None  # a dataset fingerprint among the outputs: re-checked against the files
+    resumable: bool = False  # a lost output is rebuilt in place by rerunning (a training's --resume), no set-aside
 
 
 def model_name(config: Mapping[str, Any]) -> str:
@@ -90,12 +99,16 @@ def plan_stages(
     ctx = _Context(run_root, config, python or sys.executable, Path(tools))
     stages = _setup_stages(ctx)
     variants = parse_variants(list(config["variants"]))
+    models = []  # the training / quantization stage of each (seed, variant)
     for seed in config["seeds"]:
         for variant in variants:
-            stages += _variant_stages(ctx, seed, variant)
-    evals = tuple(s.name for s in stages if "-eval-" in s.name)
+            own = _variant_stages(ctx, seed, variant)
+            models.append(own[0].name)
+            stages += own
+    # The summary reads every evaluation and every model's records (in-training validation, what ran).
+    read = (*models, *(s.name for s in stages if "-eval-" in s.name))
     summary = _cli(ctx, "write_yolov10m_scratch_train_summary.py", {"--run-root": run_root.root})
-    stages.append(StageSpec(SUMMARY_STAGE, summary, (run_root.summary_md, run_root.summary_csv), evals))
+    stages.append(StageSpec(SUMMARY_STAGE, summary, (run_root.summary_md, run_root.summary_csv), read))
     if publish:
         argv = _cli(ctx, "publish_run_report.py", {"--run-root": run_root.root})
         stages.append(StageSpec(PUBLISH_STAGE, argv, (), (SUMMARY_STAGE,)))
@@ -148,8 +161,9 @@ def _setup_stages(ctx: _Context) -> list[StageSpec]:
         "--seed": config["data_seed"],
     }
     argv = _cli(ctx, "prepare_coco_dataset.py", flags, "--overwrite")
-    outputs = (root.dataset_yaml, root.val_annotations)
-    stages.append(StageSpec(PREPARE_STAGE, argv, outputs, prepare_needs, root.dataset_dir))
+    outputs = (root.dataset_yaml, root.val_annotations, root.dataset_fingerprint)
+    fingerprint = root.dataset_fingerprint
+    stages.append(StageSpec(PREPARE_STAGE, argv, outputs, prepare_needs, root.dataset_dir, fingerprint=fingerprint))
     return stages
 
 
@@ -193,7 +207,9 @@ def _train_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageS
     if fine_tune:
         argv += ["--init-from", str(_fp_best(seed_root))]
         needs.append(train_stage_name(seed_root.seed, Variant("fp")))
-    return StageSpec(train_stage_name(seed_root.seed, variant), tuple(argv), (paths.best,), tuple(needs), paths.dir)
+    files = (("recipe", resolve_project_path(flags["--hyp"]).resolve()), *_scheme_file(variant))
+    name = train_stage_name(seed_root.seed, variant)
+    return StageSpec(name, tuple(argv), (paths.best,), tuple(needs), paths.dir, files, resumable=True)
 
 
 def _quantize_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageSpec:
@@ -210,7 +226,14 @@ def _quantize_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> Sta
     }
     argv = _cli(ctx, "ptq.py", flags)
     needs = (PREPARE_STAGE, train_stage_name(seed_root.seed, Variant("fp")))
-    return StageSpec(train_stage_name(seed_root.seed, variant), argv, (paths.best,), needs, paths.dir)
+    name = train_stage_name(seed_root.seed, variant)
+    return StageSpec(name, argv, (paths.best,), needs, paths.dir, _scheme_file(variant))
+
+
+def _scheme_file(variant: Variant) -> tuple[tuple[str, Path], ...]:
+    """The scheme JSON a quantized variant names (``qat-DIR/mixed_precision_scheme.json``), if it names a file."""
+    spec = variant.scheme_spec or ""
+    return (("scheme file", Path(spec).resolve()),) if spec.endswith(".json") or os.sep in spec else ()
 
 
 def _export_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant, weights_format: str, needs: str) -> StageSpec:

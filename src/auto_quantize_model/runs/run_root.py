@@ -5,7 +5,7 @@ Layout (``R`` is the run root, ``k`` a training seed, ``V`` a variant name such 
 
     R/run.json, R/run_config.yaml, R/logs/<stage>.log
     R/summary.md, R/summary.csv, R/summary.json, R/*.png       (the summary stage)
-    R/dataset/{dataset.yaml, provenance.json, instances_val.json, images/, labels/}
+    R/dataset/{dataset.yaml, provenance.json, fingerprint.json, instances_val.json, images/, labels/}
     R/seed-k/V/             Ultralytics save_dir of a training (PTQ: weights/best.pt + ptq_metadata.json)
         args.yaml results.csv weights/{best,last}.pt tensorboard/ loss_curves.{csv,png}
         train_metadata.json train_config.yaml [quant_scheme.json]
@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from auto_quantize_model.data.fingerprint import FINGERPRINT_FILE
 from auto_quantize_model.runs.metrics_keys import DETECTIONS_FILE, METRICS_FILE
 from auto_quantize_model.runs.summary_schema import SUMMARY_CSV
 
@@ -182,6 +183,11 @@ class RunRoot:
     @property
     def dataset_provenance(self) -> Path:
         return self.dataset_dir / "provenance.json"
+
+    @property
+    def dataset_fingerprint(self) -> Path:
+        """Names, sizes and mtimes of the prepared images and hashes of the small files (prepare-data writes it)."""
+        return self.dataset_dir / FINGERPRINT_FILE
 
     @property
     def synthetic_source_dir(self) -> Path:
