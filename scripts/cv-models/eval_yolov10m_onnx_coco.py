@@ -7,7 +7,8 @@ Example::
         --ann-file R/dataset/instances_val.json --images-dir R/dataset/images/val --out-dir R/seed-0/eval/fp16-float32
 
 Writes ``OUT/metrics.json`` and ``OUT/detections.json`` (see :mod:`auto_quantize_model.evaluate`).
-Exit status 2 on bad input (missing files, wrong model layout, class-count mismatch, no readable image).
+Exit status 2 on bad input (missing files, wrong model layout, class-count mismatch, a listed image that
+cannot be read unless ``--allow-missing-images``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parallel-runs", type=int, default=0, help="batches run at once (0 = auto: CPUs on CPU)")
     parser.add_argument("--graph-optimization", choices=GRAPH_OPTIMIZATIONS, default="all")
     parser.add_argument("--workers", type=int, default=2, help="image decode threads")
+    parser.add_argument(
+        "--allow-missing-images",
+        action="store_true",
+        help="score the readable images when some listed ones are missing or undecodable (counted in metrics.json)",
+    )
     return parser
 
 
@@ -88,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             session_settings=SessionSettings(
                 args.intra_op_threads, args.parallel_runs, args.graph_optimization, args.fold_weights
             ),
+            allow_missing_images=args.allow_missing_images,
         )
     except EvaluationInputError as error:
         print(f"error: {error}", file=sys.stderr)

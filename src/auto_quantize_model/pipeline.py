@@ -66,6 +66,13 @@ class Redo:
     in_place: bool = False
 
 
+def nothing_built(run_root: RunRoot, stages: Sequence[StageSpec]) -> bool:
+    """No stage is done and no training has started: a changed run config may replace the saved one."""
+    records = load_run_state(run_root)["stages"]
+    trainings = {stage.name for stage in stages if stage.resumable}
+    return not any(name in trainings or record.get("status") == "done" for name, record in records.items())
+
+
 def stages_to_redo(run_root: RunRoot, stages: Sequence[StageSpec], redo: Sequence[str] = ()) -> dict[str, str]:
     """``{stage: reason}`` decided at the start: asked for, outputs missing or changed, or downstream of one.
 

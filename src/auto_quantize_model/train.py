@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from auto_quantize_model.runs.config import (
+    CLI_OWNED_TRAIN_ARGS,
     ConfigError,
     check_keys,
     dump_yaml,
@@ -61,9 +62,6 @@ from auto_quantize_model.utils.ultralytics_env import (
 )
 
 DEFAULT_HYP = Path("conf") / "cv-models" / "yolov10m" / "hyp.scratch.yaml"
-
-# Arguments the command line (or the run root) owns; a recipe file must not set them.
-CLI_OWNED_ARGS = ("model", "data", "project", "name", "exist_ok", "resume", "pretrained", "save_dir", "mode", "task")
 
 
 class RunExistsError(RuntimeError):
@@ -150,8 +148,8 @@ def resolve_train_args(request: TrainRequest) -> dict[str, Any]:
 
     hyp_path = resolve_project_path(request.hyp)
     recipe = load_yaml_mapping(hyp_path)
-    check_keys(recipe, DEFAULT_CFG_DICT, str(hyp_path), forbidden=CLI_OWNED_ARGS)
-    check_keys(request.overrides, DEFAULT_CFG_DICT, "--train-arg overrides", forbidden=CLI_OWNED_ARGS)
+    check_keys(recipe, DEFAULT_CFG_DICT, str(hyp_path), forbidden=CLI_OWNED_TRAIN_ARGS)
+    check_keys(request.overrides, DEFAULT_CFG_DICT, "--train-arg overrides", forbidden=CLI_OWNED_TRAIN_ARGS)
     paths = request.paths
     args = {
         **recipe,
