@@ -179,6 +179,25 @@ def test_published_export_is_verified_on_rerun_not_stuck(fp16_run, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("weights_format", "flags"), [("float16", ["--half"]), ("qcdq", []), ("int4", ["--weights-format", "int4"])]
+)
+def test_every_export_format_is_verified_on_rerun(request, weights_format, flags, tmp_path):
+    """What the runner asks after a kill between the ONNX write and its record: each format must verify.
+
+    The float16 file of Ultralytics' exporter fails onnx.checker ("topologically sorted"); it loads in
+    ONNX Runtime, which is how the rerun checks it.
+    """
+    run = request.getfixturevalue("fp16_run" if weights_format == "float16" else "qat_run")
+    out = tmp_path / f"yolov10n-v-{weights_format}.onnx"
+    args = ["--weights", str(run.paths.best), "--out", str(out), "--imgsz", "64", *flags]
+    first = _export_cli(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = _export_cli(*args)
+    assert again.returncode == 0 and "already exported, verified" in again.stdout, again.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_float_checkpoint_is_refused_under_a_qat_name(fp16_run, tmp_path):
     out = tmp_path / "yolov10n-qat-w4a16-qcdq.onnx"
     refused = _export_cli("--weights", str(fp16_run.paths.best), "--out", str(out), "--imgsz", "64")

@@ -9,7 +9,8 @@ or earlier killed run wrote them:
   the inputs it recorded (its needs' outputs, recipe, scheme file) equal what its needs hold now
   (:mod:`auto_quantize_model.runs.provenance`); otherwise it is redone;
 * ``redo`` asks for a redo on purpose, of a stage and everything downstream of it; a stage whose
-  outputs went missing or changed is redone with everything downstream of it too;
+  outputs went missing or changed is redone, and its dependents with it when what it rebuilds
+  differs from what they were built from (an identical rebuild, e.g. re-linked val images, keeps them);
 * a redo sets the old work aside (renamed ``*.stale-<time>``, never deleted) only once it holds the
   stage's lock: a stage running in another process is refused (:class:`StageBusy`), nothing touched;
   a training that only lost ``best.pt`` is rerun in place (``--resume`` finishes it from ``last.pt``);
@@ -74,9 +75,10 @@ def nothing_built(run_root: RunRoot, stages: Sequence[StageSpec]) -> bool:
 
 
 def stages_to_redo(run_root: RunRoot, stages: Sequence[StageSpec], redo: Sequence[str] = ()) -> dict[str, str]:
-    """``{stage: reason}`` decided at the start: asked for, outputs missing or changed, or downstream of one.
+    """``{stage: reason}`` decided at the start: asked for (with everything downstream), or outputs missing or changed.
 
-    Stale inputs are decided per stage when it is reached (:func:`_redo_for`): by then its needs have run.
+    The dependents of a stage redone for its outputs are decided when they are reached (:func:`_redo_for`):
+    they are redone when its new outputs differ from what they were built from, and kept when equal.
     """
     names = [stage.name for stage in stages]
     unknown = [name for name in redo if name not in names]
@@ -86,16 +88,17 @@ def stages_to_redo(run_root: RunRoot, stages: Sequence[StageSpec], redo: Sequenc
         )
     records = load_run_state(run_root)["stages"]
     reasons = {name: "asked with --redo" for name in redo}
+    asked = set(redo)  # the stages a --redo reaches: each one and everything downstream of it
     for stage in stages:
         record = records.get(stage.name) or {}
-        if stage.name in reasons:
+        upstream = next((need for need in stage.needs if need in asked), None)
+        if stage.name in asked:
             continue
-        problem = output_problem(stage, record) if record.get("status") == "done" else None
-        upstream = next((need for need in stage.needs if need in reasons), None)
-        if problem:
+        if upstream:
+            asked.add(stage.name)
+            reasons[stage.name] = f"downstream of {upstream}, asked with --redo"
+        elif record.get("status") == "done" and (problem := output_problem(stage, record)):
             reasons[stage.name] = problem
-        elif upstream:
-            reasons[stage.name] = f"downstream of {upstream}"
     return reasons
 
 
