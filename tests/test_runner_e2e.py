@@ -1,12 +1,15 @@
 """The real runner, end to end, in the demo profile with tiny settings (slow: trains two models).
 
 One run root goes through: a partial run (``--stop-after``), a resume to the end, a rerun after an
-artifact was deleted (that stage and its dependents are redone, nothing else), and a rerun that
-must change nothing.
+artifact was deleted (that stage is rebuilt; its dependents only if the rebuilt file differs), a rerun
+that must change nothing, then the faults of issue 26 on real stages: a lost ``best.pt`` (finished from
+``last.pt``, not retrained), a redo cut short by ``--stop-after`` (the next plain run redoes exactly what
+depends on it) and val images deleted after preparation (linked again; nothing built on them redone).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -77,11 +80,15 @@ def expected_artifacts(run_root: RunRoot) -> list[Path]:
     return paths
 
 
+def redone(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line.split()[2] for line in proc.stdout.splitlines() if line.startswith("redo: stage")]
+
+
 def snapshot(root: Path) -> dict[Path, int]:
     return {path: path.stat().st_mtime_ns for path in root.rglob("*") if path.is_file()}
 
 
-def test_runner_demo_partial_fail_resume_and_idempotent_rerun(tmp_path: Path) -> None:
+def test_runner_demo_partial_resume_idempotent_rerun_and_faults(tmp_path: Path) -> None:
     root = tmp_path / "demo-run"
     run_root = RunRoot(root)
 
@@ -100,12 +107,15 @@ def test_runner_demo_partial_fail_resume_and_idempotent_rerun(tmp_path: Path) ->
     assert "**Status:** Complete" in summary, summary[:3000]
     assert "FP32 (AMP off: cpu)" in summary  # a CPU run says what ran
 
-    # A deleted artifact is rebuilt with what depends on it, and nothing else.
-    run_root.seed(0).onnx_model("yolov10n", "qat-w4a16", "int4").unlink()
+    # A deleted artifact is rebuilt; what depends on it is redone only if the rebuilt file differs.
+    int4 = run_root.seed(0).onnx_model("yolov10n", "qat-w4a16", "int4")
+    old_sha = stages["s0-export-qat-w4a16-int4"]["outputs_sha256"][str(int4)]
+    int4.unlink()
     healed = runner(root)
     assert healed.returncode == 0, healed.stderr[-3000:]
-    redone = [line.split()[2] for line in healed.stdout.splitlines() if line.startswith("redo: stage")]
-    assert redone == ["s0-export-qat-w4a16-int4", "s0-eval-qat-w4a16-int4", "summary"]
+    new_sha = load_run_state(run_root)["stages"]["s0-export-qat-w4a16-int4"]["outputs_sha256"][str(int4)]
+    dependents = ["s0-eval-qat-w4a16-int4", "summary"] if new_sha != old_sha else []
+    assert redone(healed) == ["s0-export-qat-w4a16-int4", *dependents]
 
     # A rerun of a finished run root touches nothing.
     before = snapshot(root)
@@ -113,3 +123,43 @@ def test_runner_demo_partial_fail_resume_and_idempotent_rerun(tmp_path: Path) ->
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("skip: stage") == len(stages)
     assert snapshot(root) == before
+    check_faults_of_issue_26(root)
+
+
+def check_faults_of_issue_26(root: Path) -> None:
+    """The same finished run root through the faults of issue 26, each rerun ending consistent."""
+    run_root = RunRoot(root)
+    # A lost best.pt beside the final epoch's last.pt: finished by validating, not retrained; the summary follows.
+    qat = run_root.seed(0).train_run("qat-w4a16")
+    qat.best.unlink()
+    finished = runner(root)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert redone(finished)[0] == "s0-train-qat-w4a16" and "summary" in redone(finished)
+    assert "holds the final epoch; finishing the stage without training" in finished.stdout
+    assert not list(qat.dir.parent.glob("qat-w4a16.stale-*")) and qat.best.is_file()
+    assert json.loads(qat.metadata_json.read_text())["attempts"][-1]["state"] == "last-epoch-saved"
+    assert "**Status:** Complete" in run_root.summary_md.read_text()
+
+    # A redo cut short after the upstream stage: the next plain run redoes exactly its dependents.
+    cut = runner(root, "--redo", "s0-train-fp16", "--stop-after", "s0-train-fp16")
+    assert cut.returncode == 0, cut.stderr[-3000:]
+    rest = runner(root)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    fp16_dependents = [
+        "s0-export-fp16-float32",
+        "s0-eval-fp16-float32",
+        "s0-export-fp16-float16",
+        "s0-eval-fp16-float16",
+        "summary",
+    ]
+    assert redone(rest) == fp16_dependents
+
+    # Val images deleted after preparation: noticed, linked again, and nothing built on them is redone.
+    val_links = sorted(run_root.val_images_dir.iterdir())
+    for link in val_links[: len(val_links) // 2]:
+        link.unlink()
+    relinked = runner(root)
+    assert relinked.returncode == 0, relinked.stderr[-3000:]
+    assert redone(relinked) == ["prepare-data"]
+    assert f"val images: {len(val_links) // 2} of {len(val_links)} missing or unreadable" in relinked.stdout
+    assert sorted(run_root.val_images_dir.iterdir()) == val_links
