@@ -8,9 +8,10 @@ or earlier killed run wrote them:
 * a stage is **done** only while its record says done, its outputs are still what it recorded and
   the inputs it recorded (its needs' outputs, recipe, scheme file) equal what its needs hold now
   (:mod:`auto_quantize_model.runs.provenance`); otherwise it is redone;
-* ``redo`` asks for a redo on purpose, of a stage and everything downstream of it; a stage whose
-  outputs went missing or changed is redone, and its dependents with it when what it rebuilds
-  differs from what they were built from (an identical rebuild, e.g. re-linked val images, keeps them);
+* ``redo`` asks for a redo on purpose, of a stage and everything downstream of it (:func:`asked_redos`);
+  a stage whose outputs went missing or changed is redone, and its dependents with it when what it
+  rebuilds differs from what they were built from (an identical rebuild, e.g. re-linked val images,
+  keeps them);
 * a redo sets the old work aside (renamed ``*.stale-<time>``, never deleted) only once it holds the
   stage's lock: a stage running in another process is refused (:class:`StageBusy`), nothing touched;
   a training that only lost ``best.pt`` is rerun in place (``--resume`` finishes it from ``last.pt``);
@@ -55,7 +56,7 @@ class PipelineOutcome:
 
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    redone: list[str] = field(default_factory=list)  # done stages rerun (stale, missing/changed outputs, or asked)
+    redone: list[str] = field(default_factory=list)  # stages whose earlier work was redone (stale, or asked)
     stopped_after: str | None = None
 
 
@@ -74,31 +75,19 @@ def nothing_built(run_root: RunRoot, stages: Sequence[StageSpec]) -> bool:
     return not any(name in trainings or record.get("status") == "done" for name, record in records.items())
 
 
-def stages_to_redo(run_root: RunRoot, stages: Sequence[StageSpec], redo: Sequence[str] = ()) -> dict[str, str]:
-    """``{stage: reason}`` decided at the start: asked for (with everything downstream), or outputs missing or changed.
-
-    The dependents of a stage redone for its outputs are decided when they are reached (:func:`_redo_for`):
-    they are redone when its new outputs differ from what they were built from, and kept when equal.
-    """
+def asked_redos(stages: Sequence[StageSpec], redo: Sequence[str]) -> dict[str, str]:
+    """``{stage: reason}`` for the stages ``--redo`` reaches: each one named and everything downstream of it."""
     names = [stage.name for stage in stages]
     unknown = [name for name in redo if name not in names]
     if unknown:
         raise PipelineError(
             f"--redo {', '.join(unknown)}: not a stage of this run; its stages are: {' '.join(names)}", exit_code=2
         )
-    records = load_run_state(run_root)["stages"]
     reasons = {name: "asked with --redo" for name in redo}
-    asked = set(redo)  # the stages a --redo reaches: each one and everything downstream of it
     for stage in stages:
-        record = records.get(stage.name) or {}
-        upstream = next((need for need in stage.needs if need in asked), None)
-        if stage.name in asked:
-            continue
-        if upstream:
-            asked.add(stage.name)
+        upstream = next((need for need in stage.needs if need in reasons), None)
+        if upstream and stage.name not in reasons:
             reasons[stage.name] = f"downstream of {upstream}, asked with --redo"
-        elif record.get("status") == "done" and (problem := output_problem(stage, record)):
-            reasons[stage.name] = problem
     return reasons
 
 
@@ -115,12 +104,12 @@ def run_pipeline(
         raise PipelineError(
             f"--stop-after {stop_after}: not a stage of this run ({' '.join(s.name for s in stages)})", exit_code=2
         )
-    planned = stages_to_redo(run_root, stages, redo)
+    asked = asked_redos(stages, redo)
     by_name = {stage.name: stage for stage in stages}
     outcome = PipelineOutcome()
     for index, stage in enumerate(stages, start=1):
-        say(f"[{index}/{len(stages)}] {stage.name}{_eta(run_root, stages[index - 1 :], planned)}")
-        result, redone = _run_one(run_root, stage, by_name, planned.get(stage.name), say)
+        say(f"[{index}/{len(stages)}] {stage.name}{_eta(run_root, stages[index - 1 :], asked)}")
+        result, redone = _run_one(run_root, stage, by_name, asked.get(stage.name), say)
         if not result.ok:
             code = INTERRUPTED_EXIT if result.exit_code == INTERRUPTED_EXIT else 1
             raise PipelineError(_failure_message(run_root, stage, result), exit_code=code)
@@ -135,13 +124,13 @@ def run_pipeline(
 
 
 def _run_one(
-    run_root: RunRoot, stage: StageSpec, by_name: Mapping[str, StageSpec], planned: str | None, say
+    run_root: RunRoot, stage: StageSpec, by_name: Mapping[str, StageSpec], asked: str | None, say
 ) -> tuple[StageResult, bool]:
     """Skip, run or redo one stage, deciding under its lock; return the result and whether it was a redo."""
     with stage_lock(run_root, stage.name) as log:
         records = load_run_state(run_root)["stages"]
         record = records.get(stage.name) or {}
-        redo = _redo_for(stage, record, records, planned)
+        redo = _redo_for(stage, record, records, asked)
         if record.get("status") == "done" and redo is None:
             return report_skip(run_root, stage.name, record, stage.outputs), False
         _check_needs(run_root, stage, by_name, records)
@@ -154,18 +143,21 @@ def _run_one(
 
 
 def _redo_for(
-    stage: StageSpec, record: Mapping[str, Any], records: Mapping[str, Any], planned: str | None
+    stage: StageSpec, record: Mapping[str, Any], records: Mapping[str, Any], asked: str | None
 ) -> Redo | None:
     """Why this stage's existing work is redone now, from its record and its needs' current records."""
     if not record:
         return None
-    if planned is not None:
-        in_place = stage.resumable and planned.startswith("output missing")
-        return Redo(planned, in_place=in_place and input_change(stage, record, records) is None)
+    if asked is not None:
+        return Redo(asked)
     if record.get("status") != "done":
         return None  # a failed or interrupted attempt: rerun as it is (a training resumes)
-    reason = output_problem(stage, record) or input_change(stage, record, records)
-    return Redo(reason) if reason else None
+    changed_input = input_change(stage, record, records)
+    problem = output_problem(stage, record)
+    if problem:  # a training that only lost outputs finishes from what it saved (last.pt), in its folder
+        lost_only = not changed_input and any(not path.exists() for path in stage.outputs)
+        return Redo(problem, in_place=stage.resumable and lost_only)
+    return Redo(changed_input) if changed_input else None
 
 
 def _check_needs(
@@ -213,7 +205,7 @@ def _kind(stage: str) -> tuple[str, str]:
     return rest, rest.split("-", 1)[0]
 
 
-def _eta(run_root: RunRoot, remaining: Sequence[StageSpec], planned: Mapping[str, str]) -> str:
+def _eta(run_root: RunRoot, remaining: Sequence[StageSpec], asked: Mapping[str, str]) -> str:
     """``" (run ETA ...)"``: the mean recorded duration of each remaining stage's kind, summed (``""``: none timed)."""
     records = load_run_state(run_root)["stages"]
     durations: dict[str, list[float]] = {}
@@ -223,7 +215,7 @@ def _eta(run_root: RunRoot, remaining: Sequence[StageSpec], planned: Mapping[str
                 durations.setdefault(key, []).append(float(record["duration_s"]))
     if not durations:
         return ""
-    todo = [s.name for s in remaining if s.name in planned or (records.get(s.name) or {}).get("status") != "done"]
+    todo = [s.name for s in remaining if s.name in asked or (records.get(s.name) or {}).get("status") != "done"]
     timed = [_mean_duration(durations, name) for name in todo]
     known = [seconds for seconds in timed if seconds is not None]
     if not known:

@@ -56,7 +56,7 @@ from auto_quantize_model.runs.run_root import (
     qat_stage_name,
 )
 from auto_quantize_model.runs.train_checks import check_init_from, check_model, check_numbers
-from auto_quantize_model.utils.io import read_json, write_json_atomic, write_text_atomic
+from auto_quantize_model.utils.io import read_json, sha256_file, write_json_atomic, write_text_atomic
 from auto_quantize_model.utils.ultralytics_env import (
     pin_ultralytics_settings,
 )
@@ -481,6 +481,7 @@ def _write_start_records(
             "quantized": request.quantized,
             "quant_scheme": scheme.to_dict() if scheme is not None else None,
             "init_from": str(request.init_from) if request.init_from else None,
+            "init_from_sha256": previous.get("init_from_sha256", _sha256_or_none(request.init_from)),
             "seed": request.seed,
             "config": previous.get("config", args),
             "attempts": attempts,
@@ -489,6 +490,11 @@ def _write_start_records(
             "device": device_info(),
         },
     )
+
+
+def _sha256_or_none(path: Path | None) -> str | None:
+    """The starting checkpoint's sha256, recorded at the first attempt (what the summary checks it against)."""
+    return sha256_file(path) if path is not None and Path(path).is_file() else None
 
 
 def _previous_status(previous: dict[str, Any]) -> str | None:
