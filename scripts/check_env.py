@@ -26,10 +26,12 @@ from pathlib import Path
 
 import auto_quantize_model  # noqa: F401  (offline Ultralytics before anything imports it)
 from auto_quantize_model.runs.env_check import PreflightRequest, run_preflight
+from auto_quantize_model.utils.cli import HelpFormatter, add_version_flag, cli_main
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--device", default="cpu", help="cpu, 0, 0,1 or cuda:N (as the training --device)")
     parser.add_argument(
         "--providers",
@@ -67,4 +69,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

@@ -8,12 +8,32 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.aqm-installed
+# The pins (torch 2.14.1, its CUDA wheels, ultralytics, brevitas) are chosen and tested for CPython 3.11.
+REQUIRED_PYTHON=3.11
 want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 
+python_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
+
+# A .venv built with another Python is refused, never reused or deleted (it may be a symlink to another checkout's).
+if [[ -e $VENV ]]; then
+  have=$(python_version "$VENV/bin/python" || true)
+  if [[ $have != "$REQUIRED_PYTHON" ]]; then
+    echo "[setup] $VENV/bin/python is Python ${have:-unknown (missing or broken)}, this project needs" \
+      "$REQUIRED_PYTHON: remove $VENV (rm -rf $VENV) and rerun with PYTHON=python$REQUIRED_PYTHON" \
+      "(e.g. PYTHON=python$REQUIRED_PYTHON make test)" >&2
+    exit 1
+  fi
+fi
 if [[ -f $STAMP && $(cat "$STAMP") == "$want" ]]; then
   exit 0
 fi
 if [[ ! -x $VENV/bin/python ]]; then
+  have=$(python_version "$PYTHON" || true)
+  if [[ $have != "$REQUIRED_PYTHON" ]]; then
+    echo "[setup] PYTHON=$PYTHON is Python ${have:-unknown (not found)}, this project needs $REQUIRED_PYTHON:" \
+      "rerun with PYTHON=python$REQUIRED_PYTHON (or the path of a $REQUIRED_PYTHON interpreter)" >&2
+    exit 1
+  fi
   echo "[setup] creating $VENV with $($PYTHON --version)"
   "$PYTHON" -m venv "$VENV"
 fi

@@ -17,10 +17,12 @@ import sys
 from pathlib import Path
 
 from auto_quantize_model.compare import CompareInputError, compare_runs
+from auto_quantize_model.utils.cli import HelpFormatter, add_version_flag, cli_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("run_roots", nargs="+", type=Path, metavar="RUN_ROOT", help="run roots holding summary.csv")
     parser.add_argument("--out", required=True, type=Path, help="folder for comparison.md/.csv and map_vs_size.png")
     parser.add_argument(
@@ -40,4 +42,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

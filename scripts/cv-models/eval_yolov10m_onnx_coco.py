@@ -25,17 +25,24 @@ from auto_quantize_model.evaluation.errors import EvaluationInputError
 from auto_quantize_model.evaluation.ort_session import GRAPH_OPTIMIZATIONS, SessionSettings
 from auto_quantize_model.onnx_io.contract import OUTPUT_FORMATS
 from auto_quantize_model.runs import metrics_keys as K
+from auto_quantize_model.utils.cli import HelpFormatter, add_version_flag, cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options; defaults match Ultralytics' validator (conf 0.001, iou 0.7, max_det 300)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--onnx", required=True, type=Path, help="ONNX model ([N,3,H,W] input 'images')")
     parser.add_argument("--ann-file", required=True, type=Path, help="COCO instances json")
     parser.add_argument("--images-dir", required=True, type=Path, help="folder holding the annotation's file_names")
     parser.add_argument("--out-dir", required=True, type=Path, help="where metrics.json and detections.json go")
     parser.add_argument("--imgsz", type=int, nargs="+", default=[640], help="H W (or one size) for dynamic inputs")
-    parser.add_argument("--providers", nargs="+", default=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    parser.add_argument(
+        "--providers",
+        nargs="+",
+        default=["CUDAExecutionProvider", "CPUExecutionProvider"],
+        help="ONNX Runtime execution providers in order of preference; unavailable ones are skipped with a warning",
+    )
     parser.add_argument("--max-images", type=int, default=None, help="first N image ids (sorted)")
     parser.add_argument("--batch", type=int, default=1, help="batch size when the model batch is dynamic")
     parser.add_argument("--conf", type=float, default=0.001, help="keep detections with score > conf")
@@ -56,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--intra-op-threads", type=int, default=0, help="threads per session.run (0 = auto)")
     parser.add_argument("--parallel-runs", type=int, default=0, help="batches run at once (0 = auto: CPUs on CPU)")
-    parser.add_argument("--graph-optimization", choices=GRAPH_OPTIMIZATIONS, default="all")
+    parser.add_argument(
+        "--graph-optimization", choices=GRAPH_OPTIMIZATIONS, default="all", help="ONNX Runtime graph optimization level"
+    )
     parser.add_argument("--workers", type=int, default=2, help="image decode threads")
     parser.add_argument(
         "--allow-missing-images",
@@ -109,4 +118,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

@@ -40,17 +40,17 @@ from auto_quantize_model.onnx_io.settings import (
     ExportValidationError,
     describe_kind,
 )
+from auto_quantize_model.utils.cli import HelpFormatter, add_version_flag, cli_main
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--weights", required=True, type=Path, help="Ultralytics .pt checkpoint (FP or QAT)")
     parser.add_argument(
         "--out", required=True, type=Path, help="output .onnx path (metadata goes to the same stem .json)"
     )
-    parser.add_argument(
-        "--imgsz", type=int, default=640, help="square input size, a multiple of the stride (default 640)"
-    )
+    parser.add_argument("--imgsz", type=int, default=640, help="square input size, a multiple of the stride")
     parser.add_argument(
         "--format",
         choices=OUTPUT_FORMATS,
@@ -135,4 +135,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

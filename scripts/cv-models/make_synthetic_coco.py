@@ -10,16 +10,18 @@ import argparse
 import sys
 
 from auto_quantize_model.data.synthetic import generate_synthetic_coco
+from auto_quantize_model.utils.cli import HelpFormatter, add_version_flag, cli_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--out", required=True, help="output folder (gets train2017/, val2017/, annotations/)")
-    parser.add_argument("--train", type=int, default=128, help="number of training images (default 128)")
-    parser.add_argument("--val", type=int, default=32, help="number of validation images (default 32)")
-    parser.add_argument("--imgsz", type=int, default=160, help="longest image side in pixels (default 160)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    parser.add_argument("--train", type=int, default=128, help="number of training images")
+    parser.add_argument("--val", type=int, default=32, help="number of validation images")
+    parser.add_argument("--imgsz", type=int, default=160, help="longest image side in pixels")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
     parser.add_argument("--overwrite", action="store_true", help="replace the set in a non-empty --out")
     return parser.parse_args(argv)
 
@@ -42,4 +44,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

@@ -11,20 +11,22 @@ import argparse
 import sys
 
 from auto_quantize_model.data.coco_dataset import DatasetError, prepare_coco_dataset
+from auto_quantize_model.utils.cli import HelpFormatter, add_version_flag, cli_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; the four source paths are relative to --source-root."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--source-root", required=True, help="folder holding the COCO images and annotations")
     parser.add_argument("--out-dir", required=True, help="output dataset folder (dataset.yaml, images/, labels/, ...)")
-    parser.add_argument("--train-images", default="train2017", help="training image folder (default train2017)")
-    parser.add_argument("--val-images", default="val2017", help="validation image folder (default val2017)")
+    parser.add_argument("--train-images", default="train2017", help="training image folder")
+    parser.add_argument("--val-images", default="val2017", help="validation image folder")
     parser.add_argument("--train-ann", default="annotations/instances_train2017.json", help="training annotations")
     parser.add_argument("--val-ann", default="annotations/instances_val2017.json", help="validation annotations")
     parser.add_argument("--max-train-images", type=int, default=None, help="keep a seeded random subset of N images")
     parser.add_argument("--max-val-images", type=int, default=None, help="keep a seeded random subset of M images")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the subsets (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subsets")
     parser.add_argument("--overwrite", action="store_true", help="replace the dataset files in a non-empty --out-dir")
     return parser.parse_args(argv)
 
@@ -57,4 +59,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

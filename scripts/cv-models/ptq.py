@@ -22,19 +22,21 @@ from pathlib import Path
 
 import auto_quantize_model  # noqa: F401  (offline Ultralytics before anything imports it)
 from auto_quantize_model.ptq import PTQInputError, PTQRequest, quantize_checkpoint
+from auto_quantize_model.utils.cli import HelpFormatter, add_version_flag, cli_main
 
 
 def parse_args(argv: list[str] | None = None) -> PTQRequest:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--weights", type=Path, required=True, help="FP checkpoint (the fp16 run's best.pt)")
     parser.add_argument("--quant-scheme", required=True, help="scheme name (w8a16, w4a16-mse, ...) or JSON path")
     parser.add_argument("--out", type=Path, required=True, help="output checkpoint (.pt)")
     parser.add_argument("--data", type=Path, help="dataset YAML (needed for --bn-recalib-batches and --val)")
     parser.add_argument("--bn-recalib-batches", type=int, default=0, help="re-estimate BN on N train batches (0: off)")
     parser.add_argument("--imgsz", type=int, help="image size (default: the checkpoint's training imgsz)")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=16, help="batch size of BN re-estimation and --val")
+    parser.add_argument("--device", default="cpu", help="'cpu' or a CUDA device index such as '0'")
+    parser.add_argument("--workers", type=int, default=0, help="dataloader workers")
     parser.add_argument("--val", action="store_true", help="measure Ultralytics-validator val mAP50-95 of the output")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
@@ -66,4 +68,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

@@ -22,12 +22,14 @@ import sys
 from pathlib import Path
 
 from auto_quantize_model.publish import DEFAULT_MAX_BYTES, DEFAULT_REPORTS_SUBDIR, PublishError, publish_run_report
+from auto_quantize_model.utils.cli import HelpFormatter, add_version_flag, cli_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--run-root", required=True, type=Path, help="experiment run root to publish")
     parser.add_argument("--name", default=None, help="report folder name (default: the run root's folder name)")
     parser.add_argument(
@@ -57,4 +59,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

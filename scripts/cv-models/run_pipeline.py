@@ -19,7 +19,8 @@ A rerun that adds seeds (``--seeds 0,1`` after ``--seeds 0``) runs only the new 
 ``--repair`` rebuilds a torn ``run.json`` from the stage logs (then rerun without it).
 
 Exit status: 0 done (or stopped as asked), 1 a stage failed, 2 bad config or bad run root state
-(torn run.json, read-only root, full disk), 75 a stage is running in another process, 130 Ctrl-C.
+(torn run.json, read-only root, full disk), 75 a stage is running in another process, 130 Ctrl-C,
+141 stdout closed early (``--list-stages | head``).
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ from auto_quantize_model.runs.plan import plan_stages
 from auto_quantize_model.runs.repair import rebuild_run_state
 from auto_quantize_model.runs.run_root import RunRoot
 from auto_quantize_model.runs.stage_runner import RunStateError, StageBusy
-from auto_quantize_model.utils.terminal import os_error_line, say, silence_broken_stdout
+from auto_quantize_model.utils.cli import HelpFormatter, add_version_flag, cli_main, say
+from auto_quantize_model.utils.errors import os_error_line
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--profile", required=True, help="profile name (conf/cv-models/yolov10m/profiles) or YAML path")
     parser.add_argument("--run-root", default=None, help="run root (default: $RUN_ROOT, else tmp/.../<profile>-<time>)")
     parser.add_argument("--model", help="model cfg, e.g. yolov10m.yaml")
@@ -102,18 +105,8 @@ def resolve(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return _run(args, argv)
-    except KeyboardInterrupt:
-        say("interrupted; rerun the same command to continue (finished stages are kept)", err=True)
-        return 130
-    finally:
-        silence_broken_stdout()
-
-
-def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     """Resolve, check, then list, repair or run; every expected failure is one line on stderr."""
+    args = parse_args(argv)
     run_root = None
     try:
         config = resolve(args)
@@ -164,4 +157,4 @@ def _fail(message: str, code: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

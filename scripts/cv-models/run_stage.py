@@ -19,7 +19,8 @@ from pathlib import Path
 
 from auto_quantize_model.runs.run_root import RunRoot
 from auto_quantize_model.runs.stage_runner import StageBusy, run_stage
-from auto_quantize_model.utils.terminal import os_error_line, say, silence_broken_stdout
+from auto_quantize_model.utils.cli import HelpFormatter, add_version_flag, cli_main, say
+from auto_quantize_model.utils.errors import os_error_line
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -27,8 +28,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         usage="%(prog)s --run-root R --stage NAME [--output PATH ...] -- CMD [ARGS...]",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    add_version_flag(parser)
     parser.add_argument("--run-root", required=True, type=Path, help="experiment run root")
     parser.add_argument("--stage", required=True, help="stage name (run.json key and log file name)")
     parser.add_argument("--output", action="append", default=[], type=Path, help="file the stage must create")
@@ -60,11 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # e.g. a full disk before the stage could start or be recorded
         say(f"FAILED: stage {args.stage}: {os_error_line(error, args.run_root)}", err=True)
         return 1
-    except KeyboardInterrupt:
-        say(f"interrupted: stage {args.stage}", err=True)
-        return 130
-    finally:
-        silence_broken_stdout()
     if not result.ok:
         detail = f": {result.message}" if result.message else ""
         say(f"FAILED: stage {args.stage} (exit code {result.exit_code}){detail}; log: {result.log}", err=True)
@@ -72,4 +69,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

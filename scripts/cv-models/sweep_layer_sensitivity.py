@@ -22,31 +22,33 @@ from pathlib import Path
 
 import auto_quantize_model  # noqa: F401  (offline Ultralytics before anything imports it)
 from auto_quantize_model.sensitivity import DEFAULT_MIN_DROP, GRANULARITIES, SweepInputError, SweepRequest, run_sweep
+from auto_quantize_model.utils.cli import HelpFormatter, add_version_flag, cli_main
 
 
 def parse_args(argv: list[str] | None = None) -> SweepRequest:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--weights", type=Path, required=True, help="FP checkpoint (the fp16 run's best.pt)")
     parser.add_argument("--data", type=Path, required=True, help="dataset YAML (its val split is measured)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (a rerun resumes it)")
-    parser.add_argument("--bits", type=int, default=4, help="bit width of the unit under test (default 4)")
+    parser.add_argument("--bits", type=int, default=4, help="bit width of the unit under test")
     parser.add_argument("--scaling", choices=("absmax", "mse"), default="absmax", help="weight scale method")
     parser.add_argument("--granularity", choices=GRANULARITIES, default="block", help="unit: one conv or a block")
     parser.add_argument("--max-val-images", type=int, help="measure on the first N val images (sorted names)")
     parser.add_argument("--imgsz", type=int, help="image size (default: the checkpoint's training imgsz)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--device", default="cpu", help="'cpu' or a CUDA device index such as '0'")
+    parser.add_argument("--batch", type=int, default=16, help="validation batch size")
     parser.add_argument(
         "--w4-param-fraction",
         type=float,
         default=0.9,
-        help="mixed scheme: at least this share of quantized weights at --bits (default 0.9)",
+        help="mixed scheme: at least this share of quantized weights at --bits",
     )
     parser.add_argument(
         "--min-drop",
         type=float,
         default=DEFAULT_MIN_DROP,
-        help=f"mixed scheme: only units whose mAP50-95 drop exceeds this go to 8 bits (default {DEFAULT_MIN_DROP})",
+        help="mixed scheme: only units whose mAP50-95 drop exceeds this go to 8 bits",
     )
     args = parser.parse_args(argv)
     return SweepRequest(
@@ -84,4 +86,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

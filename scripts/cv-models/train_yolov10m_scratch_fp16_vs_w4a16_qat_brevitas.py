@@ -14,28 +14,36 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 import auto_quantize_model  # noqa: F401  (pins Ultralytics offline before it is imported)
 from auto_quantize_model.quant.scheme import SCHEME_NAMES
 from auto_quantize_model.runs.config import parse_overrides
-from auto_quantize_model.train import DEFAULT_HYP, RunExistsError, TrainRequest, train_stage
+from auto_quantize_model.train import RunExistsError, TrainRequest, train_stage
+from auto_quantize_model.utils.cli import HelpFormatter, add_version_flag, cli_main
+
+# No argparse defaults: TrainRequest holds them, so the CLI and the library cannot disagree; --help shows them.
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainRequest)}
+
+
+def _default(name: str) -> str:
+    return f"(default: {_DEFAULTS[name]})"
 
 
 def _common_flags(parser: argparse.ArgumentParser) -> None:
-    # No defaults here: TrainRequest holds them, so the CLI and the library cannot disagree.
     parser.add_argument("--run-root", type=Path, required=True, help="experiment folder (see RunRoot)")
     parser.add_argument("--data", type=Path, required=True, help="Ultralytics dataset YAML (prepare_coco_dataset.py)")
-    parser.add_argument("--model", help="model config; random init (default yolov10m.yaml)")
-    parser.add_argument("--epochs", type=int, help="default 300")
-    parser.add_argument("--imgsz", type=int, help="default 640")
-    parser.add_argument("--batch", type=int, help="total batch size, split across DDP devices (default 32)")
-    parser.add_argument("--device", help="'cpu', '0', or '0,1,2,3' for Ultralytics DDP (default 0)")
-    parser.add_argument("--hyp", type=Path, help=f"recipe YAML of Ultralytics arguments (default {DEFAULT_HYP})")
-    parser.add_argument("--seed", type=int, help="training seed; the stage goes to <run-root>/seed-<seed>/ (default 0)")
-    parser.add_argument("--workers", type=int, help="dataloader workers per process (default 8)")
-    parser.add_argument("--fraction", type=float, help="fraction of the train split to use (default 1.0)")
+    parser.add_argument("--model", help=f"model config, built with random init {_default('model')}")
+    parser.add_argument("--epochs", type=int, help=f"training epochs {_default('epochs')}")
+    parser.add_argument("--imgsz", type=int, help=f"square train/val image size {_default('imgsz')}")
+    parser.add_argument("--batch", type=int, help=f"total batch size, split across DDP devices {_default('batch')}")
+    parser.add_argument("--device", help=f"'cpu', '0', or '0,1,2,3' for Ultralytics DDP {_default('device')}")
+    parser.add_argument("--hyp", type=Path, help=f"recipe YAML of Ultralytics arguments {_default('hyp')}")
+    parser.add_argument("--seed", type=int, help=f"training seed; output in <run-root>/seed-<seed>/ {_default('seed')}")
+    parser.add_argument("--workers", type=int, help=f"dataloader workers per process {_default('workers')}")
+    parser.add_argument("--fraction", type=float, help=f"fraction of the train split to use {_default('fraction')}")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted stage from its last.pt")
     parser.add_argument(
         "--train-arg",
@@ -48,12 +56,15 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_version_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
-    _common_flags(sub.add_parser("fp16", help="FP16/AMP baseline"))
-    qat = sub.add_parser("qat-w4a16", help="Brevitas W4A16 quantization-aware training")
+    _common_flags(sub.add_parser("fp16", help="FP16/AMP baseline", formatter_class=HelpFormatter))
+    qat = sub.add_parser("qat-w4a16", help="Brevitas W4A16 quantization-aware training", formatter_class=HelpFormatter)
     _common_flags(qat)
-    qat.add_argument("--quant-scheme", help=f"a named scheme {SCHEME_NAMES} or a scheme JSON path (default w4a16)")
+    qat.add_argument(
+        "--quant-scheme", help=f"a named scheme {SCHEME_NAMES} or a scheme JSON path {_default('quant_scheme')}"
+    )
     qat.add_argument(
         "--init-from", type=Path, help="start QAT from this FP checkpoint (fine-tuning; the stage is qat-<scheme>-ft)"
     )
@@ -98,4 +109,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

@@ -17,10 +17,12 @@ from pathlib import Path
 
 from auto_quantize_model.report import write_summary
 from auto_quantize_model.runs.run_root import RunRoot
+from auto_quantize_model.utils.cli import HelpFormatter, add_version_flag, cli_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_version_flag(parser)
     parser.add_argument("--run-root", required=True, type=Path, help="experiment run root")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any expected artifact is missing")
     args = parser.parse_args(argv)
@@ -39,4 +41,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

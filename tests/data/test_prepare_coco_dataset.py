@@ -302,6 +302,38 @@ def test_leftover_staging_of_an_interrupted_run_is_replaced(source: Path, tmp_pa
     assert result.counts["train"].images == 3
 
 
+def _make_unreadable(folder: Path, names: list[str]) -> None:
+    for name in names:
+        (folder / name).write_text("not an image\n")  # a text file named .jpg/.png
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_split_with_no_readable_image_is_refused_before_writing(source: Path, tmp_path: Path, split: str) -> None:
+    images = TRAIN_IMAGES if split == "train" else VAL_IMAGES
+    _make_unreadable(source / f"{split}2017", [image["file_name"] for image in images])
+    script = REPO / "scripts" / "cv-models" / "prepare_coco_dataset.py"
+    out = tmp_path / "out"
+    run = [sys.executable, str(script), "--source-root", str(source), "--out-dir", str(out)]
+    done = subprocess.run(run, capture_output=True, text=True, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    error = done.stderr.strip().splitlines()[-1]
+    assert f"the {split} split has no usable image: all {len(images)} selected image file(s) are unreadable" in error
+    assert not out.exists()
+
+
+def test_split_whose_readable_images_have_no_box_is_refused(source: Path, tmp_path: Path) -> None:
+    # As in a notebook that imported Ultralytics: its Image.open patch turns "unidentified" into a pi-heif import.
+    import ultralytics.utils.patches  # noqa: F401
+
+    # wide.jpg and gray.jpg hold every train box; empty.jpg (readable, no box) is all that is left.
+    _make_unreadable(source / "train2017", ["wide.jpg", "gray.jpg"])
+    with pytest.raises(DatasetError, match=r"the train split has no annotation left: none of its 1 readable") as error:
+        prepare_coco_dataset(source, tmp_path / "out")
+    assert "2 unreadable image file(s) left out" in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_fingerprint_names_deleted_val_images_and_a_rebuild_restores_it(source: Path, tmp_path: Path) -> None:
     from auto_quantize_model.data.fingerprint import fingerprint_problem
 

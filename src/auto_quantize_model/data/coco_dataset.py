@@ -128,10 +128,12 @@ def prepare_coco_dataset(
         _check_image_files(splits[name], selected[name])
     corrupt = {name: _corrupt_images(splits[name], selected[name]) for name in SPLITS}
     selected = {name: [i for i in selected[name] if i not in corrupt[name]] for name in SPLITS}
-    _check_out_dir(out, [split.images_dir for split in splits.values()], overwrite)
-
     categories = splits["train"].categories
     class_of = {category_id: index for index, (category_id, _) in enumerate(categories)}
+    for name in SPLITS:
+        _check_split_usable(splits[name], selected[name], len(corrupt[name]), class_of)
+    _check_out_dir(out, [split.images_dir for split in splits.values()], overwrite)
+
     names = tuple(name for _, name in categories)
     staging = out / _STAGING
     shutil.rmtree(staging, ignore_errors=True)
@@ -315,6 +317,25 @@ def _corrupt_images(split: _CocoSplit, image_ids: list[int]) -> dict[int, str]:
     return corrupt
 
 
+def _check_split_usable(split: _CocoSplit, usable_ids: list[int], unreadable: int, class_of: dict[int, int]) -> None:
+    """A split must keep at least one readable image and one trainable box once unreadable images are left out."""
+    fix = f"replace the unreadable files in {split.images_dir}, or pass other --{split.name}-images/--{split.name}-ann"
+    if not usable_ids:
+        raise DatasetError(
+            f"{split.ann_path}: the {split.name} split has no usable image: all {unreadable} selected image file(s) "
+            f"are unreadable; {fix}"
+        )
+    scratch_tally = dict.fromkeys(("crowd", "degenerate", "duplicate", "clipped"), 0)
+    if not any(
+        label_lines(split.images[i], split.anns_by_image.get(i, ()), class_of, scratch_tally) for i in usable_ids
+    ):
+        raise DatasetError(
+            f"{split.ann_path}: the {split.name} split has no annotation left: none of its {len(usable_ids)} readable "
+            f"image(s) has a box to learn or score ({unreadable} unreadable image file(s) left out, crowd and "
+            f"zero-area boxes do not count); {fix}"
+        )
+
+
 def _image_problem(path: Path) -> str | None:
     """Why ``path`` is not a usable image (PIL's structural check, JPEG end marker), or ``None``."""
     from PIL import Image
@@ -331,6 +352,8 @@ def _image_problem(path: Path) -> str | None:
                     return "truncated JPEG (no end marker)"
     except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for unreadable or damaged files
         return f"{type(error).__name__}: {error}"
+    except ImportError:  # once Ultralytics is imported, Image.open retries an unidentified file with pi-heif
+        return "not an image PIL can identify (nor a HEIF file: Ultralytics' pi-heif plugin is not installed)"
     return None
 
 

@@ -221,10 +221,17 @@ class _ScaleFakeQuant(torch.autograd.Function):
 
     The stored value is Brevitas' ``ParameterScaling`` threshold ``t``; the step is ``s = max(|t|, min_scale) /
     max_code`` (Brevitas divides by the integer threshold ``2**(b-1) - 1``). Forward:
-    ``code = clamp(round(w / s), -max_code, max_code)``, ``out = code * s`` (Brevitas' ``IntQuant``: round, then
-    ``TensorClamp``). Backward, as Brevitas' graph for ``w``: 1 where the rounded code is inside the range, else 0
-    (round is straight-through, the clamp is not). For the step: LSQ's ``d out / d s = code - w / s`` inside,
-    ``code`` (= +-max_code) outside, summed over the weights one step serves, times ``grad_scale``
+    ``code = clamp(round(w / s), -max_code, max_code)``, ``out = code * s``; rounding then clamping equals clipping
+    then rounding here, because ``max_code`` is an integer. The backward differs in the half-step band
+    ``max_code < |w / s| < max_code + 0.5``:
+
+    * ``clip_then_round`` (LSQ as published, Esser et al. 2020, eq. 3; used for learned scales): a weight is inside
+      while ``|w / s| < max_code``. Inside, ``d out / d w = 1`` and ``d out / d s = code - w / s``; outside, 0 and
+      ``code`` (= +-max_code). In the band the weight gets 0 and the step +-max_code.
+    * otherwise (Brevitas' ``IntQuant``: round, then a non-straight-through ``TensorClamp``; mse and fixed scales,
+      which get no step gradient): inside while ``|round(w / s)| <= max_code``, so the band counts as inside.
+
+    The step's gradient is summed over the weights one step serves and scaled by ``grad_scale``
     (LSQ: 1 / sqrt(numel * max_code)). It is handed to ``t`` as ``max_code * sign(t) * that``, so that an SGD step
     on ``t`` moves ``s = t / max_code`` exactly as LSQ's SGD step on ``s`` would (Brevitas' own gradient of ``t``
     is ``d L / d s / max_code``, without the scaling: ``max_code**2 * grad_scale`` times smaller).
@@ -232,12 +239,18 @@ class _ScaleFakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, weight: torch.Tensor, threshold: torch.Tensor, max_code: float, min_scale: float, grad_scale: float
+        ctx,
+        weight: torch.Tensor,
+        threshold: torch.Tensor,
+        max_code: float,
+        min_scale: float,
+        grad_scale: float,
+        clip_then_round: bool,
     ):
         s = threshold.abs().clamp_min(min_scale) / max_code
         ratio = weight / s
         code = ratio.round()
-        inside = code.abs() <= max_code
+        inside = ratio.abs() < max_code if clip_then_round else code.abs() <= max_code
         code.clamp_(-max_code, max_code)
         ctx.save_for_backward(ratio, code, inside, threshold)
         ctx.grad_scale, ctx.scale_shape, ctx.max_code = grad_scale, threshold.shape, max_code
@@ -253,7 +266,7 @@ class _ScaleFakeQuant(torch.autograd.Function):
             dims = tuple(range(1, grad.dim())) if len(ctx.scale_shape) else tuple(range(grad.dim()))
             grad_s = per_element.sum(dim=dims, keepdim=bool(len(ctx.scale_shape))).mul_(ctx.grad_scale * ctx.max_code)
             grad_s = (grad_s.reshape(ctx.scale_shape) * torch.where(threshold < 0, -1.0, 1.0)).to(threshold.dtype)
-        return grad_w, grad_s, None, None, None
+        return grad_w, grad_s, None, None, None, None
 
 
 class WeightQuantConv2d(QuantConv2d):
@@ -264,8 +277,9 @@ class WeightQuantConv2d(QuantConv2d):
       :meth:`from_float`, then fixed: no gradient), ``lsq`` (learned, LSQ gradient scaling) or ``fixed`` (a BN-folded
       layer made by :meth:`QuantDetectionModel.fuse`). Stored scales live in Brevitas' ``ParameterScaling``
       (state_dict key ``weight_quant.tensor_quant.scaling_impl.value``). Input, output and bias are not quantized.
-    * Pickling carries constructor arguments, quantizer settings, weight, bias and train mode, never
-      Brevitas' runtime injector classes (which pickle cannot find by name). Hooks are not carried.
+    * Pickling carries constructor arguments, quantizer settings, weight, bias, stored scale and train mode, never
+      Brevitas' runtime injector classes (which pickle cannot find by name). Hooks are not carried. A stored scale
+      stays float32 through ``.half()`` (:meth:`_apply`), so fp16 checkpoints hold the scale that was validated.
     * Forward uses :meth:`fake_quant_weight` (float32 even under autocast); export mode, disabled
       quantization and ``QuantTensor`` inputs go through Brevitas' own ``forward``.
     """
@@ -350,6 +364,24 @@ class WeightQuantConv2d(QuantConv2d):
         """
         return self.weight_quant.tensor_quant.scaling_impl.value if self.scaling in STORED_SCALINGS else None
 
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> WeightQuantConv2d:
+        """``nn.Module._apply`` (``to``, ``half``, ``cuda``, ...), except that a float32 stored scale stays float32
+        when the layer is cast to a 16-bit float type (it still follows device moves).
+
+        Ultralytics saves ``deepcopy(ema).half()``: an fp16 scale is off by up to 4.9e-4 relative from the float32
+        EMA scale in-training validation used, so the exported model would not be the validated one. The forward
+        computes in float32 anyway (:meth:`fake_quant_weight`); the scale is one number per channel.
+        """
+        scale = self.scale_parameter
+        kept = scale.detach() if scale is not None and scale.dtype == torch.float32 else None
+        super()._apply(fn, recurse)
+        scale = self.scale_parameter
+        if kept is not None and scale.dtype in (torch.float16, torch.bfloat16):
+            scale.data = kept.to(scale.device)
+            if scale.grad is not None:
+                scale.grad = scale.grad.float()
+        return self
+
     @torch.no_grad()
     def init_scale(self, method: str) -> None:
         """Set the stored scale from the current weights: ``absmax`` or ``mse`` (see :data:`SCALE_INITS`)."""
@@ -391,9 +423,11 @@ class WeightQuantConv2d(QuantConv2d):
         stored = self.scale_parameter
         if stored is None:
             return _AbsMaxFakeQuant.apply(weight, self._max_code, self._min_scale, self._per_channel)
-        # Only LSQ learns its scale; mse and fixed scales get no gradient (detached), so no optimizer moves them.
-        scale = stored.to(weight.dtype) if self.scaling == "lsq" else stored.detach().to(weight.dtype)
-        return _ScaleFakeQuant.apply(weight, scale, self._max_code, self._min_scale, self._grad_scale)
+        # Only LSQ learns its scale, with LSQ's backward; mse and fixed scales get no gradient (detached), so no
+        # optimizer moves them, and their weights get Brevitas' gradient.
+        lsq = self.scaling == "lsq"
+        scale = stored.to(weight.dtype) if lsq else stored.detach().to(weight.dtype)
+        return _ScaleFakeQuant.apply(weight, scale, self._max_code, self._min_scale, self._grad_scale, lsq)
 
     def forward(self, x: torch.Tensor | QuantTensor) -> torch.Tensor | QuantTensor:
         """Conv with fake-quantized weights; Brevitas' generic path where the fast one does not apply."""

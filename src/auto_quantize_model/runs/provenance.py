@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -21,7 +20,9 @@ from typing import Any
 
 from auto_quantize_model.data.fingerprint import fingerprint_problem
 from auto_quantize_model.utils.io import sha256_file, tree_digest
-from auto_quantize_model.utils.ultralytics_env import project_root
+
+# git_state lives in utils (the --version of every CLI reads it too); run records take it from here.
+from auto_quantize_model.utils.version import git_state as git_state
 
 TRACKED_PACKAGES = (
     "torch",
@@ -52,22 +53,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
-
-
-def git_state(repo: Path | None = None) -> dict[str, object]:
-    """Commit hash and whether the work tree had uncommitted changes (``None`` outside git)."""
-    repo = repo or project_root()
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10, check=True)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip()
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
 def device_info() -> dict[str, object]:

@@ -32,9 +32,9 @@ from auto_quantize_model.quant.scheme import QuantScheme
 from auto_quantize_model.quant.yolov10 import (
     copy_stored_scales,
     is_quantized,
-    learned_scales,
     quant_scheme_of,
     quantize_model,
+    quantized_layers,
 )
 from auto_quantize_model.runs.checkpoints import (
     atomic_strip_optimizer,
@@ -112,9 +112,9 @@ class QATDetectionTrainer(ScratchDetectionTrainer):
         return model
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
-        """Ultralytics' optimizer, with the learned (LSQ) scales moved to their own group without weight decay."""
+        """Ultralytics' optimizer, with the learned (LSQ) scales moved to groups of their own without weight decay."""
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
-        return separate_learned_scales(optimizer, learned_scales(model))
+        return separate_learned_scales(optimizer, model)
 
     def _check_checkpoint_scheme(self, weights) -> None:
         """Refuse to resume a QAT checkpoint under a different scheme than it was trained with."""
@@ -140,19 +140,43 @@ def _scheme_in_environment(scheme: QuantScheme) -> Iterator[None]:
             os.environ[QUANT_SCHEME_ENV] = previous
 
 
-def separate_learned_scales(optimizer, scales):
-    """Move ``scales`` out of the optimizer's groups into one appended group with ``weight_decay`` 0.
+# ``param_group`` of the learned-scale groups. Ultralytics' warm-up starts the group it tags "bias" at
+# warmup_bias_lr and re-sets weight_decay on "weight"/"muon" groups when it rebuilds the data pipeline; a name
+# of their own keeps the scales out of both, so they warm up from lr 0 like the weights and keep weight_decay 0.
+LEARNED_SCALE_GROUP = "learned_scale"
+
+
+def separate_learned_scales(optimizer, model):
+    """Move ``model``'s learned (LSQ) scales out of the optimizer's groups into groups of their own.
 
     Ultralytics groups parameters by name and type (bias / norm weights / the rest, or by ``ndim`` under MuSGD),
     which puts 4-D scale Parameters with the decayed conv weights; decaying a step size pulls it to zero.
-    The new group inherits the optimizer's defaults (lr, momentum, betas), so Ultralytics' warm-up and lr schedule
-    drive it like the weights; LSQ's gradient scaling, not a separate lr, sets how fast the scales move.
+    Each scale goes to a group that copies every setting of the group holding its layer's weight (lr,
+    ``initial_lr``, momentum, nesterov, betas, ...; under MuSGD the weights' Muon group, with its 3x lr for the
+    class head), except ``weight_decay`` 0, ``use_muon`` False (Muon orthogonalises matrices, not step sizes) and
+    ``param_group`` :data:`LEARNED_SCALE_GROUP`. So warm-up, schedule and momentum drive a scale exactly like its
+    weights; LSQ's gradient scaling, not a separate lr, sets how fast it moves. Call before the lr scheduler exists.
     """
-    if not scales:
+    pairs = [(layer.scale_parameter, layer.weight) for _, layer in quantized_layers(model) if layer.scaling == "lsq"]
+    if not pairs:
         return optimizer
-    ids = {id(p) for p in scales}
+    scale_ids = {id(scale) for scale, _ in pairs}
+    source = {id(p): index for index, group in enumerate(optimizer.param_groups) for p in group["params"]}
+    grouped: dict[int, list] = {}
+    for scale, weight in pairs:
+        if id(weight) not in source:
+            raise ValueError(f"weight {tuple(weight.shape)} of a learned-scale layer is in no optimizer group")
+        grouped.setdefault(source[id(weight)], []).append(scale)
     for group in optimizer.param_groups:
-        group["params"] = [p for p in group["params"] if id(p) not in ids]
-    optimizer.add_param_group({"params": list(scales), "weight_decay": 0.0})
-    LOGGER.info(f"optimizer: {len(scales)} learned weight scales in their own group (weight_decay=0.0)")
+        group["params"] = [p for p in group["params"] if id(p) not in scale_ids]
+    for index, scales in grouped.items():
+        settings = {key: value for key, value in optimizer.param_groups[index].items() if key != "params"}
+        settings.update(weight_decay=0.0, param_group=LEARNED_SCALE_GROUP)
+        if "use_muon" in settings:
+            settings["use_muon"] = False
+        optimizer.add_param_group({**settings, "params": scales})
+    LOGGER.info(
+        f"optimizer: {len(pairs)} learned weight scales in {len(grouped)} group(s) with their weights' settings, "
+        "weight_decay=0.0"
+    )
     return optimizer

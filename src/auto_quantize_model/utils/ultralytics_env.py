@@ -17,7 +17,7 @@ _DISABLED_SETTINGS = ("sync", "hub", "clearml", "comet", "dvc", "mlflow", "raytu
 
 def project_root() -> Path:
     """Return the repository root (the folder holding ``pyproject.toml``), else the working directory."""
-    candidate = Path(__file__).resolve().parents[2]
+    candidate = Path(__file__).resolve().parents[3]  # <root>/src/auto_quantize_model/utils/ultralytics_env.py
     return candidate if (candidate / "pyproject.toml").is_file() else Path.cwd()
 
 
