@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         run_root = RunRoot.from_env_or_default(args.run_root, run_id)
         stages = plan_stages(run_root, config, publish=args.publish)
         if args.list_stages:
-            say("\n".join(stage.name for stage in stages))
+            print("\n".join(stage.name for stage in stages))  # a reader that left ends it: cli_main exits 141
             return 0
         check = save_or_check_run_config(run_root, config, nothing_built=lambda: nothing_built(run_root, stages))
         if args.repair:
@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(error), 75)  # EX_TEMPFAIL: try again once the other run ends
     except PipelineError as error:
         return _fail(str(error), error.exit_code)
+    except BrokenPipeError:
+        raise  # our reader left (| head): cli_main ends quietly
     except OSError as error:  # read-only run root, full disk: anywhere in the runner
         return _fail(os_error_line(error, run_root.root if run_root else Path(args.run_root or ".")), 2)
     if outcome.stopped_after is None:
