@@ -13,7 +13,8 @@ Usage::
 The whole config (schemes, variants, seeds, opset, model YAML, recipes, data paths, device) is
 checked before anything is written; a refused config exits 2 and leaves the run root untouched.
 Rerunning the same command resumes: finished stages are skipped, an interrupted training resumes
-from its last.pt, a stage whose outputs went missing is redone with everything downstream.
+from its last.pt, a stage whose outputs went missing or changed is redone, and so is every stage
+whose recorded inputs no longer equal what its input stages hold (run.json records both).
 ``--redo STAGE`` redoes one stage and its dependents on purpose (the old work is set aside).
 A rerun that adds seeds (``--seeds 0,1`` after ``--seeds 0``) runs only the new ones.
 ``--repair`` rebuilds a torn ``run.json`` from the stage logs (then rerun without it).
