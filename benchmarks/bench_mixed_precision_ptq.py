@@ -24,16 +24,10 @@ import torch
 
 import auto_quantize_model  # noqa: F401  (pins Ultralytics offline before it is imported)
 from auto_quantize_model.quant.scheme import QuantScheme, resolve_scheme
+from auto_quantize_model.quant.sensitivity import low_bit_param_share, parameter_weighted_bits, quantized_copy
 from auto_quantize_model.quant.yolov10 import layer_bit_widths
-from auto_quantize_model.sensitivity import (
-    TrainerLikeValidator,
-    load_fp_model,
-    low_bit_param_share,
-    parameter_weighted_bits,
-    quantized_copy,
-    select_val_images,
-    write_val_subset,
-)
+from auto_quantize_model.sensitivity import load_fp_model
+from auto_quantize_model.ultralytics_ext.validation import TrainerLikeValidator, select_val_images, write_val_subset
 from auto_quantize_model.utils.io import write_json_atomic
 
 FLOAT_BITS = 16  # what a float conv costs in the size column (the FP16 baseline's storage)

@@ -17,7 +17,7 @@ PREFIX = "auto_quantize_model"
 # Stage modules: one per runner stage or CLI a user runs.
 STAGES = {"train", "ptq", "export", "evaluate", "report", "publish", "compare", "sensitivity", "pipeline"}
 # Subpackages from the bottom up: each may import only itself and those before it.
-LAYERS = ["utils", "quant", "data", "runs", "ultralytics_ext", "onnx_io", "evaluation", "cv_models"]
+LAYERS = ["utils", "quant", "data", "runs", "ultralytics_ext", "onnx_io", "evaluation", "reports", "cv_models"]
 MAX_LINES = 600
 # Modules allowed over MAX_LINES, with the reason (README says the same).
 LONG_MODULES = {"quant/yolov10.py": "one Brevitas integration: layers, their pickling and the model transformation"}
@@ -103,6 +103,42 @@ def test_no_module_is_over_the_size_limit_without_a_reason():
         if (n := len(p.read_text().splitlines())) > MAX_LINES and str(p.relative_to(PKG)) not in LONG_MODULES
     }
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+# The path owners: the only modules that spell run-root file names; every other module imports their constants.
+NAME_OWNERS = {"runs/run_root.py", "runs/summary_schema.py", "runs/metrics_keys.py"}
+
+
+PATH_TYPES = {"Path", "RunRoot", "SeedRoot", "TrainRunPaths"}
+
+
+def _called_name(node: ast.AST) -> str | None:
+    if not isinstance(node, ast.Call):
+        return None
+    return getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+
+
+def _run_root_file_names() -> set[str]:
+    from auto_quantize_model.runs import metrics_keys, run_root, summary_schema
+
+    owners = (run_root, summary_schema, metrics_keys)
+    return {v for m in owners for k, v in vars(m).items() if k.isupper() and isinstance(v, str) and "." in v}
+
+
+def test_run_root_file_names_are_spelled_only_by_their_owners():
+    """No module outside the path owners writes "summary.md" or builds a dummy ``RunRoot(Path("/"))`` for a name."""
+    names = _run_root_file_names()
+    wrong = []
+    for path in PKG.rglob("*.py"):
+        relative = str(path.relative_to(PKG))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if relative not in NAME_OWNERS and isinstance(node, ast.Constant) and node.value in names:
+                wrong.append(f"{relative}:{node.lineno} spells {node.value!r}")
+            if _called_name(node) in PATH_TYPES and any(
+                isinstance(a, ast.Constant) and a.value == "/" for a in node.args
+            ):
+                wrong.append(f"{relative}:{node.lineno} builds a path object on '/' to get a file name")
+    assert not wrong, "\n".join(wrong)
 
 
 def _readme_map() -> list[str]:

@@ -21,14 +21,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from auto_quantize_model.publish import (
-    INDEX_COLUMNS,
-    MANIFEST_NAME,
-    PublishError,
-    classify,
-    plan_publish,
-    publish_run_report,
-)
+from auto_quantize_model.publish import PublishError, publish_run_report
+from auto_quantize_model.reports.publish_files import MANIFEST_NAME, plan_publish
+from auto_quantize_model.reports.publish_index import INDEX_COLUMNS
 from auto_quantize_model.runs.run_root import RunRoot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -394,20 +389,6 @@ def test_index_lists_reports_newest_first_with_their_numbers(tmp_path):
     assert rows[1]["FP16 mAP50-95"] == "0.2179" and rows[1]["ratio to FP16"] == f"{0.1902 / 0.2179:.4f}"
     for row in rows:
         assert (dest / re.search(r"\(([^)]+)\)", row["run"]).group(1)).is_file()
-
-
-def test_the_walk_classifies_by_name_and_suffix():
-    assert classify("fp16/results.csv") is None and classify("seed-2/eval/fp16-float32/metrics.json") is None
-    assert classify("seed-2/eval/fp16-float32/detections.json") == "detections"
-    assert classify("seed-2/onnx/m.onnx") == "onnx" and classify("onnx/m.onnx.data") == "onnx"
-    assert classify("logs/summary.md") == "log" and classify("fp16/labels.jpg") == "image"
-    assert classify("fp16/nonfinite_losses.jsonl") == "other"
-
-
-def test_plan_skips_dataset_images_and_generated_data(tmp_path):
-    plan = plan_publish(make_run_root(tmp_path / "r"))
-    assert not [p for p in plan.copied if p.startswith(("dataset/images", "dataset/labels", "synthetic-coco"))]
-    assert "dataset/dataset.yaml" in plan.copied
 
 
 def test_cli_publishes_then_refuses_a_conflicting_name(tmp_path):

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 import auto_quantize_model  # noqa: F401  (offline Ultralytics before anything imports it)
-from auto_quantize_model.sensitivity import DEFAULT_MIN_DROP, GRANULARITIES, SweepInputError, SweepRequest, run_sweep
+from auto_quantize_model.quant.sensitivity import GRANULARITIES, SweepInputError
+from auto_quantize_model.sensitivity import DEFAULT_MIN_DROP, SweepRequest, run_sweep
 from auto_quantize_model.utils.cli import HelpFormatter, add_version_flag, cli_main
 
 

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import csv
 import io
-import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from auto_quantize_model.reports.plots import plot_map_vs_size
+from auto_quantize_model.reports.summary_csv import RunSummary, read_run_summary
+from auto_quantize_model.reports.variant_stats import Spread, VariantStats, format_spread, variant_label, variant_stats
 from auto_quantize_model.runs import summary_schema as S
-from auto_quantize_model.utils.io import atomic_output, write_text_atomic
+from auto_quantize_model.utils.io import write_text_atomic
 
 COMPARISON_MD = "comparison.md"
 COMPARISON_CSV = "comparison.csv"
@@ -48,7 +49,6 @@ COMPARISON_COLUMNS = (
     "val_ann_sha256",
     "pareto",
 )
-_REQUIRED_COLUMNS = (S.VARIANT, S.SEED, S.WEIGHTS_FORMAT, S.MAP50_95)
 _LEGEND = (
     "mAP is the ONNX evaluator's COCO mAP50-95 (pycocotools on the exported models), mean ± sample std over "
     "training seeds (n = seeds evaluated). Ratio to FP = mean mAP50-95 / mean mAP50-95 of that run root's "
@@ -59,69 +59,6 @@ _LEGEND = (
 
 class CompareInputError(ValueError):
     """Run roots that cannot be compared (e.g. different val annotations); the message names them and the fix."""
-
-
-@dataclass(frozen=True)
-class SummaryRow:
-    """One row of a run root's ``summary.csv``; ``None`` where the cell is empty."""
-
-    variant: str
-    seed: int | None
-    weights_format: str
-    map50_95: float | None
-    map50: float | None
-    val_map50_95_best: float | None
-    onnx: str | None
-    onnx_bytes: int | None
-    latency_ms_p50: float | None
-    val_ann_sha256: str | None
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """A run root as read: its rows (empty when unreadable) and what is wrong or missing in it."""
-
-    root: Path
-    label: str
-    rows: tuple[SummaryRow, ...]
-    problems: tuple[str, ...]
-
-    @property
-    def usable(self) -> bool:
-        """True when at least one row holds an mAP50-95."""
-        return any(row.map50_95 is not None for row in self.rows)
-
-    @property
-    def val_shas(self) -> frozenset[str]:
-        """The val annotation hashes its rows name (normally exactly one)."""
-        return frozenset(row.val_ann_sha256 for row in self.rows if row.val_ann_sha256)
-
-
-@dataclass(frozen=True)
-class Spread:
-    """Mean and sample std (ddof=1) over seeds; ``std`` is None for one seed."""
-
-    mean: float
-    std: float | None
-    n: int
-
-
-@dataclass(frozen=True)
-class VariantStats:
-    """One (run root, variant, weights format): accuracy over seeds, ratio to that root's FP, size and latency."""
-
-    run_label: str
-    run_root: Path
-    variant: str
-    weights_format: str
-    seeds: tuple[int, ...]  # seeds with an mAP50-95
-    map50_95: Spread | None
-    map50: Spread | None
-    val_map50_95_best: Spread | None
-    ratio_to_fp: float | None  # mean mAP50-95 / mean FP mAP50-95 of the same run root
-    onnx_mb: float | None  # mean over seeds, 1 MB = 1e6 bytes
-    latency_ms_p50: float | None  # mean over seeds of the per-image p50
-    val_ann_sha256: str | None
 
 
 @dataclass(frozen=True)
@@ -139,82 +76,6 @@ class ComparisonResult:
 
 
 # --- reading -------------------------------------------------------------------------------------
-
-
-def _cell(row: dict[str, str | None], key: str) -> str | None:
-    value = (row.get(key) or "").strip()
-    return value or None
-
-
-def _number(row: dict[str, str | None], key: str, kind: type = float) -> float | int | None:
-    """Parse a numeric cell; empty, nan and unparsable cells are missing (the caller reports the bad ones)."""
-    value = _cell(row, key)
-    if value is None:
-        return None
-    number = float(value)  # ValueError for garbage: caught per row by the reader
-    if math.isnan(number):
-        return None
-    return int(number) if kind is int else number
-
-
-def _parse_row(raw: dict[str, str | None]) -> SummaryRow:
-    return SummaryRow(
-        variant=_cell(raw, S.VARIANT) or "",
-        seed=_number(raw, S.SEED, int),  # type: ignore[arg-type]
-        weights_format=_cell(raw, S.WEIGHTS_FORMAT) or "",
-        map50_95=_number(raw, S.MAP50_95),
-        map50=_number(raw, S.MAP50),
-        val_map50_95_best=_number(raw, S.VAL_MAP50_95_BEST),
-        onnx=_cell(raw, S.ONNX),
-        onnx_bytes=_number(raw, S.ONNX_BYTES, int),  # type: ignore[arg-type]
-        latency_ms_p50=_number(raw, S.LATENCY_MS_P50),
-        val_ann_sha256=_cell(raw, S.VAL_ANN_SHA256),
-    )
-
-
-def read_run_summary(root: str | Path, label: str | None = None) -> RunSummary:
-    """Read ``<root>/summary.csv``; never raises for a missing or broken file, it lists the problem instead."""
-    root = Path(root)
-    label = label or root.name
-    path = root / S.SUMMARY_CSV
-    if not root.is_dir():
-        return RunSummary(root, label, (), (f"{root}: run root not found",))
-    if not path.is_file():
-        return RunSummary(root, label, (), (f"{path}: missing (run the summary stage, or the run is not finished)",))
-    try:
-        reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8")))
-        raw_rows = list(reader)
-        columns = reader.fieldnames or []
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        return RunSummary(root, label, (), (f"{path}: unreadable ({error})",))
-    missing = [c for c in _REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        return RunSummary(root, label, (), (f"{path}: no column(s) {missing}; rewrite it with the summary stage",))
-    rows, problems = [], []
-    for line, raw in enumerate(raw_rows, start=2):
-        try:
-            rows.append(_parse_row(raw))
-        except ValueError as error:
-            problems.append(f"{path}:{line}: not a number ({error}); row ignored")
-    return RunSummary(root, label, tuple(rows), tuple(problems) + _half_finished(path, rows))
-
-
-def _half_finished(path: Path, rows: list[SummaryRow]) -> tuple[str, ...]:
-    """What a half-finished run root lacks: unevaluated rows and a missing FP baseline."""
-    notes = [
-        f"{path}: {row.variant} ({row.weights_format}) seed {row.seed}: no mAP50_95 yet (not evaluated)"
-        for row in rows
-        if row.map50_95 is None
-    ]
-    if not rows:
-        notes.append(f"{path}: no rows yet")
-    elif not any(_is_fp(row) and row.map50_95 is not None for row in rows):
-        notes.append(f"{path}: no evaluated FP baseline ({S.FP_VARIANT}, {S.FP_WEIGHTS_FORMAT}); ratios are n/a")
-    return tuple(notes)
-
-
-def _is_fp(row: SummaryRow) -> bool:
-    return row.variant == S.FP_VARIANT and row.weights_format == S.FP_WEIGHTS_FORMAT
 
 
 def _labels(roots: Sequence[Path]) -> list[str]:
@@ -249,51 +110,6 @@ def check_same_val_annotations(runs: Sequence[RunSummary], allow_different: bool
 # --- statistics ----------------------------------------------------------------------------------
 
 
-def spread(values: Sequence[float]) -> Spread | None:
-    """Mean and sample std of the present values, None when there are none."""
-    if not values:
-        return None
-    std = statistics.stdev(values) if len(values) > 1 else None
-    return Spread(mean=statistics.fmean(values), std=std, n=len(values))
-
-
-def _mean_or_none(values: Sequence[float | int | None]) -> float | None:
-    present = [float(v) for v in values if v is not None]
-    return statistics.fmean(present) if present else None
-
-
-def variant_stats(run: RunSummary) -> list[VariantStats]:
-    """Per (variant, weights format) of one run root, FP first, then in file order."""
-    groups: dict[tuple[str, str], list[SummaryRow]] = {}
-    for row in run.rows:
-        groups.setdefault((row.variant, row.weights_format), []).append(row)
-    fp_rows = groups.get((S.FP_VARIANT, S.FP_WEIGHTS_FORMAT), [])
-    fp = spread([r.map50_95 for r in fp_rows if r.map50_95 is not None])
-    ordered = sorted(groups, key=lambda key: key != (S.FP_VARIANT, S.FP_WEIGHTS_FORMAT))
-    return [_one_variant(run, key, groups[key], fp) for key in ordered]
-
-
-def _one_variant(run: RunSummary, key: tuple[str, str], rows: list[SummaryRow], fp: Spread | None) -> VariantStats:
-    evaluated = [r for r in rows if r.map50_95 is not None]
-    accuracy = spread([r.map50_95 for r in evaluated])  # type: ignore[misc]
-    onnx_bytes = _mean_or_none([r.onnx_bytes for r in evaluated] or [r.onnx_bytes for r in rows])
-    shas = sorted({r.val_ann_sha256 for r in rows if r.val_ann_sha256})
-    return VariantStats(
-        run_label=run.label,
-        run_root=run.root,
-        variant=key[0],
-        weights_format=key[1],
-        seeds=tuple(sorted(r.seed for r in evaluated if r.seed is not None)),
-        map50_95=accuracy,
-        map50=spread([r.map50 for r in evaluated if r.map50 is not None]),
-        val_map50_95_best=spread([r.val_map50_95_best for r in rows if r.val_map50_95_best is not None]),
-        ratio_to_fp=accuracy.mean / fp.mean if accuracy and fp and fp.mean > 0 else None,
-        onnx_mb=onnx_bytes / 1e6 if onnx_bytes is not None else None,
-        latency_ms_p50=_mean_or_none([r.latency_ms_p50 for r in evaluated]),
-        val_ann_sha256=";".join(shas) or None,
-    )
-
-
 def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[bool]:
     """For ``(size, accuracy)`` points: True where no other point is at most as big and at least as accurate, and
     strictly better in one of the two. Points with a missing coordinate are never on the front."""
@@ -309,17 +125,6 @@ def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[bo
 
 def _fmt(value: float | None, digits: int) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
-
-
-def _fmt_spread(value: Spread | None, digits: int = 4) -> str:
-    if value is None:
-        return "—"
-    std = f" ± {value.std:.{digits}f}" if value.std is not None else ""
-    return f"{value.mean:.{digits}f}{std}"
-
-
-def _variant_name(stat: VariantStats) -> str:
-    return f"{stat.variant} ({stat.weights_format})"
 
 
 def _matrix_table(runs: Sequence[RunSummary], stats: Sequence[VariantStats]) -> list[str]:
@@ -339,7 +144,7 @@ def _matrix_table(runs: Sequence[RunSummary], stats: Sequence[VariantStats]) -> 
                 cells.append("—")
                 continue
             ratio = f", ×{stat.ratio_to_fp:.3f} FP" if stat.ratio_to_fp is not None else ""
-            cells.append(f"{_fmt_spread(stat.map50_95)} (n={stat.map50_95.n}{ratio})")
+            cells.append(f"{format_spread(stat.map50_95)} (n={stat.map50_95.n}{ratio})")
         lines.append(f"| {variant} ({weights}) | " + " | ".join(cells) + " |")
     return lines
 
@@ -354,8 +159,8 @@ def _detail_table(stats: Sequence[VariantStats], pareto: Sequence[bool]) -> list
     ]
     for stat, on_front in zip(stats, pareto):
         lines.append(
-            f"| {stat.run_label} | {_variant_name(stat)} | {','.join(map(str, stat.seeds)) or '—'} "
-            f"| {_fmt_spread(stat.map50_95)} | {_fmt_spread(stat.map50)} | {_fmt_spread(stat.val_map50_95_best)} "
+            f"| {stat.run_label} | {variant_label(stat)} | {','.join(map(str, stat.seeds)) or '—'} "
+            f"| {format_spread(stat.map50_95)} | {format_spread(stat.map50)} | {format_spread(stat.val_map50_95_best)} "
             f"| {_fmt(stat.ratio_to_fp, 3)} | {_fmt(stat.onnx_mb, 2)} | {_fmt(stat.latency_ms_p50, 2)} "
             f"| {'yes' if on_front else ''} |"
         )
@@ -402,7 +207,7 @@ def render_markdown(
             f"![mAP50-95 vs ONNX MB]({plot.name})",
             "",
             "Pareto front (no other variant is both smaller and more accurate): "
-            + (", ".join(f"{s.run_label}/{_variant_name(s)}" for s, p in zip(stats, pareto) if p) or "none"),
+            + (", ".join(f"{s.run_label}/{variant_label(s)}" for s, p in zip(stats, pareto) if p) or "none"),
             "",
         ]
     lines += ["## Notes", ""] + ([f"- {note}" for note in notes] or ["- none"])
@@ -444,57 +249,6 @@ def _spread_cells(value: Spread | None) -> list[str]:
     return ["", ""] if value is None else [_csv_value(value.mean), _csv_value(value.std)]
 
 
-def plot_map_vs_size(stats: Sequence[VariantStats], pareto: Sequence[bool], path: Path) -> Path | None:
-    """Scatter mAP50-95 (± std) against ONNX MB, one marker per run root, the Pareto front joined and ringed."""
-    points = [(s, p) for s, p in zip(stats, pareto) if s.onnx_mb is not None and s.map50_95 is not None]
-    if not points:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    markers = "osD^vP*X<>"
-    runs = list(dict.fromkeys(s.run_label for s, _ in points))
-    variants = list(dict.fromkeys(_variant_name(s) for s, _ in points))
-    colours = plt.get_cmap("tab10")
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for stat, _ in points:
-        ax.errorbar(
-            stat.onnx_mb,
-            stat.map50_95.mean,
-            yerr=stat.map50_95.std or 0.0,  # type: ignore[union-attr]
-            marker=markers[runs.index(stat.run_label) % len(markers)],
-            linestyle="none",
-            capsize=3,
-            color=colours(variants.index(_variant_name(stat)) % 10),
-        )
-        ax.annotate(
-            f"{stat.run_label}/{stat.variant}",
-            (stat.onnx_mb, stat.map50_95.mean),  # type: ignore[union-attr]
-            textcoords="offset points",
-            xytext=(4, 4),
-            fontsize=7,
-        )
-    front = sorted((s.onnx_mb, s.map50_95.mean) for s, p in points if p)  # type: ignore[union-attr]
-    ax.step(*zip(*front), where="post", color="black", linewidth=1, alpha=0.6, label="Pareto front")
-    ax.scatter(*zip(*front), s=180, facecolors="none", edgecolors="black", linewidths=1.2)
-    for label in variants:
-        ax.plot([], [], "o", color=colours(variants.index(label) % 10), label=label)
-    for label in runs:
-        ax.plot([], [], markers[runs.index(label) % len(markers)], color="gray", label=f"run root {label}")
-    ax.set_xlabel("ONNX file size (MB)")
-    ax.set_ylabel("mAP50-95 (ONNX evaluator, mean ± std over seeds)")
-    ax.set_title("Accuracy vs size: up and to the left is better")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
-
-
 def compare_runs(
     run_roots: Sequence[str | Path], out_dir: str | Path, *, allow_different_val: bool = False
 ) -> ComparisonResult:
@@ -531,7 +285,7 @@ def _seed_mismatch_notes(runs: Sequence[RunSummary]) -> list[str]:
         for stat in stats:
             if fp is not None and stat is not fp and stat.seeds and stat.seeds != fp.seeds:
                 notes.append(
-                    f"{run.label}: {_variant_name(stat)} evaluated seeds {list(stat.seeds)} but FP seeds "
+                    f"{run.label}: {variant_label(stat)} evaluated seeds {list(stat.seeds)} but FP seeds "
                     f"{list(fp.seeds)}; its ratio to FP compares different seed sets"
                 )
     return notes

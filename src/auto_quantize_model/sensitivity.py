@@ -26,8 +26,6 @@ are refused, naming what differs.
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -36,38 +34,39 @@ from pathlib import Path
 from typing import Any
 
 from auto_quantize_model.quant.scheme import MAX_BIT_WIDTH, MIN_BIT_WIDTH, SCALINGS, QuantScheme
-from auto_quantize_model.utils.io import (
-    atomic_output,
-    read_json,
-    sha256_file,
-    write_json_atomic,
-    write_text_atomic,
+from auto_quantize_model.quant.sensitivity import (
+    ALL_REFERENCE,
+    CSV_DECIMALS,
+    FP_REFERENCE,
+    GRANULARITIES,
+    HIGH_BITS,
+    REFERENCE_KIND,
+    MixedPrecisionPlan,
+    SweepInputError,
+    SweepRow,
+    SweepUnit,
+    all_units_scheme,
+    check_or_save_settings,
+    enumerate_units,
+    mixed_precision_scheme,
+    quantized_copy,
+    read_rows,
+    unit_scheme,
+    write_rows,
 )
+from auto_quantize_model.reports.plots import plot_sensitivity
+from auto_quantize_model.ultralytics_ext.validation import TrainerLikeValidator, select_val_images, write_val_subset
+from auto_quantize_model.utils.io import read_json, sha256_file, write_json_atomic
 
-GRANULARITIES = ("layer", "block")
 SENSITIVITY_CSV = "sensitivity.csv"
 SENSITIVITY_PNG = "sensitivity.png"
 MIXED_SCHEME_JSON = "mixed_precision_scheme.json"
 SETTINGS_JSON = "sensitivity_settings.json"
 TIMING_JSON = "sensitivity_timing.json"
 VAL_SUBSET_DIR = "val_subset"
-CSV_COLUMNS = ("unit", "kind", "params", "bits", "mAP50_95", "drop")
-CSV_DECIMALS = 6
-REFERENCE_KIND = "reference"
-FP_REFERENCE = "fp"  # the unquantized model
-ALL_REFERENCE = "all"  # every unit at --bits
-HIGH_BITS = 8  # what the mixed scheme keeps sensitive units at
 # 0.01 mAP points: smaller drops are measurement noise on any val set this sweep is run on in practice.
 DEFAULT_MIN_DROP = 1e-4
 MIXED_PLAN_JSON = "mixed_precision_plan.json"
-# Settings a measurement depends on; a rerun with any of them different is refused. Batch and device are recorded
-# but not compared: with square letterboxed batches neither changes the inputs.
-COMPARED_SETTINGS = ("weights_sha256", "val_images_sha256", "bits", "scaling", "granularity", "max_val_images", "imgsz")
-IMAGE_SUFFIXES = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm", "heic"}
-
-
-class SweepInputError(ValueError):
-    """Bad sweep input or a rerun that does not match the earlier one; the message names the file/flag and the fix."""
 
 
 @dataclass(frozen=True)
@@ -89,42 +88,6 @@ class SweepRequest:
 
 
 @dataclass(frozen=True)
-class SweepUnit:
-    """A set of convs quantized together: one conv (``layer``) or a block / head branch level (``block``)."""
-
-    name: str  # module name: "model.4", "model.23.one2one_cv3.1" or a conv's own name
-    kind: str  # the top-level module's class ("C2f"), "<head class>.<branch>" in the head
-    convs: tuple[str, ...]
-    params: int  # weight elements of its convs (what quantization shrinks; biases stay float)
-
-    @property
-    def selector(self) -> str:
-        """A scheme selector matching exactly this unit's convs."""
-        return self.name if self.convs == (self.name,) else f"{self.name}.*"
-
-
-@dataclass(frozen=True)
-class SweepRow:
-    """One line of ``sensitivity.csv``."""
-
-    unit: str
-    kind: str
-    params: int
-    bits: int | None  # None: the FP reference
-    mAP50_95: float
-    drop: float
-
-
-@dataclass(frozen=True)
-class MixedPrecisionPlan:
-    """The mixed scheme and what it keeps at 8 bits."""
-
-    scheme: QuantScheme
-    high_bit_units: tuple[str, ...]
-    low_bit_param_fraction: float  # share of the quantized weight elements at the low bit width
-
-
-@dataclass(frozen=True)
 class SweepResult:
     """What :func:`run_sweep` wrote and measured."""
 
@@ -137,302 +100,6 @@ class SweepResult:
     measured_now: int
     skipped: int
     seconds_per_measurement: float | None  # mean over this invocation's measurements
-
-
-# ----------------------------------------------------------------------------------------------
-# Units
-# ----------------------------------------------------------------------------------------------
-def quantizable_convs(model: Any) -> dict[str, int]:
-    """``{conv name: weight elements}`` of every conv a scheme may quantize (all ``nn.Conv2d`` but DFL's)."""
-    from auto_quantize_model.quant.yolov10 import layer_bit_widths
-
-    bits = layer_bit_widths(model, QuantScheme("all-convs"))
-    return {name: model.get_submodule(name).weight.numel() for name, width in bits.items() if width is not None}
-
-
-def enumerate_units(model: Any, granularity: str) -> list[SweepUnit]:
-    """The sweep's units of ``model`` in module order; every quantizable conv in exactly one, DFL in none."""
-    if granularity not in GRANULARITIES:
-        raise SweepInputError(f"granularity {granularity!r} is not one of {GRANULARITIES}")
-    convs = quantizable_convs(model)
-    head_index = len(model.model) - 1
-    groups: dict[str, list[str]] = {}
-    kinds: dict[str, str] = {}
-    for name in convs:
-        index, _, rest = name.removeprefix("model.").partition(".")
-        top = model.model[int(index)]
-        kind = type(top).__name__
-        if int(index) == head_index:
-            kind = f"{kind}.{rest.split('.')[0]}"
-        unit = name if granularity == "layer" else _block_name(int(index), rest, head_index)
-        groups.setdefault(unit, []).append(name)
-        kinds[unit] = kind
-    return [SweepUnit(unit, kinds[unit], tuple(names), sum(convs[n] for n in names)) for unit, names in groups.items()]
-
-
-def _block_name(index: int, rest: str, head_index: int) -> str:
-    """``model.<i>`` for a backbone/neck module; ``model.<head>.<branch>.<level>`` inside the head."""
-    if index != head_index:
-        return f"model.{index}"
-    return f"model.{index}." + ".".join(rest.split(".")[:2])
-
-
-def unit_scheme(unit: SweepUnit, bits: int, scaling: str) -> QuantScheme:
-    """Only ``unit`` at ``bits``: everything float, then the unit's convs (later overrides win)."""
-    return QuantScheme(
-        f"sens-{unit.name}",
-        weight_bit_width=bits,
-        scaling=scaling,
-        layer_overrides=(("*", None), (unit.selector, bits)),
-    )
-
-
-def all_units_scheme(bits: int, scaling: str) -> QuantScheme:
-    """Every quantizable conv at ``bits``."""
-    return QuantScheme(f"w{bits}a16-all", weight_bit_width=bits, scaling=scaling)
-
-
-def quantized_copy(model: Any, scheme: QuantScheme) -> Any:
-    """A quantized deep copy of ``model`` (which stays float: each unit starts from the FP weights)."""
-    from auto_quantize_model.quant.yolov10 import quantize_model
-
-    clone = copy.deepcopy(model)
-    quantize_model(clone, scheme)
-    return clone.eval()
-
-
-# ----------------------------------------------------------------------------------------------
-# Mixed-precision scheme
-# ----------------------------------------------------------------------------------------------
-def mixed_precision_scheme(
-    units: Sequence[SweepUnit],
-    drops: dict[str, float],
-    bits: int,
-    scaling: str,
-    low_bit_param_fraction: float,
-    min_drop: float = 0.0,
-) -> MixedPrecisionPlan:
-    """Keep the most sensitive units at 8 bits while >= ``low_bit_param_fraction`` of the weights stay at ``bits``.
-
-    Greedy by drop (largest first; ties: fewer parameters first): a unit goes to 8 bits if it still fits in the
-    8-bit budget ``(1 - fraction) * total``; one that does not fit is passed over for smaller, less sensitive
-    ones. Units whose drop is <= ``min_drop`` stay at ``bits``: a drop at the level of measurement noise (a
-    reordered low-score detection) is no reason to spend 8-bit budget.
-    """
-    if not 0.0 < low_bit_param_fraction <= 1.0:
-        raise SweepInputError(f"--w4-param-fraction must be in (0, 1], got {low_bit_param_fraction}")
-    total = sum(unit.params for unit in units)
-    budget = (1.0 - low_bit_param_fraction) * total
-    sensitive = (unit for unit in units if drops.get(unit.name, 0.0) > max(min_drop, 0.0))
-    ranked = sorted(sensitive, key=lambda unit: (-drops[unit.name], unit.params))
-    high: list[SweepUnit] = []
-    used = 0
-    for unit in ranked:
-        if used + unit.params <= budget:
-            high.append(unit)
-            used += unit.params
-    order = {unit.name: i for i, unit in enumerate(units)}
-    high.sort(key=lambda unit: order[unit.name])  # module order reads better in the file
-    name = f"w{bits}a16-mixed{round(low_bit_param_fraction * 100)}" + ("" if scaling == "absmax" else f"-{scaling}")
-    scheme = QuantScheme(
-        name, weight_bit_width=bits, scaling=scaling, layer_overrides=tuple((unit.selector, HIGH_BITS) for unit in high)
-    )
-    fraction = 1.0 - used / total if total else 1.0
-    return MixedPrecisionPlan(scheme, tuple(unit.name for unit in high), fraction)
-
-
-def low_bit_param_share(model: Any, scheme: QuantScheme, bits: int) -> float:
-    """Share of the quantized weight elements ``scheme`` puts at ``bits`` on ``model`` (resolved on the model)."""
-    from auto_quantize_model.quant.yolov10 import layer_bit_widths
-
-    widths = layer_bit_widths(model, scheme)
-    sizes = {name: model.get_submodule(name).weight.numel() for name, width in widths.items() if width is not None}
-    low = sum(size for name, size in sizes.items() if widths[name] == bits)
-    return low / sum(sizes.values())
-
-
-def parameter_weighted_bits(model: Any, scheme: QuantScheme) -> float:
-    """Mean weight bit width over the quantized convs, weighted by their weight elements."""
-    from auto_quantize_model.quant.yolov10 import layer_bit_widths
-
-    widths = {name: width for name, width in layer_bit_widths(model, scheme).items() if width is not None}
-    sizes = {name: model.get_submodule(name).weight.numel() for name in widths}
-    return sum(widths[name] * size for name, size in sizes.items()) / sum(sizes.values())
-
-
-# ----------------------------------------------------------------------------------------------
-# Validation set and validator
-# ----------------------------------------------------------------------------------------------
-def val_image_files(data: Path) -> tuple[dict[str, Any], list[str]]:
-    """The dataset spec (Ultralytics' ``check_det_dataset``) and its val images, sorted as Ultralytics sorts them."""
-    import glob
-    import os
-
-    from ultralytics.data.utils import check_det_dataset
-
-    spec = check_det_dataset(str(data))
-    files: list[str] = []
-    for entry in spec["val"] if isinstance(spec["val"], list) else [spec["val"]]:
-        path = Path(entry)
-        if path.is_dir():
-            files += glob.glob(str(Path(glob.escape(str(path))) / "**" / "*.*"), recursive=True)
-        elif path.is_file():
-            lines = path.read_text(encoding="utf-8-sig").strip().splitlines()
-            files += [
-                line.replace("./", str(path.parent) + os.sep, 1) if line.startswith("./") else line for line in lines
-            ]
-        else:
-            raise SweepInputError(f"{data}: val entry {entry} does not exist")
-    images = sorted(f for f in files if f.rpartition(".")[-1].lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise SweepInputError(f"{data}: no val images found under {spec['val']}")
-    return spec, images
-
-
-@dataclass(frozen=True)
-class ValSubset:
-    """The val images a sweep measures on: the first N (sorted as Ultralytics sorts them) of the dataset's val split."""
-
-    spec: dict[str, Any]  # the dataset YAML as Ultralytics' check_det_dataset resolves it
-    images: tuple[str, ...]
-    sha256: str  # over the images' names and label files: what the measurement depends on
-
-
-def select_val_images(data: Path, max_images: int | None) -> ValSubset:
-    """The first ``max_images`` val images of ``data`` (all when None) and their sha256; writes nothing."""
-    import hashlib
-
-    from ultralytics.data.utils import img2label_paths
-
-    spec, images = val_image_files(data)
-    chosen = tuple(images[:max_images] if max_images else images)
-    digest = hashlib.sha256()
-    for image, label in zip(chosen, img2label_paths(list(chosen))):
-        digest.update(Path(image).name.encode() + b"\0")
-        digest.update(Path(label).read_bytes() if Path(label).is_file() else b"<no label>")
-    return ValSubset(spec, chosen, digest.hexdigest())
-
-
-def write_val_subset(subset: ValSubset, folder: Path) -> Path:
-    """A dataset YAML whose val split is a list file of ``subset``'s images; the train entry is the original's."""
-    import yaml
-
-    listing = write_text_atomic(folder / "val_images.txt", "".join(f"{image}\n" for image in subset.images))
-    spec = subset.spec
-    train = spec["train"] if isinstance(spec["train"], (str, list)) else str(spec["train"])
-    content = {
-        "path": str(folder.resolve()),
-        "train": train,
-        "val": str(listing.resolve()),
-        "nc": spec["nc"],
-        "names": dict(spec["names"]),
-    }
-    return write_text_atomic(folder / "dataset.yaml", yaml.safe_dump(content, sort_keys=False))
-
-
-class TrainerLikeValidator:
-    """Ultralytics' ``DetectionValidator`` with the trainer's val settings; the dataloader is built once."""
-
-    def __init__(self, data_yaml: Path, imgsz: int, batch: int, device: str, save_dir: Path) -> None:
-        self.args = {
-            "data": str(data_yaml),
-            "imgsz": imgsz,
-            "batch": batch,
-            "device": device,
-            "mode": "val",
-            "task": "detect",
-            "nms": False,
-            "rect": False,
-            "plots": False,
-            "save_json": False,
-            "verbose": False,
-        }
-        self.save_dir = save_dir
-        self.dataloader = None
-
-    def map50_95(self, model: Any) -> float:
-        """val mAP50-95 of ``model`` (the validator fuses it in place: pass a copy you do not need back)."""
-        from ultralytics.models.yolo.detect import DetectionValidator
-
-        with _quiet_ultralytics():
-            validator = DetectionValidator(dataloader=self.dataloader, save_dir=self.save_dir, args=dict(self.args))
-            validator(model=model)
-        self.dataloader = validator.dataloader
-        return float(validator.metrics.box.map)
-
-
-class _quiet_ultralytics:
-    """Raise Ultralytics' logger to WARNING for one validation (its per-run tables would bury the progress lines)."""
-
-    def __enter__(self) -> None:
-        import logging
-
-        from ultralytics.utils import LOGGER
-
-        self._logger, self._level = LOGGER, LOGGER.level
-        LOGGER.setLevel(logging.WARNING)
-
-    def __exit__(self, *exc: object) -> None:
-        self._logger.setLevel(self._level)
-
-
-# ----------------------------------------------------------------------------------------------
-# Files: csv, settings, resume
-# ----------------------------------------------------------------------------------------------
-def read_rows(path: Path) -> list[SweepRow]:
-    """Rows of an existing ``sensitivity.csv`` (none when it does not exist)."""
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        for record in csv.DictReader(handle):
-            bits = int(record["bits"]) if record["bits"] else None
-            rows.append(
-                SweepRow(
-                    record["unit"],
-                    record["kind"],
-                    int(record["params"]),
-                    bits,
-                    float(record["mAP50_95"]),
-                    float(record["drop"]),
-                )
-            )
-    return rows
-
-
-def write_rows(path: Path, rows: Sequence[SweepRow]) -> Path:
-    """Write ``sensitivity.csv`` atomically (references first, then units in measurement order)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for row in rows:
-        bits = "" if row.bits is None else row.bits
-        writer.writerow(
-            [row.unit, row.kind, row.params, bits, f"{row.mAP50_95:.{CSV_DECIMALS}f}", f"{row.drop:.{CSV_DECIMALS}f}"]
-        )
-    return write_text_atomic(path, buffer.getvalue())
-
-
-def check_or_save_settings(path: Path, settings: dict[str, Any], csv_path: Path) -> None:
-    """First run: save ``settings``. Rerun: refuse when a compared setting differs, naming each difference."""
-    if not path.is_file():
-        if csv_path.is_file():
-            raise SweepInputError(
-                f"{csv_path} exists without {path.name}; its settings are unknown: delete it or choose another --out"
-            )
-        write_json_atomic(path, settings)
-        return
-    saved = read_json(path)
-    differences = [
-        f"{key}: {saved.get(key)!r} then, {settings[key]!r} now"
-        for key in COMPARED_SETTINGS
-        if saved.get(key) != settings[key]
-    ]
-    if differences:
-        raise SweepInputError(
-            f"{path}: this sweep was measured with other settings ({'; '.join(differences)}); rerun with the "
-            "earlier settings to resume, or choose another --out"
-        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -593,54 +260,6 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(math.ceil(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-# ----------------------------------------------------------------------------------------------
-# Plot
-# ----------------------------------------------------------------------------------------------
-def plot_sensitivity(path: Path, rows: Sequence[SweepRow], high_bit_units: set[str], bits: int) -> Path:
-    """Sorted drop bars (8-bit units of the mixed scheme highlighted), reference lines, parameter share per unit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    refs = {row.unit: row for row in rows if row.kind == REFERENCE_KIND}
-    units = sorted((row for row in rows if row.kind != REFERENCE_KIND), key=lambda row: -row.drop)
-    total = sum(row.params for row in units) or 1
-    x = range(len(units))
-    width = max(8.0, 0.28 * len(units))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(width, 7.5), sharex=True, height_ratios=(3, 1))
-    colors = ["tab:red" if row.unit in high_bit_units else "tab:blue" for row in units]
-    top.bar(x, [row.drop for row in units], color=colors)
-    top.axhline(0.0, color="black", linewidth=0.8, label=f"FP (mAP50-95 {refs[FP_REFERENCE].mAP50_95:.4f})")
-    if ALL_REFERENCE in refs:
-        all_row = refs[ALL_REFERENCE]
-        top.axhline(
-            all_row.drop,
-            color="tab:orange",
-            linestyle="--",
-            label=f"all units at {bits} bits (mAP50-95 {all_row.mAP50_95:.4f}, drop {all_row.drop:+.4f})",
-        )
-    handles, _ = top.get_legend_handles_labels()
-    handles += [
-        Patch(color="tab:red", label=f"unit kept at {HIGH_BITS} bits by the mixed scheme"),
-        Patch(color="tab:blue", label=f"unit at {bits} bits in the mixed scheme"),
-    ]
-    top.set_ylabel(f"mAP50-95 drop (FP - unit alone at {bits} bits)")
-    top.set_title(f"Weight-quantization sensitivity: one unit at {bits} bits, the rest float")
-    low, high = top.get_ylim()
-    top.set_ylim(low, high + 0.35 * (high - low))  # headroom: the legend must not hide the reference line
-    top.legend(handles=handles, loc="upper right", fontsize=8)
-    bottom.bar(x, [100.0 * row.params / total for row in units], color="tab:gray")
-    bottom.set_ylabel("params %")
-    bottom.set_xticks(list(x), [row.unit.removeprefix("model.") for row in units], rotation=90, fontsize=7)
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
 
 
 def _plan_record(plan: MixedPrecisionPlan, request: SweepRequest) -> dict[str, Any]:

@@ -56,7 +56,7 @@ from auto_quantize_model.runs.run_root import (
     qat_stage_name,
 )
 from auto_quantize_model.runs.train_checks import check_init_from, check_model, check_numbers
-from auto_quantize_model.utils.io import read_json, sha256_file, write_json_atomic, write_text_atomic
+from auto_quantize_model.utils.io import sha256_file, write_json_atomic, write_text_atomic
 from auto_quantize_model.utils.ultralytics_env import (
     pin_ultralytics_settings,
 )
@@ -281,10 +281,8 @@ def _stamp() -> str:
 
 def _refuse_live_owner(paths: TrainRunPaths) -> None:
     """A ``running`` record whose process is alive on this host is another training; a dead one was interrupted."""
-    if not paths.metadata_json.is_file():
-        return
     with contextlib.suppress(ValueError):  # a torn metadata file belongs to a dead process
-        metadata = read_json(paths.metadata_json)
+        metadata = paths.read_metadata()
         last = (metadata.get("attempts") or [{}])[-1]
         pid, host = last.get("pid"), last.get("host")
         if metadata.get("status") == "running" and host == socket.gethostname() and _alive(pid):
@@ -353,7 +351,7 @@ def _finish_saved_stage(request: TrainRequest, paths: TrainRunPaths, plan: Stage
     """``last-epoch-saved``: strip the checkpoints as ``final_eval`` does, validate best.pt, record from best.pt."""
     from auto_quantize_model.runs.checkpoints import inspect_checkpoint
 
-    config = (read_json(paths.metadata_json) if paths.metadata_json.is_file() else {}).get("config", {})
+    config = paths.read_metadata().get("config", {})
     _write_start_records(request, paths, config, True, _quant_scheme(request), plan)
     with _failure_recorded(paths):
         epochs_completed = _strip_like_final_eval(paths)
@@ -462,7 +460,7 @@ def _write_start_records(
         write_text_atomic(paths.config_yaml, header + dump_yaml(args))
     if scheme is not None:
         scheme.save(paths.quant_scheme_json)
-    previous = read_json(paths.metadata_json) if paths.metadata_json.is_file() else {}
+    previous = paths.read_metadata()
     attempt = {
         "started_at": utc_now(),
         "resumed": resuming,
@@ -504,7 +502,7 @@ def _previous_status(previous: dict[str, Any]) -> str | None:
 
 
 def _update_metadata(paths: TrainRunPaths, **fields: Any) -> None:
-    metadata = read_json(paths.metadata_json) if paths.metadata_json.is_file() else {}
+    metadata = paths.read_metadata()
     write_json_atomic(paths.metadata_json, {**metadata, **fields})
 
 
@@ -539,7 +537,7 @@ def training_precision(trainer) -> dict[str, Any]:
 
 
 def _result(request: TrainRequest, paths: TrainRunPaths, status: str, resumed: bool) -> TrainResult:
-    metadata = read_json(paths.metadata_json)
+    metadata = paths.read_metadata()
     return TrainResult(
         stage=request.stage,
         paths=paths,

@@ -408,14 +408,20 @@ def paired_bootstrap_map(
     )
 
 
+def read_eval_metrics(metrics_json: str | Path) -> dict[str, Any] | None:
+    """An evaluator run's ``metrics.json`` (the one reader of that file); ``None`` before the evaluation wrote it."""
+    path = Path(metrics_json)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def evaluated_image_ids(metrics_json: str | Path) -> list[int]:
     """The image ids an evaluator run scored, from its ``metrics.json`` (written since the ``image_ids`` key)."""
     from auto_quantize_model.runs import metrics_keys as K  # lazy: the reading side only needs it here
 
     path = Path(metrics_json)
-    if not path.is_file():
+    metrics = read_eval_metrics(path)
+    if metrics is None:
         raise StatsInputError(f"{path}: metrics.json not found; run the ONNX evaluator first")
-    metrics = json.loads(path.read_text(encoding="utf-8"))
     if K.IMAGE_IDS not in metrics:
         raise StatsInputError(f"{path}: no {K.IMAGE_IDS!r} (written by an older evaluator); re-run the evaluation")
     return [int(i) for i in metrics[K.IMAGE_IDS]]

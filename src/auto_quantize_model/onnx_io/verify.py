@@ -27,6 +27,12 @@ from auto_quantize_model.utils.io import read_json, sha256_file
 QAT_NAME_TOKENS = ("qcdq", "int4")
 
 
+def read_export_metadata(onnx_path: Path) -> dict[str, Any] | None:
+    """The export metadata JSON beside ``onnx_path`` (the one reader of that file); ``None`` when there is none."""
+    path = export_metadata_path(onnx_path)
+    return read_json(path) if path.is_file() else None
+
+
 def check_out_name(out: Path, kind: str) -> None:
     """Refuse to write a float checkpoint under a QAT file name (``...-qcdq.onnx``, ``...-int4.onnx``)."""
     tokens = set(Path(out).stem.lower().split("-"))
@@ -48,7 +54,7 @@ def existing_export(weights: Path, out: Path, request: dict[str, Any]) -> Export
         raise ExportExistsError(
             f"{out}: already exists and {reason}; pass --overwrite to replace it or choose another --out"
         )
-    metadata = read_json(export_metadata_path(out))
+    metadata = read_export_metadata(out) or {}
     return ExportResult(
         onnx_path=out,
         metadata_path=export_metadata_path(out),
@@ -64,12 +70,12 @@ def existing_export(weights: Path, out: Path, request: dict[str, Any]) -> Export
 def _mismatch(weights: Path, out: Path, request: dict[str, Any]) -> str | None:
     """Why the existing ``out`` is not what this request would write, or ``None`` when it is."""
     meta_path = export_metadata_path(out)
-    if not meta_path.is_file():
-        return f"has no metadata {meta_path.name} to verify it against"
     try:
-        metadata = read_json(meta_path)
+        metadata = read_export_metadata(out)
     except ValueError:
         return f"its metadata {meta_path.name} is not valid JSON"
+    if metadata is None:
+        return f"has no metadata {meta_path.name} to verify it against"
     recorded_source = (metadata.get("source") or {}).get("sha256")
     if recorded_source != sha256_file(weights):
         return f"was exported from another checkpoint (sha256 in {meta_path.name} differs from {weights})"

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from auto_quantize_model.runs.run_root import BEST_PT, LAST_PT
 from auto_quantize_model.utils.errors import first_line
 
 STAGING_DIR_NAME = ".saving"  # inside weights/: same filesystem, so the final rename is atomic
@@ -50,7 +51,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _publish_order(name: str) -> tuple[int, str]:
-    return (name == "last.pt", name)  # last.pt last: a published last.pt means the whole epoch is saved
+    return (name == LAST_PT, name)  # last.pt last: a published last.pt means the whole epoch is saved
 
 
 @contextlib.contextmanager
@@ -76,7 +77,7 @@ def staged_checkpoint_writes(trainer: Any) -> Iterator[None]:
 def _atomic_variant(strip_optimizer):
     """``strip_optimizer(f, s, updates)`` that writes ``s or f`` through a temp file beside it."""
 
-    def atomic_strip(f: str | Path = "best.pt", s: str = "", updates: dict[str, Any] | None = None) -> dict[str, Any]:
+    def atomic_strip(f: str | Path = BEST_PT, s: str = "", updates: dict[str, Any] | None = None) -> dict[str, Any]:
         target = Path(s or f)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         try:

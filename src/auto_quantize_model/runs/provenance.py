@@ -135,3 +135,18 @@ def output_problem(stage: Any, record: Mapping[str, Any]) -> str | None:
     if stage.fingerprint is not None:
         return fingerprint_problem(Path(stage.fingerprint).parent)
     return None
+
+
+def stale_stages(
+    stages: Sequence[Any], records: Mapping[str, Mapping[str, Any]], skip: Sequence[str] = ()
+) -> list[str]:
+    """One line per done stage (StageSpec) whose outputs changed or whose inputs differ from its needs' now."""
+    items = []
+    for stage in stages:
+        record = records.get(stage.name) or {}
+        if stage.name in skip or record.get("status") != "done":
+            continue
+        reason = output_problem(stage, record) or input_change(stage, record, records)
+        if reason:
+            items.append(f"stage {stage.name} is stale: {reason}; rerun the runner to redo it")
+    return items

@@ -29,6 +29,23 @@ FP16_STAGE = "fp16"
 DEFAULT_RUN_PARENT = Path("tmp") / "yolov10m_scratch_fp16_vs_w4a16_qat"
 SEED_DIR_PREFIX = "seed-"
 
+# File names, as plain constants: the path objects below build every path from them, and a module that needs only a
+# name (a published report mirrors the run root's names) imports the constant instead of building a dummy path.
+RUN_JSON = "run.json"
+RUN_CONFIG_YAML = "run_config.yaml"
+SUMMARY_MD = "summary.md"
+SUMMARY_JSON = "summary.json"
+MAP_COMPARISON_PNG = "val_map_comparison.png"
+BEST_PT = "best.pt"
+LAST_PT = "last.pt"
+RESULTS_CSV = "results.csv"
+LOSS_CURVES_CSV = "loss_curves.csv"
+LOSS_CURVES_PNG = "loss_curves.png"
+TRAIN_METADATA_JSON = "train_metadata.json"
+TRAIN_CONFIG_YAML = "train_config.yaml"
+QUANT_SCHEME_JSON = "quant_scheme.json"
+NONFINITE_LOSSES_JSONL = "nonfinite_losses.jsonl"
+
 
 def qat_stage_name(scheme_name: str, fine_tune: bool = False) -> str:
     """Folder name of a QAT run: ``qat-<scheme>``, ``qat-<scheme>-ft`` when initialised from FP weights."""
@@ -56,11 +73,11 @@ class TrainRunPaths:
 
     @property
     def best(self) -> Path:
-        return self.weights_dir / "best.pt"
+        return self.weights_dir / BEST_PT
 
     @property
     def last(self) -> Path:
-        return self.weights_dir / "last.pt"
+        return self.weights_dir / LAST_PT
 
     @property
     def args_yaml(self) -> Path:
@@ -68,7 +85,7 @@ class TrainRunPaths:
 
     @property
     def results_csv(self) -> Path:
-        return self.dir / "results.csv"
+        return self.dir / RESULTS_CSV
 
     @property
     def tensorboard_dir(self) -> Path:
@@ -76,24 +93,24 @@ class TrainRunPaths:
 
     @property
     def loss_curves_csv(self) -> Path:
-        return self.dir / "loss_curves.csv"
+        return self.dir / LOSS_CURVES_CSV
 
     @property
     def loss_curves_png(self) -> Path:
-        return self.dir / "loss_curves.png"
+        return self.dir / LOSS_CURVES_PNG
 
     @property
     def metadata_json(self) -> Path:
-        return self.dir / "train_metadata.json"
+        return self.dir / TRAIN_METADATA_JSON
 
     @property
     def config_yaml(self) -> Path:
         """The resolved training configuration (recipe + CLI overrides)."""
-        return self.dir / "train_config.yaml"
+        return self.dir / TRAIN_CONFIG_YAML
 
     @property
     def quant_scheme_json(self) -> Path:
-        return self.dir / "quant_scheme.json"
+        return self.dir / QUANT_SCHEME_JSON
 
     def incomplete_dir(self, stamp: str) -> Path:
         """Where an attempt that died before its first checkpoint is set aside."""
@@ -102,15 +119,17 @@ class TrainRunPaths:
     @property
     def nonfinite_log(self) -> Path:
         """One JSON line per non-finite training loss (epoch, batch, value)."""
-        return self.dir / "nonfinite_losses.jsonl"
+        return self.dir / NONFINITE_LOSSES_JSONL
+
+    def read_metadata(self) -> dict:
+        """``train_metadata.json`` (the one reader of that file), ``{}`` before the training wrote it."""
+        from auto_quantize_model.utils.io import read_json
+
+        return read_json(self.metadata_json) if self.metadata_json.is_file() else {}
 
     def is_finished(self) -> bool:
         """A stage is finished once its metadata records completion and ``best.pt`` exists."""
-        from auto_quantize_model.utils.io import read_json
-
-        if not (self.metadata_json.is_file() and self.best.is_file()):
-            return False
-        return read_json(self.metadata_json).get("status") == "finished"
+        return self.best.is_file() and self.read_metadata().get("status") == "finished"
 
 
 @dataclass(frozen=True)
@@ -131,15 +150,15 @@ class RunRoot:
     # --- bookkeeping -------------------------------------------------------------------
     @property
     def run_json(self) -> Path:
-        return self.root / "run.json"
+        return self.root / RUN_JSON
 
     @property
     def run_config(self) -> Path:
-        return self.root / "run_config.yaml"
+        return self.root / RUN_CONFIG_YAML
 
     @property
     def summary_md(self) -> Path:
-        return self.root / "summary.md"
+        return self.root / SUMMARY_MD
 
     @property
     def summary_csv(self) -> Path:
@@ -149,11 +168,11 @@ class RunRoot:
     @property
     def summary_json(self) -> Path:
         """``{"complete": bool, "missing": [...], ...}``: the run root is complete iff this says so."""
-        return self.root / "summary.json"
+        return self.root / SUMMARY_JSON
 
     @property
     def map_comparison_png(self) -> Path:
-        return self.root / "val_map_comparison.png"
+        return self.root / MAP_COMPARISON_PNG
 
     @property
     def logs_dir(self) -> Path:

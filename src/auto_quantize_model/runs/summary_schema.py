@@ -1,7 +1,8 @@
-"""Column names of ``<run root>/summary.csv``, shared by its writer (the summary stage) and its readers.
+"""Column names of ``<run root>/summary.csv`` and keys of ``summary.json``, shared by their writer (the summary
+stage) and their readers.
 
-One row per (variant, seed, weights_format); an empty cell means the value is missing (e.g. not evaluated yet).
-Kept free of torch and Ultralytics imports so that reporting tools can read run roots anywhere.
+summary.csv: one row per (variant, seed, weights_format); an empty cell means the value is missing (e.g. not
+evaluated yet). Kept free of torch and Ultralytics imports so that reporting tools can read run roots anywhere.
 """
 
 from __future__ import annotations
@@ -35,3 +36,12 @@ SUMMARY_COLUMNS = (
 WEIGHTS_FORMATS = ("float32", "float16", "qcdq", "int4")
 FP_VARIANT = "fp16"  # the FP baseline stage (its name follows the spec even where it trained in FP32)
 FP_WEIGHTS_FORMAT = "float32"  # the baseline row every ratio is taken against
+
+# summary.json keys
+COMPLETE = "complete"  # bool: every expected artifact is present
+MISSING = "missing"  # what is not, most upstream first
+GENERATED_AT = "generated_at"  # UTC ISO time of the summary
+PROFILE = "profile"
+MODEL = "model"
+VARIANTS = "variants"
+SEEDS = "seeds"

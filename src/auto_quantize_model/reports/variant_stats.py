@@ -1,0 +1,96 @@
+"""Per (variant, weights format) statistics of a run root's ``summary.csv`` rows: mean ± sample std over seeds,
+ratio to the root's FP baseline, mean ONNX size and latency."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from auto_quantize_model.reports.summary_csv import RunSummary, SummaryRow
+from auto_quantize_model.runs import summary_schema as S
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Mean and sample std (ddof=1) over seeds; ``std`` is None for one seed."""
+
+    mean: float
+    std: float | None
+    n: int
+
+
+@dataclass(frozen=True)
+class VariantStats:
+    """One (run root, variant, weights format): accuracy over seeds, ratio to that root's FP, size and latency."""
+
+    run_label: str
+    run_root: Path
+    variant: str
+    weights_format: str
+    seeds: tuple[int, ...]  # seeds with an mAP50-95
+    map50_95: Spread | None
+    map50: Spread | None
+    val_map50_95_best: Spread | None
+    ratio_to_fp: float | None  # mean mAP50-95 / mean FP mAP50-95 of the same run root
+    onnx_mb: float | None  # mean over seeds, 1 MB = 1e6 bytes
+    latency_ms_p50: float | None  # mean over seeds of the per-image p50
+    val_ann_sha256: str | None
+
+
+def spread(values: Sequence[float]) -> Spread | None:
+    """Mean and sample std of the present values, None when there are none."""
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Spread(mean=statistics.fmean(values), std=std, n=len(values))
+
+
+def _mean_or_none(values: Sequence[float | int | None]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def variant_stats(run: RunSummary) -> list[VariantStats]:
+    """Per (variant, weights format) of one run root, FP first, then in file order."""
+    groups: dict[tuple[str, str], list[SummaryRow]] = {}
+    for row in run.rows:
+        groups.setdefault((row.variant, row.weights_format), []).append(row)
+    fp_rows = groups.get((S.FP_VARIANT, S.FP_WEIGHTS_FORMAT), [])
+    fp = spread([r.map50_95 for r in fp_rows if r.map50_95 is not None])
+    ordered = sorted(groups, key=lambda key: key != (S.FP_VARIANT, S.FP_WEIGHTS_FORMAT))
+    return [_one_variant(run, key, groups[key], fp) for key in ordered]
+
+
+def _one_variant(run: RunSummary, key: tuple[str, str], rows: list[SummaryRow], fp: Spread | None) -> VariantStats:
+    evaluated = [r for r in rows if r.map50_95 is not None]
+    accuracy = spread([r.map50_95 for r in evaluated])  # type: ignore[misc]
+    onnx_bytes = _mean_or_none([r.onnx_bytes for r in evaluated] or [r.onnx_bytes for r in rows])
+    shas = sorted({r.val_ann_sha256 for r in rows if r.val_ann_sha256})
+    return VariantStats(
+        run_label=run.label,
+        run_root=run.root,
+        variant=key[0],
+        weights_format=key[1],
+        seeds=tuple(sorted(r.seed for r in evaluated if r.seed is not None)),
+        map50_95=accuracy,
+        map50=spread([r.map50 for r in evaluated if r.map50 is not None]),
+        val_map50_95_best=spread([r.val_map50_95_best for r in rows if r.val_map50_95_best is not None]),
+        ratio_to_fp=accuracy.mean / fp.mean if accuracy and fp and fp.mean > 0 else None,
+        onnx_mb=onnx_bytes / 1e6 if onnx_bytes is not None else None,
+        latency_ms_p50=_mean_or_none([r.latency_ms_p50 for r in evaluated]),
+        val_ann_sha256=";".join(shas) or None,
+    )
+
+
+def variant_label(stat: VariantStats) -> str:
+    return f"{stat.variant} ({stat.weights_format})"
+
+
+def format_spread(value: Spread | None, digits: int = 4) -> str:
+    """``mean ± std`` (``mean`` alone for one seed, "—" for none)."""
+    if value is None:
+        return "—"
+    std = f" ± {value.std:.{digits}f}" if value.std is not None else ""
+    return f"{value.mean:.{digits}f}{std}"
