@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from auto_quantize_model.runs.stage_runner import load_run_state
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "scripts" / "cv-models" / "run_yolov10m_scratch_fp16_vs_w4a16_qat.sh"
+SUMMARY_CLI = REPO / "scripts" / "cv-models" / "write_yolov10m_scratch_train_summary.py"
 # Tiny: 16 + 8 synthetic images at 64 px, one epoch per model.
 OVERRIDES = {"epochs": 1, "imgsz": 64, "batch": 8, "synthetic_train": 16, "synthetic_val": 8, "synthetic_imgsz": 64}
 TINY = (
@@ -143,6 +145,9 @@ def check_faults_of_issue_26(root: Path) -> None:
     # A redo cut short after the upstream stage: the next plain run redoes exactly its dependents.
     cut = runner(root, "--redo", "s0-train-fp16", "--stop-after", "s0-train-fp16")
     assert cut.returncode == 0, cut.stderr[-3000:]
+    summary = subprocess.run([sys.executable, str(SUMMARY_CLI), "--run-root", str(root)], capture_output=True)
+    assert summary.returncode == 0 and json.loads(run_root.summary_json.read_text())["complete"] is False
+    assert "stage s0-export-fp16-float32 is stale: its input s0-train-fp16 changed" in run_root.summary_md.read_text()
     rest = runner(root)
     assert rest.returncode == 0, rest.stderr[-3000:]
     fp16_dependents = [

@@ -124,15 +124,19 @@ def input_change(stage: Any, record: Mapping[str, Any], records: Mapping[str, Ma
 
 
 def output_problem(stage: Any, record: Mapping[str, Any]) -> str | None:
-    """Why ``stage``'s outputs (a StageSpec's) are not what its record says it left, or ``None``."""
+    """Why ``stage``'s outputs (a StageSpec's) are not what its record says it left: missing or changed."""
+    missing = [path for path in stage.outputs if not Path(path).exists()]
+    return f"output missing: {missing[0]}" if missing else changed_output(stage, record)
+
+
+def changed_output(stage: Any, record: Mapping[str, Any]) -> str | None:
+    """An output that exists with other bytes than recorded, or a dataset that changed since its fingerprint."""
     recorded = record.get("outputs_sha256") or {}
     for path in stage.outputs:
-        if not Path(path).exists():
-            return f"output missing: {path}"
         want = recorded.get(str(path))
-        if want and output_hashes([path]).get(str(path)) != want:
+        if want and Path(path).exists() and output_hashes([path]).get(str(path)) != want:
             return f"output changed since the stage finished: {path}"
-    if stage.fingerprint is not None:
+    if stage.fingerprint is not None and Path(stage.fingerprint).is_file():
         return fingerprint_problem(Path(stage.fingerprint).parent)
     return None
 
@@ -140,13 +144,16 @@ def output_problem(stage: Any, record: Mapping[str, Any]) -> str | None:
 def stale_stages(
     stages: Sequence[Any], records: Mapping[str, Mapping[str, Any]], skip: Sequence[str] = ()
 ) -> list[str]:
-    """One line per done stage (StageSpec) whose outputs changed or whose inputs differ from its needs' now."""
+    """One line per done stage (StageSpec) whose outputs changed or whose inputs differ from its needs' now.
+
+    Missing outputs are not listed here: the summary names each missing artifact itself.
+    """
     items = []
     for stage in stages:
         record = records.get(stage.name) or {}
         if stage.name in skip or record.get("status") != "done":
             continue
-        reason = output_problem(stage, record) or input_change(stage, record, records)
+        reason = changed_output(stage, record) or input_change(stage, record, records)
         if reason:
             items.append(f"stage {stage.name} is stale: {reason}; rerun the runner to redo it")
     return items

@@ -21,7 +21,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from auto_quantize_model.data.fingerprint import FINGERPRINT_FILE
 from auto_quantize_model.runs.metrics_keys import DETECTIONS_FILE, METRICS_FILE
 from auto_quantize_model.runs.summary_schema import SUMMARY_CSV
 
@@ -206,6 +205,8 @@ class RunRoot:
     @property
     def dataset_fingerprint(self) -> Path:
         """Names, sizes and mtimes of the prepared images and hashes of the small files (prepare-data writes it)."""
+        from auto_quantize_model.data.fingerprint import FINGERPRINT_FILE  # the dataset writer (data/) names it
+
         return self.dataset_dir / FINGERPRINT_FILE
 
     @property
