@@ -40,7 +40,7 @@ def test_plan_orders_stages_per_seed_and_variant_with_the_fp_model_first() -> No
         )
     by_name = {stage.name: stage for stage in stages}
     ft = by_name["s1-train-qat-w4a16-ft"]
-    assert ft.argv[ft.argv.index("--init-from") + 1] == "/r/seed-1/fp16/weights/best.pt"
+    assert ft.argv[ft.argv.index("--init-from") + 1] == "/r/seed-1/fp16/weights/last.pt"  # policy last
     assert ft.argv[ft.argv.index("--epochs") + 1] == str(config["ft_epochs"])
     assert ft.argv[ft.argv.index("--hyp") + 1] == config["ft_hyp"]
     assert "s1-train-fp16" in ft.needs
@@ -48,6 +48,63 @@ def test_plan_orders_stages_per_seed_and_variant_with_the_fp_model_first() -> No
     assert "--half" in by_name["s0-export-fp16-float16"].argv
     assert by_name["s0-eval-ptq-w4a16-int4"].outputs == (Path("/r/seed-0/eval/ptq-w4a16-int4/metrics.json"),)
     assert "--fold-weights" in by_name["s0-eval-fp16-float32"].argv
+
+
+def flag_values(stage, flag: str) -> list[str]:
+    return [stage.argv[i + 1] for i, word in enumerate(stage.argv) if word == flag]
+
+
+def test_fine_tunes_follow_their_own_recipe_and_fp16_ft_is_the_matched_control() -> None:
+    overrides = {
+        "variants": "fp16,qat-w4a16,qat-w4a16-ft,fp16-ft",
+        "train_overrides": ["nbs=4", "warmup_epochs=1"],
+        "ft_train_overrides": ["nbs=4", "close_mosaic=2"],
+    }
+    config = resolve_run_config("demo", overrides)
+    by_name = {stage.name: stage for stage in plan_stages(RunRoot("/r"), config)}
+    scratch, qat_ft, fp_ft = (
+        by_name["s0-train-qat-w4a16"],
+        by_name["s0-train-qat-w4a16-ft"],
+        by_name["s0-train-fp16-ft"],
+    )
+    assert flag_values(scratch, "--train-arg") == ["nbs=4", "warmup_epochs=1"]
+    # The profile-wide warm-up does not reach a fine-tune: it gets ft_train_overrides alone.
+    assert flag_values(qat_ft, "--train-arg") == flag_values(fp_ft, "--train-arg") == ["nbs=4", "close_mosaic=2"]
+    # fp16-ft is trained exactly as qat-*-ft, minus the quantizer.
+    for flag in ("--init-from", "--hyp", "--epochs", "--data", "--batch", "--imgsz"):
+        assert flag_values(fp_ft, flag) == flag_values(qat_ft, flag), flag
+    assert fp_ft.argv[2] == "fp16" and "--quant-scheme" not in fp_ft.argv
+    assert "s0-train-fp16" in fp_ft.needs
+    assert {"s0-export-fp16-ft-float32", "s0-eval-fp16-ft-float16"} <= set(by_name)
+
+
+@pytest.mark.parametrize(
+    ("policy", "checkpoint", "train_data"),
+    [
+        ("last", "last.pt", "dataset.yaml"),
+        ("best-on-val", "best.pt", "dataset.yaml"),
+        ("best-on-selection", "best.pt", "dataset-selection.yaml"),
+    ],
+)
+def test_the_checkpoint_policy_picks_what_is_exported_quantized_and_fine_tuned(policy, checkpoint, train_data) -> None:
+    selection = 16 if policy == "best-on-selection" else None
+    overrides = {"variants": VARIANTS, "checkpoint_policy": policy, "selection_images": selection}
+    by_name = {stage.name: stage for stage in plan_stages(RunRoot("/r"), resolve_run_config("demo", overrides))}
+    fp = f"/r/seed-0/fp16/weights/{checkpoint}"
+    assert flag_values(by_name["s0-quantize-ptq-w4a16"], "--weights") == [fp]
+    assert flag_values(by_name["s0-train-qat-w4a16-ft"], "--init-from") == [fp]
+    for variant in ("fp16", "qat-w4a16", "ptq-w4a16", "qat-w4a16-ft"):
+        train = by_name[f"s0-{'quantize' if variant.startswith('ptq') else 'train'}-{variant}"]
+        want = Path(f"/r/seed-0/{variant}/weights/{checkpoint}")
+        assert train.outputs == (want,)
+        assert flag_values(
+            by_name[f"s0-export-{variant}-{'float32' if variant == 'fp16' else 'qcdq'}"], "--weights"
+        ) == [str(want)]
+    # Trainings validate (choose best.pt) on the selection split only under best-on-selection; the
+    # evaluator scores val whatever the policy.
+    assert flag_values(by_name["s0-train-fp16"], "--data") == [f"/r/dataset/{train_data}"]
+    assert flag_values(by_name["s0-eval-fp16-float32"], "--images-dir") == ["/r/dataset/images/val"]
+    assert flag_values(by_name["prepare-data"], "--selection-images") == ([str(selection)] if selection else [])
 
 
 def test_a_gpu_profile_starts_with_the_preflight(tmp_path: Path) -> None:
@@ -133,7 +190,7 @@ def test_redo_reruns_a_stage_and_its_dependents_and_sets_the_old_work_aside(demo
     redone = ran(calls)
     assert redone[0] == "s0-train-fp16" and "s0-quantize-ptq-w4a16" in redone and "s0-train-qat-w4a16-ft" in redone
     assert "s0-train-qat-w4a16" not in redone  # QAT from scratch does not depend on the FP model
-    assert list((run_root.root / "seed-0").glob("fp16.stale-*"))
+    assert list((run_root.set_aside_dir / "seed-0").glob("fp16.stale-*"))
     with pytest.raises(PipelineError, match="--redo s9-train-fp16: not a stage of this run"):
         run_pipeline(run_root, stages, redo=["s9-train-fp16"])
 

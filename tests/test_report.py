@@ -31,7 +31,8 @@ from auto_quantize_model.utils.io import sha256_file, write_json_atomic
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_CLI = REPO / "scripts" / "cv-models" / "write_yolov10m_scratch_train_summary.py"
 RESULTS_HEADER = "epoch,time,metrics/mAP50(B),metrics/mAP50-95(B),train/box_loss"
-NOISE = {"fp16": 1.0, "qat-w4a16": 4.0}  # box jitter in pixels
+NOISE = {"fp16": 1.0, "fp16-ft": 0.5, "qat-w4a16": 4.0, "qat-w4a16-ft": 2.0, "ptq-w4a16": 3.0}  # box jitter, px
+FORMATS = {"fp16": ("float32", "float16"), "fp16-ft": ("float32", "float16")}  # the rest: qcdq, int4
 SIZES = {"float32": 9_000_000, "float16": 4_500_000, "qcdq": 2_400_000, "int4": 1_300_000}
 
 
@@ -67,13 +68,20 @@ def coco_map(ann_file: Path, detections: list[dict], image_ids: list[int]) -> fl
 
 
 def write_training(run_root: RunRoot, seed: int, variant: str, amp: bool, finished: bool = True) -> None:
+    """A finished training folder: results.csv (best epoch 2, last 3), both checkpoints, their recorded epochs."""
     paths = run_root.seed(seed).train_run(variant)
     paths.weights_dir.mkdir(parents=True)
+    if variant.startswith("ptq-"):  # PTQ writes only the checkpoint the policy names: last.pt under "last"
+        paths.last.write_bytes(b"ptq")
+        return
     paths.results_csv.write_text(RESULTS_HEADER + "\n1,1,0.2,0.1,1.5\n2,2,0.5,0.3,1.2\n3,3,0.4,0.25,1.1\n")
     device = "cuda:0" if amp else "cpu"
-    write_json_atomic(paths.metadata_json, {"status": "finished", "precision": {"amp": amp, "device": device}})
+    checkpoints = {"last": {"epoch": 3}, "best": {"epoch": 2, "chosen_on": "val"}}
+    metadata = {"status": "finished", "precision": {"amp": amp, "device": device}, "checkpoints": checkpoints}
+    write_json_atomic(paths.metadata_json, metadata)
     if finished:
         paths.best.write_bytes(b"best")
+        paths.last.write_bytes(b"last")
 
 
 def write_cell(run_root: RunRoot, ann_file: Path, seed: int, variant: str, fmt: str) -> float:
@@ -103,18 +111,20 @@ def write_cell(run_root: RunRoot, ann_file: Path, seed: int, variant: str, fmt: 
     return value
 
 
-def make_run_root(tmp_path: Path, ann_file: Path, seeds=(0, 1), skip: tuple = ()) -> tuple[RunRoot, dict]:
+def make_run_root(
+    tmp_path: Path, ann_file: Path, seeds=(0, 1), skip: tuple = (), variants=("fp16", "qat-w4a16"), **overrides
+) -> tuple[RunRoot, dict]:
     run_root = RunRoot(tmp_path / "run")
-    config = resolve_run_config("demo", {"seeds": ",".join(map(str, seeds))})
+    config = resolve_run_config("demo", {"seeds": ",".join(map(str, seeds)), "variants": list(variants), **overrides})
     save_or_check_run_config(run_root, config)
     run_root.val_annotations.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(ann_file, run_root.val_annotations)
     write_json_atomic(run_root.dataset_provenance, {"source_root": "/src", "splits": {"val": {"images": 24}}})
     values = {}
     for seed in seeds:
-        for variant, formats in (("fp16", ("float32", "float16")), ("qat-w4a16", ("qcdq", "int4"))):
+        for variant in variants:
             write_training(run_root, seed, variant, amp=False)
-            for fmt in formats:
+            for fmt in FORMATS.get(variant, ("qcdq", "int4")):
                 if (seed, variant, fmt) not in skip:
                     values[(seed, variant, fmt)] = write_cell(run_root, ann_file, seed, variant, fmt)
     for stage in plan_stages(run_root, config):
@@ -139,13 +149,63 @@ def test_headline_has_per_seed_values_mean_std_ratio_and_a_ci_that_excludes_zero
     fp = [values[(s, "fp16", "float32")] for s in (0, 1)]
     quant = [values[(s, "qat-w4a16", "qcdq")] for s in (0, 1)]
     cells = row(text, "qat-w4a16 (qcdq)")
-    assert cells[1:3] == [f"{quant[0]:.4f}", f"{quant[1]:.4f}"]
-    assert cells[3].startswith(f"{np.mean(quant):.4f} ± {np.std(quant, ddof=1):.4f}")
-    assert cells[4] == f"{np.mean(quant) / np.mean(fp):.3f}"
-    low, high = (float(x) for x in cells[5].strip("[]").split(","))
+    assert cells[1] == "fp16"  # its baseline
+    assert cells[2:4] == [f"{quant[0]:.4f} (epoch 3)", f"{quant[1]:.4f} (epoch 3)"]  # policy last: last.pt's epoch
+    assert cells[4].startswith(f"{np.mean(quant):.4f} ± {np.std(quant, ddof=1):.4f}")
+    assert cells[5] == f"{np.mean(quant) / np.mean(fp):.3f}"
+    low, high = (float(x) for x in cells[6].strip("[]").split(","))
     assert low < high < 0  # 4 px jitter against 1 px on every box: a real loss, the CI must say so
-    assert cells[7] == f"{SIZES['qcdq'] / SIZES['float32']:.3f}"
+    assert cells[8] == f"{SIZES['qcdq'] / SIZES['float32']:.3f}"
     assert "qat-w4a16 mAP50-95 is" in text and "excludes 0" in text
+    assert "**Checkpoint policy: last.** Every number is from `last.pt`" in text
+
+
+def test_fine_tunes_are_compared_with_fp16_ft_and_every_row_names_its_baseline(tmp_path, val_annotations) -> None:
+    variants = ("fp16", "fp16-ft", "qat-w4a16-ft", "ptq-w4a16")
+    run_root, values = make_run_root(tmp_path, val_annotations, variants=variants)
+    result = write_summary(run_root)
+    assert result.complete, result.missing
+    text = run_root.summary_md.read_text()
+    mean = {
+        v: np.mean([values[(s, v, "float32" if v.startswith("fp16") else "qcdq")] for s in (0, 1)]) for v in variants
+    }
+    ft = row(text, "qat-w4a16-ft (qcdq)")
+    assert ft[1] == "fp16-ft" and ft[5] == f"{mean['qat-w4a16-ft'] / mean['fp16-ft']:.3f}"
+    assert ft[5] != f"{mean['qat-w4a16-ft'] / mean['fp16']:.3f}"  # the matched ratio, not the one against fp16
+    assert row(text, "fp16-ft (float32)")[1] == "fp16" and row(text, "ptq-w4a16 (qcdq)")[1] == "fp16"
+    assert row(text, "fp16 (float32)")[1] == "— (the baseline)"
+    assert "**qat-w4a16-ft vs fp16-ft:** qat-w4a16-ft mAP50-95 is" in text and "Warning" not in text
+    with run_root.summary_csv.open() as handle:
+        rows = {(int(r[ss.SEED]), r[ss.VARIANT], r[ss.WEIGHTS_FORMAT]): r for r in csv.DictReader(handle)}
+    assert rows[(0, "qat-w4a16-ft", "int4")][ss.BASELINE] == "fp16-ft"
+    assert rows[(1, "fp16", "float16")][ss.BASELINE] == ""
+    assert {r[ss.CHECKPOINT_POLICY] for r in rows.values()} == {"last"}
+    # A PTQ checkpoint is the fp16 last.pt quantized: it carries fp16's epoch.
+    assert rows[(1, "ptq-w4a16", "qcdq")][ss.CHECKPOINT_EPOCH] == "3"
+
+
+def test_a_fine_tune_without_fp16_ft_gets_a_warning_not_a_silent_comparison(tmp_path, val_annotations) -> None:
+    run_root, _ = make_run_root(tmp_path, val_annotations, variants=("fp16", "qat-w4a16-ft"))
+    write_summary(run_root)
+    text = run_root.summary_md.read_text()
+    assert row(text, "qat-w4a16-ft (qcdq)")[1] == "fp16 (not matched: no fp16-ft in this run)"
+    assert "**Warning: qat-w4a16-ft is not compared with its matched baseline.**" in text
+
+
+def test_best_on_val_is_flagged_beside_every_number_with_the_epoch_it_chose(tmp_path, val_annotations) -> None:
+    run_root, values = make_run_root(tmp_path, val_annotations, checkpoint_policy="best-on-val")
+    result = write_summary(run_root)
+    assert result.complete, result.missing
+    text = run_root.summary_md.read_text()
+    flagged = f"{values[(1, 'qat-w4a16', 'qcdq')]:.4f} (epoch 2; checkpoint selected on the scored images)"
+    assert row(text, "qat-w4a16 (qcdq)")[3] == flagged
+    assert row(text, "fp16 (float32)")[2].endswith("(epoch 2; checkpoint selected on the scored images)")
+    assert "**Checkpoint policy: best-on-val, checkpoint selected on the scored images.**" in text
+    verdicts = [line for line in text.splitlines() if line.startswith("- **qat-w4a16 vs fp16:**")]
+    assert verdicts and verdicts[0].endswith("(checkpoint selected on the scored images)")
+    with run_root.summary_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r[ss.CHECKPOINT_POLICY], r[ss.CHECKPOINT_EPOCH]) for r in rows} == {("best-on-val", "2")}
 
 
 def test_summary_csv_has_one_row_per_variant_seed_and_format_and_json_says_complete(tmp_path, val_annotations) -> None:
@@ -186,6 +246,48 @@ def test_a_half_finished_root_names_what_is_missing_and_is_not_complete(tmp_path
     text = run_root.summary_md.read_text()
     assert "Incomplete: 4 item(s) missing" in text and "## Missing or not finished" in text
     assert json.loads(run_root.summary_json.read_text())["complete"] is False
+
+
+def test_dataset_table_shows_the_image_counts_the_dataset_writer_recorded(tmp_path, val_annotations) -> None:
+    from auto_quantize_model.data.coco_dataset import prepare_coco_dataset
+
+    run_root = RunRoot(tmp_path / "run")
+    source = val_annotations.parents[1]
+    prepare_coco_dataset(source, run_root.dataset_dir)
+    write_summary(run_root)
+    text = run_root.summary_md.read_text()
+    provenance = json.loads(run_root.dataset_provenance.read_text())
+    for split, images in (("train", 2), ("val", 24)):
+        boxes = provenance["splits"][split]["counts"]["boxes_written"]
+        assert row(text, split)[1:4] == [str(images), str(boxes), f"instances_{split}2017.json"]
+
+
+def test_the_summary_names_its_run_root_without_the_machine_path(tmp_path, val_annotations) -> None:
+    run_root, _ = make_run_root(tmp_path, val_annotations, seeds=(0, 1))
+    write_summary(run_root)
+    text = run_root.summary_md.read_text()
+    assert str(run_root.root) not in text
+    assert "`run` (the folder holding this file)" in text
+    assert "`tensorboard --logdir_spec seed-0:seed-0,seed-1:seed-1`" in text
+
+
+def test_each_evaluated_onnx_reaches_tensorboard_once_after_the_summary(tmp_path, val_annotations) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_root, values = make_run_root(tmp_path, val_annotations, seeds=(0,))
+    write_summary(run_root)
+    write_summary(run_root)  # a rerun replaces the sessions, it does not add to them
+    for (seed, variant, fmt), value in values.items():
+        folder = run_root.seed(seed).eval_tensorboard_dir(variant, fmt)
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        (mean,) = events.Scalars("onnx/mAP50-95")
+        (size,) = events.Scalars("onnx/size_MB")
+        (latency,) = events.Scalars("onnx/latency_p50_ms")
+        assert mean.value == pytest.approx(value) and size.value == pytest.approx(SIZES[fmt] / 1e6)
+        assert latency.value == pytest.approx(SIZES[fmt] / 1e6)
+        assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
 
 
 def test_a_bare_run_root_gives_a_summary_not_a_crash(tmp_path) -> None:

@@ -2,9 +2,9 @@
 
 One run root goes through: a partial run (``--stop-after``), a resume to the end, a rerun after an
 artifact was deleted (that stage is rebuilt; its dependents only if the rebuilt file differs), a rerun
-that must change nothing, then the faults of issue 26 on real stages: a lost ``best.pt`` (finished from
-``last.pt``, not retrained), a redo cut short by ``--stop-after`` (the next plain run redoes exactly what
-depends on it) and val images deleted after preparation (linked again; nothing built on them redone).
+that must change nothing, then the faults of issue 26 on real stages: a redo cut short by ``--stop-after``
+(the summary says Incomplete; the next plain run redoes exactly what depends on it) and val images deleted
+after preparation (linked again; nothing built on them redone).
 """
 
 from __future__ import annotations
@@ -131,17 +131,6 @@ def test_runner_demo_partial_resume_idempotent_rerun_and_faults(tmp_path: Path) 
 def check_faults_of_issue_26(root: Path) -> None:
     """The same finished run root through the faults of issue 26, each rerun ending consistent."""
     run_root = RunRoot(root)
-    # A lost best.pt beside the final epoch's last.pt: finished by validating, not retrained; the summary follows.
-    qat = run_root.seed(0).train_run("qat-w4a16")
-    qat.best.unlink()
-    finished = runner(root)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    assert redone(finished)[0] == "s0-train-qat-w4a16" and "summary" in redone(finished)
-    assert "holds the final epoch; finishing the stage without training" in finished.stdout
-    assert not list(qat.dir.parent.glob("qat-w4a16.stale-*")) and qat.best.is_file()
-    assert json.loads(qat.metadata_json.read_text())["attempts"][-1]["state"] == "last-epoch-saved"
-    assert "**Status:** Complete" in run_root.summary_md.read_text()
-
     # A redo cut short after the upstream stage: the next plain run redoes exactly its dependents.
     cut = runner(root, "--redo", "s0-train-fp16", "--stop-after", "s0-train-fp16")
     assert cut.returncode == 0, cut.stderr[-3000:]

@@ -211,17 +211,33 @@ def test_val_images_deleted_during_a_run_stop_the_next_evaluation(finished, tmp_
 
 
 # --------------------------------------------------------------------------------------------
-# 4. A training that lost only best.pt is finished in place, not set aside
+# 4. A training that lost only best.pt is finished in place, not set aside; a lost last.pt is retrained
 # --------------------------------------------------------------------------------------------
-def test_lost_best_pt_reruns_the_training_in_its_folder(finished, capsys):
-    run_root, stages, calls = finished
+def test_lost_best_pt_beside_last_pt_reruns_the_training_in_its_folder(tmp_path, capsys):
+    run_root = RunRoot(tmp_path / "run")
+    config = resolve_run_config("demo", {"checkpoint_policy": "best-on-selection", "selection_images": 8})
+    stages, calls = plan_stages(run_root, config), tmp_path / "calls.txt"
+    run_pipeline(run_root, stand_in(stages, calls))
     paths = run_root.seed(0).train_run("qat-w4a16")
+    paths.last.write_bytes(b"the final epoch, as a finished training leaves it")
     paths.best.unlink()
+    calls.unlink()
 
     run_pipeline(run_root, stand_in(stages, calls))
 
-    assert ran(calls)[0] == "s0-train-qat-w4a16" and not list(paths.dir.parent.glob("qat-w4a16.stale-*"))
+    assert ran(calls)[0] == "s0-train-qat-w4a16" and not run_root.set_aside_dir.exists()
     assert "rerunning the stage finishes it from what it saved" in capsys.readouterr().out
+
+
+def test_lost_last_pt_under_the_last_policy_sets_the_training_aside(finished, capsys):
+    run_root, stages, calls = finished
+    paths = run_root.seed(0).train_run("qat-w4a16")
+    paths.last.unlink()  # the scored checkpoint: best.pt is not the final epoch, nothing to finish from
+
+    run_pipeline(run_root, stand_in(stages, calls))
+
+    assert ran(calls)[0] == "s0-train-qat-w4a16" and paths.last.is_file()
+    assert list((run_root.set_aside_dir / "seed-0").glob("qat-w4a16.stale-*"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,7 +260,7 @@ def test_torn_run_json_is_one_line_and_repair_rebuilds_it_from_the_logs(finished
     for name, record in before.items():
         for key in ("status", "attempts", "inputs_sha256", "outputs_sha256", "command"):
             assert after[name][key] == record[key], (name, key)
-    assert len(list(run_root.root.glob("run.json.corrupt-*"))) == 1  # kept, not deleted
+    assert len(list(run_root.set_aside_dir.glob("run.json.corrupt-*"))) == 1  # kept, not deleted
     run_pipeline(run_root, stand_in(stages, calls))
     assert ran(calls) == []
 
@@ -292,7 +308,7 @@ def test_full_disk_while_a_redo_sets_aside_is_one_line_and_the_stage_stays_done(
     proc = cli(run_root, "--redo", "s0-eval-fp16-float32", preexec_fn=_file_size_limit(limit))
 
     assert proc.returncode == 2 and "File too large" in one_line_error(proc)
-    assert eval_dir.is_dir() and not list(eval_dir.parent.glob("*.stale-*"))  # the record goes first: not renamed
+    assert eval_dir.is_dir() and not run_root.set_aside_dir.exists()  # the record goes first: nothing moved
     assert load_run_state(run_root)["stages"]["s0-eval-fp16-float32"]["status"] == "done"
 
 

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _repair(run_root: RunRoot) -> int:
     report = rebuild_run_state(run_root)
-    aside = f"; the unreadable one is kept as {report.set_aside.name}" if report.set_aside else ""
+    aside = f"; the unreadable one is kept as {report.set_aside}" if report.set_aside else ""
     say(f"rebuilt {report.run_json} from {run_root.logs_dir}{aside}")
     say(f"  done ({len(report.done)}): {' '.join(report.done) or '-'}")
     say(f"  not done, will rerun ({len(report.not_done)}): {' '.join(report.not_done) or '-'}")

@@ -12,9 +12,10 @@ or earlier killed run wrote them:
   a stage whose outputs went missing or changed is redone, and its dependents with it when what it
   rebuilds differs from what they were built from (an identical rebuild, e.g. re-linked val images,
   keeps them);
-* a redo sets the old work aside (renamed ``*.stale-<time>``, never deleted) only once it holds the
-  stage's lock: a stage running in another process is refused (:class:`StageBusy`), nothing touched;
-  a training that only lost ``best.pt`` is rerun in place (``--resume`` finishes it from ``last.pt``);
+* a redo sets the old work aside (moved to ``set-aside/<path>.stale-<time>``, never deleted) only once
+  it holds the stage's lock: a stage running in another process is refused (:class:`StageBusy`), nothing touched;
+  a training that only lost ``best.pt`` (its ``last.pt`` intact) is rerun in place (``--resume``
+  finishes it from ``last.pt``: validate, write ``best.pt``);
 * before a stage runs, the outputs of its needs are checked again (the dataset fingerprint before
   each evaluation): a change during the run stops it with a one-line reason.
 """
@@ -71,7 +72,7 @@ class Redo:
 def nothing_built(run_root: RunRoot, stages: Sequence[StageSpec]) -> bool:
     """No stage is done and no training has started: a changed run config may replace the saved one."""
     records = load_run_state(run_root)["stages"]
-    trainings = {stage.name for stage in stages if stage.resumable}
+    trainings = {stage.name for stage in stages if stage.resume_from is not None}
     return not any(name in trainings or record.get("status") == "done" for name, record in records.items())
 
 
@@ -154,9 +155,10 @@ def _redo_for(
         return None  # a failed or interrupted attempt: rerun as it is (a training resumes)
     changed_input = input_change(stage, record, records)
     problem = output_problem(stage, record)
-    if problem:  # a training that only lost outputs finishes from what it saved (last.pt), in its folder
-        lost_only = not changed_input and any(not path.exists() for path in stage.outputs)
-        return Redo(problem, in_place=stage.resumable and lost_only)
+    if problem:  # a training that only lost best.pt is finished from its last.pt, in its folder
+        lost = [path for path in stage.outputs if not path.exists()]
+        rebuildable = stage.resume_from is not None and stage.resume_from.is_file() and stage.resume_from not in lost
+        return Redo(problem, in_place=bool(lost) and rebuildable and not changed_input)
     return Redo(changed_input) if changed_input else None
 
 
@@ -191,9 +193,10 @@ def _set_aside(run_root: RunRoot, stage: StageSpec, redo: Redo, say: Callable[[s
         targets.append(stage.workdir.with_suffix(".json"))
     for target in targets:
         if target.exists():
-            moved = target.with_name(f"{target.name}.stale-{stamp}")
+            moved = run_root.set_aside_path(target, f"stale-{stamp}")
+            moved.parent.mkdir(parents=True, exist_ok=True)
             target.rename(moved)
-            say(f"  set aside {target} -> {moved.name}")
+            say(f"  set aside {target} -> {moved}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from auto_quantize_model.reports.summary_sections import (
     section_validator,
 )
 from auto_quantize_model.reports.summary_view import load_view, missing_items, summary_rows
+from auto_quantize_model.reports.tensorboard import write_onnx_tensorboard
 from auto_quantize_model.runs.run_root import RunRoot
 from auto_quantize_model.runs.stage_runner import load_run_state
 from auto_quantize_model.utils.io import write_json_atomic, write_text_atomic
@@ -74,5 +75,6 @@ def write_summary(run_root: RunRoot) -> SummaryResult:
     text = "\n".join(section_header(view, missing) + headline + sections + section_missing(missing)).rstrip() + "\n"
     write_text_atomic(run_root.summary_csv, summary_csv_text(summary_rows(view)))
     write_json_atomic(run_root.summary_json, summary_record(view, missing))
-    write_text_atomic(run_root.summary_md, text)  # last: its presence means the other two are current
+    write_text_atomic(run_root.summary_md, text)  # its presence means summary.csv and summary.json are current
+    write_onnx_tensorboard(view)
     return SummaryResult(run_root.summary_md, missing, run_root.summary_csv, run_root.summary_json)

@@ -182,6 +182,39 @@ def test_subset_is_seeded_sorted_and_matches_val_json(tmp_path: Path) -> None:
     assert first.counts["val"].boxes_written == len(expected)  # synthetic boxes are all trainable
 
 
+def test_selection_split_is_carved_from_train_seeded_recorded_and_loadable(tmp_path: Path) -> None:
+    from ultralytics.data.utils import check_det_dataset
+
+    first = _prepare_synthetic(tmp_path, "a", selection_images=4, seed=1)
+    again = _prepare_synthetic(tmp_path, "b", selection_images=4, seed=1)
+    other = _prepare_synthetic(tmp_path, "c", selection_images=4, seed=2)
+
+    def stems(result, split: str) -> set[str]:
+        return {p.stem for p in (result.out_dir / "images" / split).iterdir()}
+
+    chosen = json.loads(first.provenance.read_text())["splits"]["selection"]
+    source = json.loads((tmp_path / "synthetic/annotations/instances_train2017.json").read_text())
+    stem_of = {image["id"]: Path(image["file_name"]).stem for image in source["images"]}
+    # Its ids are recorded, it holds exactly those images, and they left the train split.
+    assert chosen["carved_from"] == "train" and len(chosen["image_ids"]) == 4
+    assert stems(first, "selection") == {stem_of[i] for i in chosen["image_ids"]}
+    assert not stems(first, "selection") & stems(first, "train")
+    assert len(stems(first, "train")) == 12 - 4 == first.counts["train"].images
+    assert not stems(first, "selection") & stems(first, "val")  # never part of the scored images
+    assert stems(first, "selection") == stems(again, "selection") != stems(other, "selection")
+    # Ultralytics validates on it through dataset-selection.yaml; dataset.yaml still validates on val.
+    selection_yaml = first.out_dir / "dataset-selection.yaml"
+    data = check_det_dataset(str(selection_yaml))
+    assert Path(data["val"]).name == "selection" and Path(data["train"]).name == "train"
+    assert Path(check_det_dataset(str(first.dataset_yaml))["val"]).name == "val"
+    assert first.counts["selection"].images == 4
+    # Without a selection the files are gone again after an overwrite.
+    plain = prepare_coco_dataset(tmp_path / "synthetic", first.out_dir, overwrite=True)
+    assert not (plain.out_dir / "images" / "selection").exists() and not selection_yaml.exists()
+    with pytest.raises(DatasetError, match="selection_images=12: carved out of 12 usable train images"):
+        _prepare_synthetic(tmp_path, "d", selection_images=12)
+
+
 def _break_missing_key(data: dict) -> None:
     del data["categories"]
 

@@ -18,10 +18,11 @@ from auto_quantize_model.evaluation.stats import read_eval_metrics
 from auto_quantize_model.onnx_io.verify import read_export_metadata
 from auto_quantize_model.runs import metrics_keys as mk
 from auto_quantize_model.runs import summary_schema as ss
+from auto_quantize_model.runs.checkpoint_policy import BEST_ON_VAL, scored_checkpoint, scored_epoch
 from auto_quantize_model.runs.config import load_run_config
 from auto_quantize_model.runs.plan import SUMMARY_STAGE, model_name
 from auto_quantize_model.runs.run_root import RunRoot, SeedRoot, TrainRunPaths, export_metadata_path
-from auto_quantize_model.runs.variants import Variant, VariantError, parse_variants
+from auto_quantize_model.runs.variants import Baseline, Variant, VariantError, parse_variants
 from auto_quantize_model.ultralytics_ext import loss_curves
 from auto_quantize_model.utils.io import read_json
 
@@ -99,6 +100,19 @@ class RunView:
     def training(self, seed: int, variant: str) -> Training | None:
         return next((t for t in self.trainings if (t.seed, t.variant.name) == (seed, variant)), None)
 
+    @property
+    def policy(self) -> str:
+        """The run's checkpoint policy; a run root from before the key existed scored best.pt chosen on val."""
+        return (self.config or {}).get("checkpoint_policy") or BEST_ON_VAL
+
+    def baseline(self, variant: Variant) -> Baseline | None:
+        """The row ``variant`` is compared with (``fp16-ft`` for a quantized fine-tune when it ran)."""
+        return variant.baseline(v.name for v in self.variants)
+
+    def scored_epoch(self, seed: int, variant: Variant) -> int | None:
+        """Training epoch of the checkpoint that was exported and scored (PTQ: the fp16 one it quantized)."""
+        return scored_epoch(self.run_root.seed(seed), variant, self.policy)
+
 
 def finite_number(value: Any) -> float | None:
     return (
@@ -140,6 +154,13 @@ def best_epoch(results: Sequence[Mapping[str, Any]] | None) -> dict[str, Any] | 
         "map50": best.get(MAP50_COLUMN),
         "last_map": rows[-1][MAP_COLUMN],
     }
+
+
+def shown_path(path: str | Path, root: Path) -> str:
+    """``path`` relative to the run root when it lies inside it (no machine's absolute run-root path in a
+    report), else as given."""
+    inside = Path(path) == root or root in Path(path).parents
+    return rel_path(Path(path), root) if inside else str(path)
 
 
 def rel_path(path: Path, root: Path) -> str:
@@ -217,8 +238,9 @@ def missing_items(view: RunView, state: Mapping[str, Any]) -> list[str]:
     if not view.run_root.dataset_provenance.is_file():
         missing.append(f"dataset provenance missing: {rel_path(view.run_root.dataset_provenance, root)}")
     for training in view.trainings:
-        if not training.paths.best.is_file():
-            missing.append(f"seed {training.seed} {training.variant.name}: no {rel_path(training.paths.best, root)}")
+        checkpoint = scored_checkpoint(training.paths, view.policy)
+        if not checkpoint.is_file():
+            missing.append(f"seed {training.seed} {training.variant.name}: no {rel_path(checkpoint, root)}")
     for cell in view.cells:
         if not cell.onnx.is_file():
             missing.append(
@@ -250,6 +272,9 @@ def summary_rows(view: RunView) -> list[dict[str, Any]]:
                 ss.ONNX_BYTES: cell.onnx_bytes,
                 ss.LATENCY_MS_P50: cell.latency_p50,
                 ss.VAL_ANN_SHA256: annotations.get(mk.SHA256),
+                ss.BASELINE: baseline.name if (baseline := view.baseline(cell.variant)) else None,
+                ss.CHECKPOINT_POLICY: view.policy,
+                ss.CHECKPOINT_EPOCH: view.scored_epoch(cell.seed, cell.variant),
             }
         )
     return rows

@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from auto_quantize_model.runs.checkpoint_policy import BEST_ON_SELECTION, POLICIES
 from auto_quantize_model.runs.run_root import RunRoot
 from auto_quantize_model.runs.variants import VariantError, parse_variants
 from auto_quantize_model.utils.io import write_text_atomic
@@ -286,6 +287,9 @@ PROFILE_SCHEMA: dict[str, Callable[[str, Any], Any]] = {
     "ft_hyp": _str(suffix=".yaml"),
     "ptq_bn_recalib_batches": _int(0),
     "train_overrides": _key_value_list,
+    "ft_train_overrides": _key_value_list,
+    "checkpoint_policy": _choice(*POLICIES),
+    "selection_images": _int(1, optional=True),
     "data_source": _choice("coco", "synthetic"),
     "source_root": _str(optional=True),
     "max_train_images": _int(1, optional=True),
@@ -343,7 +347,7 @@ def validate_run_config(config: Mapping[str, Any], origin: str) -> dict[str, Any
             resolved[key] = check(key, config[key])
         except ConfigError as error:
             raise ConfigError(f"{origin}: {error}") from None
-    for check in (_check_data_settings, _check_eval_settings, _check_files):
+    for check in (_check_data_settings, _check_selection_settings, _check_eval_settings, _check_files):
         problem = check(resolved)
         if problem:
             raise ConfigError(f"{origin}: {problem}")
@@ -365,6 +369,25 @@ def _check_data_settings(config: Mapping[str, Any]) -> str | None:
         absent = [k for k in ("synthetic_train", "synthetic_val", "synthetic_imgsz") if config[k] is None]
         if absent:
             return f"data_source synthetic needs {', '.join(absent)}"
+    return None
+
+
+def _check_selection_settings(config: Mapping[str, Any]) -> str | None:
+    """A selection split exists only for the policy that selects on it, and must leave train images."""
+    count, policy = config["selection_images"], config["checkpoint_policy"]
+    if policy == BEST_ON_SELECTION and count is None:
+        return (
+            f"checkpoint_policy {BEST_ON_SELECTION} needs selection_images (how many train images to carve out "
+            "for choosing best.pt), e.g. --set selection_images=32"
+        )
+    if policy != BEST_ON_SELECTION and count is not None:
+        return (
+            f"selection_images {count}: only checkpoint_policy {BEST_ON_SELECTION} uses a selection split "
+            f"(the policy is {policy}); set selection_images to null"
+        )
+    train = config["synthetic_train"] if config["data_source"] == "synthetic" else config["max_train_images"]
+    if count is not None and train is not None and count >= train:
+        return f"selection_images {count}: carved out of {train} train images, it must leave some; lower it"
     return None
 
 

@@ -5,9 +5,13 @@ and the stages it depends on (their ``needs`` form a DAG):
 
     [check-env] [make-synthetic-data] prepare-data
     for each seed k, for each variant V (fp16 first):
-        s<k>-train-V  (or s<k>-quantize-V for ptq-*)    -> R/seed-k/V/weights/best.pt
+        s<k>-train-V  (or s<k>-quantize-V for ptq-*)    -> R/seed-k/V/weights/<last|best>.pt
         s<k>-export-V-F, s<k>-eval-V-F  for each weight format F of V
     summary [publish]
+
+The run's ``checkpoint_policy`` (:mod:`auto_quantize_model.runs.checkpoint_policy`) decides which checkpoint
+every export reads, which ``fp16`` checkpoint PTQ quantizes and fine-tunes start from, and whether the
+trainings validate on the selection split (``best-on-selection``: ``dataset-selection.yaml``).
 
 The runner (:mod:`auto_quantize_model.pipeline`) executes the plan; the summary reads it to know
 what a complete run root holds.
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from auto_quantize_model.runs.checkpoint_policy import BEST_ON_SELECTION, fp_checkpoint, scored_checkpoint
 from auto_quantize_model.runs.config import resolve_project_path
 from auto_quantize_model.runs.run_root import RunRoot, SeedRoot
 from auto_quantize_model.runs.variants import Variant, parse_variants
@@ -51,7 +56,8 @@ class StageSpec:
     workdir: Path | None = None  # set aside (renamed) before the stage is redone
     input_files: tuple[tuple[str, Path], ...] = ()  # (label, path): the training recipe, a scheme file
     fingerprint: Path | None = None  # a dataset fingerprint among the outputs: re-checked against the files
-    resumable: bool = False  # a lost output is rebuilt in place by rerunning (a training's --resume), no set-aside
+    # A training's last.pt: while it is there, a lost output (best.pt) is rebuilt by rerunning in place (--resume).
+    resume_from: Path | None = None
 
 
 def model_name(config: Mapping[str, Any]) -> str:
@@ -158,10 +164,14 @@ def _setup_stages(ctx: _Context) -> list[StageSpec]:
         "--out-dir": root.dataset_dir,
         "--max-train-images": config["max_train_images"],
         "--max-val-images": config["max_val_images"],
+        "--selection-images": config["selection_images"],
         "--seed": config["data_seed"],
     }
     argv = _cli(ctx, "prepare_coco_dataset.py", flags, "--overwrite")
-    outputs = (root.dataset_yaml, root.val_annotations, root.dataset_fingerprint)
+    outputs = (root.dataset_yaml, root.val_annotations)
+    if config["selection_images"] is not None:
+        outputs += (root.selection_dataset_yaml,)
+    outputs += (root.dataset_fingerprint,)  # last: written last, covering the files above
     fingerprint = root.dataset_fingerprint
     stages.append(StageSpec(PREPARE_STAGE, argv, outputs, prepare_needs, root.dataset_dir, fingerprint=fingerprint))
     return stages
@@ -177,16 +187,20 @@ def _variant_stages(ctx: _Context, seed: int, variant: Variant) -> list[StageSpe
     return stages
 
 
-def _fp_best(seed_root: SeedRoot) -> Path:
-    return seed_root.train_run("fp16").best
+def _train_data(ctx: _Context) -> Path:
+    """The data YAML of every training: its ``val:`` split is where best.pt is chosen."""
+    if ctx.config["checkpoint_policy"] == BEST_ON_SELECTION:
+        return ctx.run_root.selection_dataset_yaml
+    return ctx.run_root.dataset_yaml
 
 
 def _train_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageSpec:
     config, paths = ctx.config, seed_root.train_run(variant.name)
-    fine_tune = variant.kind == "qat-ft"
+    fine_tune = variant.fine_tunes
+    policy = config["checkpoint_policy"]
     flags = {
         "--run-root": ctx.run_root.root,
-        "--data": ctx.run_root.dataset_yaml,
+        "--data": _train_data(ctx),
         "--model": config["model"],
         "--epochs": config["ft_epochs"] if fine_tune else config["epochs"],
         "--imgsz": config["imgsz"],
@@ -199,25 +213,27 @@ def _train_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageS
     }
     command = "qat-w4a16" if variant.quantized else "fp16"
     argv = list(_cli(ctx, "train_yolov10m_scratch_fp16_vs_w4a16_qat_brevitas.py", flags, "--resume", command=command))
-    for pair in config["train_overrides"]:
+    # A fine-tune follows its own recipe: the profile-wide overrides (e.g. a warm-up) are for scratch trainings.
+    for pair in config["ft_train_overrides" if fine_tune else "train_overrides"]:
         argv += ["--train-arg", pair]
     needs = [PREPARE_STAGE]
     if variant.quantized:
         argv += ["--quant-scheme", variant.scheme_spec]
     if fine_tune:
-        argv += ["--init-from", str(_fp_best(seed_root))]
+        argv += ["--init-from", str(fp_checkpoint(seed_root, policy))]
         needs.append(train_stage_name(seed_root.seed, Variant("fp")))
     files = (("recipe", resolve_project_path(flags["--hyp"]).resolve()), *_scheme_file(variant))
-    name = train_stage_name(seed_root.seed, variant)
-    return StageSpec(name, tuple(argv), (paths.best,), tuple(needs), paths.dir, files, resumable=True)
+    name, outputs = train_stage_name(seed_root.seed, variant), (scored_checkpoint(paths, policy),)
+    return StageSpec(name, tuple(argv), outputs, tuple(needs), paths.dir, files, resume_from=paths.last)
 
 
 def _quantize_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageSpec:
     config, paths = ctx.config, seed_root.train_run(variant.name)
+    out = scored_checkpoint(paths, config["checkpoint_policy"])  # named as the fp16 checkpoint it quantizes
     flags = {
-        "--weights": _fp_best(seed_root),
+        "--weights": fp_checkpoint(seed_root, config["checkpoint_policy"]),
         "--quant-scheme": variant.scheme_spec,
-        "--out": paths.best,
+        "--out": out,
         "--data": ctx.run_root.dataset_yaml,
         "--bn-recalib-batches": config["ptq_bn_recalib_batches"],
         "--imgsz": config["imgsz"],
@@ -227,7 +243,7 @@ def _quantize_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> Sta
     argv = _cli(ctx, "ptq.py", flags)
     needs = (PREPARE_STAGE, train_stage_name(seed_root.seed, Variant("fp")))
     name = train_stage_name(seed_root.seed, variant)
-    return StageSpec(name, argv, (paths.best,), needs, paths.dir, _scheme_file(variant))
+    return StageSpec(name, argv, (out,), needs, paths.dir, _scheme_file(variant))
 
 
 def _scheme_file(variant: Variant) -> tuple[tuple[str, Path], ...]:
@@ -240,7 +256,7 @@ def _export_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant, weights_
     config = ctx.config
     out = seed_root.onnx_model(model_name(config), variant.name, weights_format)
     flags = {
-        "--weights": seed_root.train_run(variant.name).best,
+        "--weights": scored_checkpoint(seed_root.train_run(variant.name), config["checkpoint_policy"]),
         "--out": out,
         "--imgsz": config["imgsz"],
         "--format": config["export_format"],

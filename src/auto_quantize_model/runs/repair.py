@@ -34,11 +34,12 @@ class RepairReport:
 
 
 def rebuild_run_state(run_root: RunRoot) -> RepairReport:
-    """Set the current ``run.json`` aside (``run.json.corrupt-<time>``) and write one rebuilt from ``logs/``."""
+    """Set the current ``run.json`` aside (``set-aside/run.json.corrupt-<time>``); write one rebuilt from ``logs/``."""
     stamp = utc_now().replace(":", "").replace("+00:00", "Z")
     moved = None
     if run_root.run_json.exists():
-        moved = run_root.run_json.with_name(f"{run_root.run_json.name}.corrupt-{stamp}")
+        moved = run_root.set_aside_path(run_root.run_json, f"corrupt-{stamp}")
+        moved.parent.mkdir(parents=True, exist_ok=True)
         os.replace(run_root.run_json, moved)
     report = RepairReport(run_root.run_json, moved)
     stages = {}

@@ -19,6 +19,9 @@ ONNX = "onnx"  # path of the evaluated ONNX, relative to the run root
 ONNX_BYTES = "onnx_bytes"  # its file size in bytes
 LATENCY_MS_P50 = "latency_ms_p50"  # evaluator's per-image session.run latency, median, ms
 VAL_ANN_SHA256 = "val_ann_sha256"  # sha256 of the val annotation file the evaluator scored against
+BASELINE = "baseline"  # the matched baseline variant the headline compares this row with (empty for fp16)
+CHECKPOINT_POLICY = "checkpoint_policy"  # last | best-on-selection | best-on-val: which checkpoint was exported
+CHECKPOINT_EPOCH = "checkpoint_epoch"  # training epoch (1-based) of the scored checkpoint (PTQ: fp16's)
 
 SUMMARY_COLUMNS = (
     VARIANT,
@@ -31,6 +34,9 @@ SUMMARY_COLUMNS = (
     ONNX_BYTES,
     LATENCY_MS_P50,
     VAL_ANN_SHA256,
+    BASELINE,
+    CHECKPOINT_POLICY,
+    CHECKPOINT_EPOCH,
 )
 
 WEIGHTS_FORMATS = ("float32", "float16", "qcdq", "int4")
