@@ -146,8 +146,9 @@ def test_redo_stopped_after_the_upstream_stage_redoes_exactly_its_downstream_nex
     assert {"s0-eval-fp16-float32", "s0-train-qat-w4a16-ft", "summary"} <= set(expected)
     assert "s0-train-qat-w4a16" not in expected  # from scratch: built from nothing fp16 holds
     records = load_run_state(run_root)["stages"]
-    best = records["s0-train-fp16"]["outputs_sha256"][str(run_root.seed(0).train_run("fp16").best)]
-    assert records["s0-export-fp16-float32"]["inputs_sha256"]["s0-train-fp16"] == best
+    checkpoint = next(stage for stage in stages if stage.name == "s0-train-fp16").outputs[0]
+    trained = records["s0-train-fp16"]["outputs_sha256"][str(checkpoint)]
+    assert records["s0-export-fp16-float32"]["inputs_sha256"]["s0-train-fp16"] == trained
 
 
 def test_kill_9_between_an_upstream_stage_and_its_dependents_leaves_nothing_stale(finished, tmp_path):

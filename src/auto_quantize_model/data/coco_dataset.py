@@ -4,8 +4,7 @@ Images are never copied: ``OUT/images/<split>/`` holds absolute symlinks to the 
 and ``OUT/labels/<split>/<stem>.txt`` the YOLO labels, because Ultralytics finds a label by
 replacing ``/images/`` with ``/labels/`` in the image path it globbed (it does not resolve the
 link). Besides those the writer owns ``dataset.yaml`` (the data YAML), ``instances_val.json``
-(exactly the validation ground truth used, for the ONNX COCO evaluator), ``provenance.json`` and
-``fingerprint.json`` (:mod:`auto_quantize_model.data.fingerprint`: what a later change is checked against).
+(the validation ground truth used), ``provenance.json`` and ``fingerprint.json`` (:mod:`.fingerprint`).
 
 With ``selection_images`` a selection split is carved out of the train images
 (:mod:`auto_quantize_model.data.selection_split`).
