@@ -307,7 +307,7 @@ def test_summary_cli_strict_fails_on_an_incomplete_root(tmp_path) -> None:
 
 def test_an_artifact_built_from_a_changed_input_is_not_complete(tmp_path, val_annotations) -> None:
     run_root, _ = make_run_root(tmp_path, val_annotations, seeds=(0,))
-    best = run_root.seed(0).train_run("fp16").best
+    best = run_root.seed(0).train_run("fp16").last  # the checkpoint the demo's policy ("last") exports
     onnx = run_root.seed(0).onnx_model("yolov10n", "fp16", "float32")
     write_json_atomic(
         export_metadata_path(onnx), {"weights_format": "float32", "source": {"sha256": sha256_file(best)}}
@@ -321,7 +321,7 @@ def test_an_artifact_built_from_a_changed_input_is_not_complete(tmp_path, val_an
     result = write_summary(run_root)
 
     assert not result.complete
-    assert any("seed 0 fp16 float32: exported from best.pt, whose bytes are changed since" in i for i in result.missing)
+    assert any("seed 0 fp16 float32: exported from last.pt, whose bytes are changed since" in i for i in result.missing)
     assert "stage s0-export-fp16-float32 is stale: its input s0-train-fp16 changed since it ran" in "\n".join(
         result.missing
     )

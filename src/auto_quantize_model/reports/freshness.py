@@ -5,8 +5,8 @@ The summary refuses to call a root complete while any of these holds:
 * a done stage in ``run.json`` whose outputs changed, or whose recorded inputs differ from what its
   needs hold now (:func:`~auto_quantize_model.runs.provenance.stale_stages`);
 * an artifact's own metadata names an input that has other bytes now: an export's ``source.sha256``
-  against its checkpoint, an evaluation's ONNX and annotation sha256, a fine-tune's starting checkpoint
-  against the seed's ``fp16`` ``best.pt`` (a root built stage by stage by hand is checked too);
+  against the checkpoint the run's policy scores, an evaluation's ONNX and annotation sha256, a
+  fine-tune's starting checkpoint against the seed's ``fp16`` one (a root built by hand is checked too);
 * an evaluation that skipped unreadable val images (``--allow-missing-images``).
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 
 from auto_quantize_model.reports.summary_view import Cell, RunView
 from auto_quantize_model.runs import metrics_keys as mk
+from auto_quantize_model.runs.checkpoint_policy import fp_checkpoint, scored_checkpoint
 from auto_quantize_model.runs.plan import PUBLISH_STAGE, SUMMARY_STAGE, plan_stages
 from auto_quantize_model.runs.provenance import stale_stages
-from auto_quantize_model.runs.variants import FP_VARIANT
 from auto_quantize_model.utils.io import sha256_file
 
 
@@ -34,8 +34,8 @@ def stale_items(view: RunView, state: Mapping[str, Any]) -> list[str]:
     for training in view.trainings:
         if training.variant.kind == "qat-ft":
             recorded = (training.metadata or {}).get("init_from_sha256")
-            fp_best = view.run_root.seed(training.seed).train_run(FP_VARIANT).best
-            items += _differs(recorded, fp_best, sha, f"seed {training.seed} {training.variant.name}: fine-tuned from")
+            start = fp_checkpoint(view.run_root.seed(training.seed), view.policy)
+            items += _differs(recorded, start, sha, f"seed {training.seed} {training.variant.name}: fine-tuned from")
     for cell in view.cells:
         items += _stale_cell(view, cell, sha)
     return items
@@ -44,9 +44,10 @@ def stale_items(view: RunView, state: Mapping[str, Any]) -> list[str]:
 def _stale_cell(view: RunView, cell: Cell, sha: Callable[[Path], str | None]) -> list[str]:
     """The export against its checkpoint, the evaluation against its ONNX and annotations, skipped images."""
     what = f"seed {cell.seed} {cell.variant.name} {cell.weights_format}"
-    best = view.run_root.seed(cell.seed).train_run(cell.variant.name).best
+    checkpoint = scored_checkpoint(view.run_root.seed(cell.seed).train_run(cell.variant.name), view.policy)
     metrics = cell.metrics or {}
-    items = _differs(((cell.export or {}).get("source") or {}).get("sha256"), best, sha, f"{what}: exported from")
+    recorded = ((cell.export or {}).get("source") or {}).get("sha256")
+    items = _differs(recorded, checkpoint, sha, f"{what}: exported from")
     items += _differs((metrics.get(mk.ONNX) or {}).get(mk.SHA256), cell.onnx, sha, f"{what}: evaluated")
     annotations = (metrics.get(mk.ANNOTATIONS) or {}).get(mk.SHA256)
     items += _differs(annotations, view.run_root.val_annotations, sha, f"{what}: scored on")
