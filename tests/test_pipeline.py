@@ -50,6 +50,25 @@ def test_plan_orders_stages_per_seed_and_variant_with_the_fp_model_first() -> No
     assert "--fold-weights" in by_name["s0-eval-fp16-float32"].argv
 
 
+def test_one_latency_stage_per_seed_times_every_onnx_file_of_that_seed() -> None:
+    config = resolve_run_config("demo", {"variants": "fp16,qat-w4a16,ptq-w4a16", "seeds": "0,1"})
+    stages = plan_stages(RunRoot("/r"), config)
+    got, by_name = names(stages), {stage.name: stage for stage in stages}
+    for seed in (0, 1):
+        latency = by_name[f"s{seed}-latency"]
+        exports = [s for s in stages if s.name.startswith(f"s{seed}-export-")]
+        assert set(latency.needs) == {s.name for s in exports} and len(exports) == 6
+        assert max(got.index(s.name) for s in stages if s.name.startswith(f"s{seed}-")) == got.index(latency.name)
+        labelled = {arg.split("=", 1)[1] for arg in latency.argv if arg.startswith("--onnx=")}
+        assert labelled == {f"{s.name.split('-export-')[1]}={s.outputs[0]}" for s in exports}
+        assert latency.outputs == (Path(f"/r/seed-{seed}/latency.json"),)
+        argv = latency.argv
+        assert argv[argv.index("--rounds") + 1] == str(config["latency_rounds"])
+        assert argv[argv.index("--threads") + 1] == str(config["latency_threads"])
+        assert "--fold-weights" in argv and argv[-2:] == ("--providers", "CPUExecutionProvider")
+        assert latency.name in by_name["summary"].needs
+
+
 def flag_values(stage, flag: str) -> list[str]:
     return [stage.argv[i + 1] for i, word in enumerate(stage.argv) if word == flag]
 
@@ -164,7 +183,8 @@ def test_a_deleted_artifact_is_rebuilt_and_its_dependents_follow_only_if_it_diff
     calls.unlink()
     monkeypatch.setenv("STAND_IN_VERSION", "2")  # this time the rebuilt file differs
     outcome = run_pipeline(run_root, stages)
-    assert ran(calls) == outcome.redone == ["s0-export-qat-w4a16-qcdq", "s0-eval-qat-w4a16-qcdq", "summary"]
+    rebuilt_and_dependents = ["s0-export-qat-w4a16-qcdq", "s0-eval-qat-w4a16-qcdq", "s0-latency", "summary"]
+    assert ran(calls) == outcome.redone == rebuilt_and_dependents
     assert "its input s0-export-qat-w4a16-qcdq changed since it ran" in capsys.readouterr().out
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from auto_quantize_model.evaluation.stats import accumulate_map, image_evals, load_ground_truth
 from auto_quantize_model.report import write_summary
+from auto_quantize_model.runs import latency_keys as lk
 from auto_quantize_model.runs import metrics_keys as mk
 from auto_quantize_model.runs import summary_schema as ss
 from auto_quantize_model.runs.config import resolve_run_config, save_or_check_run_config
@@ -34,6 +35,8 @@ RESULTS_HEADER = "epoch,time,metrics/mAP50(B),metrics/mAP50-95(B),train/box_loss
 NOISE = {"fp16": 1.0, "fp16-ft": 0.5, "qat-w4a16": 4.0, "qat-w4a16-ft": 2.0, "ptq-w4a16": 3.0}  # box jitter, px
 FORMATS = {"fp16": ("float32", "float16"), "fp16-ft": ("float32", "float16")}  # the rest: qcdq, int4
 SIZES = {"float32": 9_000_000, "float16": 4_500_000, "qcdq": 2_400_000, "int4": 1_300_000}
+LATENCY_MS = {"float32": 20.0, "float16": 24.0, "qcdq": 19.0, "int4": 18.0}  # latency stage medians, seed 0
+EVAL_LATENCY_MS = 999.25  # what metrics.json says: must never reach the summary
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +105,8 @@ def write_cell(run_root: RunRoot, ann_file: Path, seed: int, variant: str, fmt: 
         mk.MAP50: min(1.0, value + 0.2),
         mk.IMAGE_IDS: image_ids,
         mk.ANNOTATIONS: {mk.PATH: str(ann_file), mk.SHA256: sha256_file(ann_file)},
-        mk.LATENCY_MS: {mk.LATENCY_PER_IMAGE: {mk.LATENCY_STAT_P50: SIZES[fmt] / 1e6}},
+        mk.LATENCY_MS: {mk.LATENCY_PER_IMAGE: {mk.LATENCY_STAT_P50: EVAL_LATENCY_MS}},
+        mk.PROVIDERS: ["CPUExecutionProvider"],
         mk.SESSION: {"fold_weights": True},
         mk.PER_CLASS: {"circle": {"AP50_95": value}},
         mk.AT_CONF_PROD: {"conf": 0.25, "precision": 0.9, "recall": 0.8, "f1": 0.85},
@@ -111,8 +115,33 @@ def write_cell(run_root: RunRoot, ann_file: Path, seed: int, variant: str, fmt: 
     return value
 
 
+def write_latency(run_root: RunRoot, seed: int, variants: tuple[str, ...]) -> None:
+    """A seed's latency.json as the latency stage writes it (seed k runs 1 + k/10 times slower)."""
+    files = {}
+    for variant in variants:
+        for fmt in FORMATS.get(variant, ("qcdq", "int4")):
+            median = LATENCY_MS[fmt] * (1 + seed / 10)
+            files[f"{variant}-{fmt}"] = {
+                lk.MEDIAN_MS: median,
+                lk.P25_MS: median - 0.5,
+                lk.P75_MS: median + 0.75,
+                lk.MIN_MS: median - 1,
+                lk.MAX_MS: median + 3,
+                lk.PROVIDERS: ["CPUExecutionProvider"],
+            }
+    load = {lk.LOAD_MIN: 1.25, lk.LOAD_MEDIAN: 1.5, lk.LOAD_MAX: 1.75}
+    report = {lk.FILES: files, lk.ROUNDS: 30, lk.WARMUP_RUNS: 3, lk.THREADS: 1, lk.CPUS: 2, lk.LOAD_AVG_1MIN: load}
+    write_json_atomic(run_root.seed(seed).latency_json, report)
+
+
 def make_run_root(
-    tmp_path: Path, ann_file: Path, seeds=(0, 1), skip: tuple = (), variants=("fp16", "qat-w4a16"), **overrides
+    tmp_path: Path,
+    ann_file: Path,
+    seeds=(0, 1),
+    skip: tuple = (),
+    variants=("fp16", "qat-w4a16"),
+    latency: bool = True,
+    **overrides,
 ) -> tuple[RunRoot, dict]:
     run_root = RunRoot(tmp_path / "run")
     config = resolve_run_config("demo", {"seeds": ",".join(map(str, seeds)), "variants": list(variants), **overrides})
@@ -127,6 +156,8 @@ def make_run_root(
             for fmt in FORMATS.get(variant, ("qcdq", "int4")):
                 if (seed, variant, fmt) not in skip:
                     values[(seed, variant, fmt)] = write_cell(run_root, ann_file, seed, variant, fmt)
+        if latency:
+            write_latency(run_root, seed, variants)
     for stage in plan_stages(run_root, config):
         if stage.name != "summary":
             update_stage_record(run_root, stage.name, status="done", attempts=1, duration_s=1.0, exit_code=0)
@@ -139,6 +170,11 @@ def row(text: str, first_cell: str) -> list[str]:
         if line.startswith("|") and cells[0] == first_cell:
             return cells
     raise AssertionError(f"no table row {first_cell!r}")
+
+
+def section(text: str, heading: str) -> str:
+    """The markdown from ``heading`` up to the next ``## `` heading."""
+    return heading + text.split(heading, 1)[1].split("\n## ", 1)[0]
 
 
 def test_headline_has_per_seed_values_mean_std_ratio_and_a_ci_that_excludes_zero(tmp_path, val_annotations) -> None:
@@ -156,6 +192,7 @@ def test_headline_has_per_seed_values_mean_std_ratio_and_a_ci_that_excludes_zero
     low, high = (float(x) for x in cells[6].strip("[]").split(","))
     assert low < high < 0  # 4 px jitter against 1 px on every box: a real loss, the CI must say so
     assert cells[8] == f"{SIZES['qcdq'] / SIZES['float32']:.3f}"
+    assert cells[9] == f"{LATENCY_MS['qcdq'] / LATENCY_MS['float32']:.2f}"  # both seeds scale alike
     assert "qat-w4a16 mAP50-95 is" in text and "excludes 0" in text
     assert "**Checkpoint policy: last.** Every number is from `last.pt`" in text
 
@@ -206,6 +243,39 @@ def test_best_on_val_is_flagged_beside_every_number_with_the_epoch_it_chose(tmp_
     with run_root.summary_csv.open() as handle:
         rows = list(csv.DictReader(handle))
     assert {(r[ss.CHECKPOINT_POLICY], r[ss.CHECKPOINT_EPOCH]) for r in rows} == {("best-on-val", "2")}
+
+
+def test_artifact_table_has_the_provider_and_the_latency_stage_figures_with_spread_and_load(
+    tmp_path, val_annotations
+) -> None:
+    run_root, _ = make_run_root(tmp_path, val_annotations)
+    write_summary(run_root)
+    text = run_root.summary_md.read_text()
+    artifacts = section(text, "## ONNX artifacts")
+    header = row(artifacts, "variant")
+    assert "eval provider" in header and "latency median ms" in header and "IQR ms" in header
+    cells = dict(zip(header, row(artifacts, "qat-w4a16")))  # its first qat-w4a16 row: qcdq
+    assert cells["weights"] == "qcdq" and cells["eval provider"] == "CPUExecutionProvider"
+    assert cells["latency median ms"] == "19.00" and cells["IQR ms"] == "18.50-19.75"
+    assert cells["min-max ms"] == "18.00-22.00" and cells["latency provider"] == "CPUExecutionProvider"
+    assert "30 interleaved rounds" in text and "load average 1.25-1.75 (median 1.50)" in text
+    assert f"{EVAL_LATENCY_MS:.2f}" not in text  # an evaluation's own timing is never shown
+    with run_root.summary_csv.open() as handle:
+        by_key = {(r[ss.SEED], r[ss.VARIANT], r[ss.WEIGHTS_FORMAT]): r for r in csv.DictReader(handle)}
+    assert float(by_key[("1", "qat-w4a16", "int4")][ss.LATENCY_MS_P50]) == pytest.approx(LATENCY_MS["int4"] * 1.1)
+
+
+def test_without_a_latency_stage_there_is_no_latency_column_and_the_root_is_incomplete(
+    tmp_path, val_annotations
+) -> None:
+    run_root, _ = make_run_root(tmp_path, val_annotations, seeds=(0,), latency=False)
+    result = write_summary(run_root)
+    text = run_root.summary_md.read_text()
+    assert "latency median ratio" not in row(text, "variant (ONNX scored)")
+    assert not any("latency" in cell for cell in row(section(text, "## ONNX artifacts"), "variant"))
+    assert "No latency columns: `seed-0/latency.json` is missing (stage s0-latency)" in text
+    assert f"{EVAL_LATENCY_MS:.2f}" not in text
+    assert result.missing == ["seed 0: no seed-0/latency.json (stage s0-latency)"]
 
 
 def test_summary_csv_has_one_row_per_variant_seed_and_format_and_json_says_complete(tmp_path, val_annotations) -> None:
@@ -286,7 +356,7 @@ def test_each_evaluated_onnx_reaches_tensorboard_once_after_the_summary(tmp_path
         (size,) = events.Scalars("onnx/size_MB")
         (latency,) = events.Scalars("onnx/latency_p50_ms")
         assert mean.value == pytest.approx(value) and size.value == pytest.approx(SIZES[fmt] / 1e6)
-        assert latency.value == pytest.approx(SIZES[fmt] / 1e6)
+        assert latency.value == pytest.approx(LATENCY_MS[fmt])  # the latency stage's median, not the eval's
         assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
 
 

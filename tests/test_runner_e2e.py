@@ -108,6 +108,9 @@ def test_runner_demo_partial_resume_idempotent_rerun_and_faults(tmp_path: Path) 
     summary = run_root.summary_md.read_text()
     assert "**Status:** Complete" in summary, summary[:3000]
     assert "FP32 (AMP off: cpu)" in summary  # a CPU run says what ran
+    # Latency comes from the seed's latency stage, with its spread and the load beside it.
+    assert "from `seed-0/latency.json`: every file of seed 0 timed in one process" in summary
+    assert "IQR ms" in summary and "1-minute load average" in summary
 
     # A deleted artifact is rebuilt; what depends on it is redone only if the rebuilt file differs.
     int4 = run_root.seed(0).onnx_model("yolov10n", "qat-w4a16", "int4")
@@ -116,7 +119,7 @@ def test_runner_demo_partial_resume_idempotent_rerun_and_faults(tmp_path: Path) 
     healed = runner(root)
     assert healed.returncode == 0, healed.stderr[-3000:]
     new_sha = load_run_state(run_root)["stages"]["s0-export-qat-w4a16-int4"]["outputs_sha256"][str(int4)]
-    dependents = ["s0-eval-qat-w4a16-int4", "summary"] if new_sha != old_sha else []
+    dependents = ["s0-eval-qat-w4a16-int4", "s0-latency", "summary"] if new_sha != old_sha else []
     assert redone(healed) == ["s0-export-qat-w4a16-int4", *dependents]
 
     # A rerun of a finished run root touches nothing.
@@ -144,6 +147,7 @@ def check_faults_of_issue_26(root: Path) -> None:
         "s0-eval-fp16-float32",
         "s0-export-fp16-float16",
         "s0-eval-fp16-float16",
+        "s0-latency",
         "summary",
     ]
     assert redone(rest) == fp16_dependents

@@ -97,6 +97,8 @@ def test_shipped_profiles_resolve_with_their_documented_values(tmp_path: Path) -
             r"source_root /nonexistent/coco: missing train2017",
         ),
         ({"epochz": 3}, r"--set epochz: not profile keys"),
+        ({"latency_rounds": 5}, r"latency_rounds: must be >= 20, got 5"),
+        ({"latency_threads": -1}, r"latency_threads: must be >= 0"),
         ({"train_overrides": ["close_mosiac=10"]}, r"close_mosiac is not an Ultralytics argument.*close_mosaic\?"),
         ({"train_overrides": ["data=x.yaml"]}, r"data is set by the train CLI"),
     ],

@@ -16,6 +16,7 @@ from auto_quantize_model.reports.summary_view import (
     rel_path,
     shown_path,
 )
+from auto_quantize_model.runs import latency_keys as lk
 from auto_quantize_model.runs import metrics_keys as mk
 from auto_quantize_model.runs.checkpoint_policy import (
     BEST_ON_SELECTION,
@@ -24,7 +25,7 @@ from auto_quantize_model.runs.checkpoint_policy import (
     LAST,
     SELECTED_ON_SCORED_NOTE,
 )
-from auto_quantize_model.runs.plan import SUMMARY_STAGE, plan_stages
+from auto_quantize_model.runs.plan import SUMMARY_STAGE, latency_stage_name, plan_stages
 from auto_quantize_model.runs.provenance import utc_now
 from auto_quantize_model.runs.run_root import BEST_PT, LAST_PT, SEED_DIR_PREFIX, SET_ASIDE_DIR
 from auto_quantize_model.runs.variants import FP_FT_VARIANT, FP_VARIANT, Baseline, Variant
@@ -207,6 +208,7 @@ def section_headline(view: RunView) -> tuple[list[str], dict[str, Any]]:
     """The comparison table and verdicts; returns the lines and the bootstrap result per variant."""
     from auto_quantize_model.evaluation.stats import format_ci, verdict
 
+    timed = bool(view.latency)  # no latency stage has run: no latency column at all
     header = [
         "variant (ONNX scored)",
         "baseline",
@@ -216,7 +218,7 @@ def section_headline(view: RunView) -> tuple[list[str], dict[str, Any]]:
         "diff 95% CI (paired bootstrap)",
         "ratio 95% CI",
         "ONNX size ratio",
-        "latency p50 ratio",
+        *(["latency median ratio"] if timed else []),
     ]
     rows, results, verdicts = [], {}, []
     flag = f" ({SELECTED_ON_SCORED_NOTE})" if view.policy == BEST_ON_VAL else ""
@@ -237,7 +239,11 @@ def section_headline(view: RunView) -> tuple[list[str], dict[str, Any]]:
                 format_ci(result.diff_ci) if result else "—",
                 format_ci(result.ratio_ci, 3) if result else "—",
                 _fmt(_ratio(_mean(c.onnx_bytes for c in cells if c), _mean(c.onnx_bytes for c in base)), 3),
-                _fmt(_ratio(_mean(c.latency_p50 for c in cells if c), _mean(c.latency_p50 for c in base)), 2),
+                *(
+                    [_fmt(_ratio(_mean(c.latency_p50 for c in cells if c), _mean(c.latency_p50 for c in base)), 2)]
+                    if timed
+                    else []
+                ),
             ]
         )
         if result:
@@ -251,7 +257,13 @@ def section_headline(view: RunView) -> tuple[list[str], dict[str, Any]]:
         "resample val images with the same resample for both models "
         f"({BOOTSTRAP_RESAMPLES} resamples, from the saved detections); they do not include the spread between "
         "training seeds, which the ± std shows. Each seed's number names the training epoch of the scored "
-        "checkpoint (PTQ: the fp16 checkpoint it quantized).",
+        "checkpoint (PTQ: the fp16 checkpoint it quantized). "
+        + (
+            "The latency ratio compares medians of each seed's latency stage (every file timed together; "
+            "spread and load in the ONNX artifacts section)."
+            if timed
+            else "No latency column: no seed's latency stage has run."
+        ),
         "",
     ]
     lines += _table(header, rows) + unmatched_warnings(view)
@@ -300,11 +312,13 @@ def _weights_description(cell: Cell | None) -> str:
 
 
 def section_onnx(view: RunView) -> list[str]:
-    """Every exported file: size, ratios to float32 and float16, mAP, latency."""
+    """Every exported file: size, ratios to float32 and float16, mAP, the provider that scored it and, from the
+    seed's latency stage, its latency with spread and the load it was measured under."""
     seed = view.seeds[0]
     fp32 = view.cell(seed, FP_VARIANT, "float32")
     fp16 = view.cell(seed, FP_VARIANT, "float16")
     base32, base16 = (fp32.onnx_bytes if fp32 else None), (fp16.onnx_bytes if fp16 else None)
+    latency = view.latency.get(seed)
     rows = []
     for cell in (c for c in view.cells if c.seed == seed):
         size = cell.onnx_bytes
@@ -318,30 +332,56 @@ def section_onnx(view: RunView) -> list[str]:
                 _fmt(_ratio(size, base32), 3),
                 _fmt(_ratio(size, base16), 3),
                 _fmt(cell.map50_95, 4) + cell.partial_note,
-                _fmt(cell.latency_p50, 2),
+                _fmt(cell.providers),
+                *(_latency_cells(cell) if latency else []),
                 session.get("fold_weights"),
             ]
         )
-    header = [
-        "variant",
-        "weights",
-        "ONNX file",
-        "MB",
-        "x float32",
-        "x float16",
-        "mAP50-95",
-        "latency p50 (ms/img)",
-        "folded DQ",
-    ]
-    lines = [f"## ONNX artifacts (seed {seed})", ""] + _table(header, rows)
+    latency_header = ["latency median ms", "IQR ms", "min-max ms", "latency provider"] if latency else []
+    header = ["variant", "weights", "ONNX file", "MB", "x float32", "x float16", "mAP50-95", "eval provider"]
+    lines = [f"## ONNX artifacts (seed {seed})", ""] + _table([*header, *latency_header, "folded DQ"], rows)
     lines += [
-        f"{ORT_NOTE} Latency: the evaluator's per-image `session.run` median on the providers it records; "
+        f'{ORT_NOTE} "eval provider": what ran the evaluation (`metrics.json` providers). '
         '"folded DQ" true means constant DequantizeLinear was folded at session load '
         "(`session.disable_quant_qdq=1`), what a deployment would do. INT4 and QCDQ hold the same codes, so "
         "their mAP must be equal.",
         "",
+        _latency_note(view, seed, latency),
+        "",
     ]
     return lines
+
+
+def _latency_cells(cell: Cell) -> list[str]:
+    entry = cell.latency or {}
+    if not entry:
+        return ["not timed", "—", "—", "—"]
+    return [
+        _fmt(entry.get(lk.MEDIAN_MS), 2),
+        f"{_fmt(entry.get(lk.P25_MS), 2)}-{_fmt(entry.get(lk.P75_MS), 2)}",
+        f"{_fmt(entry.get(lk.MIN_MS), 2)}-{_fmt(entry.get(lk.MAX_MS), 2)}",
+        _fmt(entry.get(lk.PROVIDERS)),
+    ]
+
+
+def _latency_note(view: RunView, seed: int, latency: Mapping[str, Any] | None) -> str:
+    """How the latency columns were measured, or why there are none."""
+    path = rel_path(view.run_root.seed(seed).latency_json, view.run_root.root)
+    if not latency:
+        return (
+            f"No latency columns: `{path}` is missing (stage {latency_stage_name(seed)}). An evaluation's own timing "
+            "is taken while other work shares the machine, one file after another, and is not shown."
+        )
+    load = latency.get(lk.LOAD_AVG_1MIN) or {}
+    return (
+        f"Latency: `session.run` of one batch from `{path}`: every file of seed {seed} timed in one process, "
+        f"{latency.get(lk.ROUNDS)} interleaved rounds (the starting file rotating) after {latency.get(lk.WARMUP_RUNS)} "
+        f"warm-up runs each, {latency.get(lk.THREADS)} intra-op thread(s) each, folded DQ "
+        f"{_fmt(latency.get(lk.FOLD_WEIGHTS))}, on {latency.get(lk.CPUS)} CPUs; 1-minute load average "
+        f"{_fmt(load.get(lk.LOAD_MIN), 2)}-{_fmt(load.get(lk.LOAD_MAX), 2)} (median "
+        f"{_fmt(load.get(lk.LOAD_MEDIAN), 2)}) during the rounds. Compare files by their medians; files "
+        "whose IQRs overlap are not told apart."
+    )
 
 
 def _validated_on(training: Training) -> str:

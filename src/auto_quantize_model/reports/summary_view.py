@@ -1,8 +1,9 @@
 """A run root loaded once for its summary (:class:`RunView`), and what the summary cannot show.
 
-Reads the run config, every training (``results.csv``, ``train_metadata.json``) and every ONNX cell the config
-expects (``metrics.json``, export metadata) through :class:`~auto_quantize_model.runs.run_root.RunRoot`; an
-unreadable file is noted in ``problems``, never fatal.
+Reads the run config, every training (``results.csv``, ``train_metadata.json``), every ONNX cell the config
+expects (``metrics.json``, export metadata) and each seed's ``latency.json`` through
+:class:`~auto_quantize_model.runs.run_root.RunRoot`; an unreadable file is noted in ``problems``, never fatal.
+A cell's latency comes from its seed's latency stage only (every file timed together), never from its evaluation.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from typing import Any
 
 from auto_quantize_model.evaluation.stats import read_eval_metrics
 from auto_quantize_model.onnx_io.verify import read_export_metadata
+from auto_quantize_model.runs import latency_keys as lk
 from auto_quantize_model.runs import metrics_keys as mk
 from auto_quantize_model.runs import summary_schema as ss
 from auto_quantize_model.runs.checkpoint_policy import BEST_ON_VAL, scored_checkpoint, scored_epoch
 from auto_quantize_model.runs.config import load_run_config
-from auto_quantize_model.runs.plan import SUMMARY_STAGE, model_name
-from auto_quantize_model.runs.run_root import RunRoot, SeedRoot, TrainRunPaths, export_metadata_path
+from auto_quantize_model.runs.plan import SUMMARY_STAGE, latency_stage_name, model_name
+from auto_quantize_model.runs.run_root import RunRoot, SeedRoot, TrainRunPaths, artifact_label, export_metadata_path
 from auto_quantize_model.runs.variants import Baseline, Variant, VariantError, parse_variants
 from auto_quantize_model.ultralytics_ext import loss_curves
 from auto_quantize_model.utils.io import read_json
@@ -40,6 +42,7 @@ class Cell:
     onnx: Path
     metrics: dict[str, Any] | None = None
     export: dict[str, Any] | None = None
+    latency: dict[str, Any] | None = None  # this file's entry in the seed's latency.json
 
     @property
     def map50_95(self) -> float | None:
@@ -59,8 +62,13 @@ class Cell:
 
     @property
     def latency_p50(self) -> float | None:
-        latency = (self.metrics or {}).get(mk.LATENCY_MS) or {}
-        return finite_number((latency.get(mk.LATENCY_PER_IMAGE) or {}).get(mk.LATENCY_STAT_P50))
+        """Median ``session.run`` ms of the latency stage (batch 1: per image)."""
+        return finite_number((self.latency or {}).get(lk.MEDIAN_MS))
+
+    @property
+    def providers(self) -> list[str] | None:
+        """The providers that ran its evaluation (``metrics.json``)."""
+        return (self.metrics or {}).get(mk.PROVIDERS)
 
 
 @dataclass
@@ -90,6 +98,7 @@ class RunView:
     cells: list[Cell] = field(default_factory=list)
     trainings: list[Training] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    latency: dict[int, dict[str, Any]] = field(default_factory=dict)  # seed -> its latency.json
 
     def cell(self, seed: int, variant: str, weights_format: str) -> Cell | None:
         return next(
@@ -181,10 +190,15 @@ def load_view(run_root: RunRoot) -> RunView:
     view = RunView(run_root, config, variants, seeds, model, problems=problems)
     for seed in seeds:
         seed_root = run_root.seed(seed)
+        latency = load_file(seed_root.latency_json, problems, run_root.root, seed_root.read_latency)
+        if latency is not None:
+            view.latency[seed] = latency
         for variant in variants:
             view.trainings.append(_load_training(seed_root, variant, problems, run_root.root))
             for weights_format in variant.weight_formats:
-                view.cells.append(_load_cell(seed_root, variant, weights_format, model, problems, run_root.root))
+                cell = _load_cell(seed_root, variant, weights_format, model, problems, run_root.root)
+                cell.latency = ((latency or {}).get(lk.FILES) or {}).get(artifact_label(variant.name, weights_format))
+                view.cells.append(cell)
     return view
 
 
@@ -248,6 +262,22 @@ def missing_items(view: RunView, state: Mapping[str, Any]) -> list[str]:
             )
         if cell.metrics is None:
             missing.append(f"seed {cell.seed} {cell.variant.name} {cell.weights_format}: not evaluated")
+    return missing + _missing_latency(view)
+
+
+def _missing_latency(view: RunView) -> list[str]:
+    """A seed without ``latency.json``, or a file its latency stage did not time."""
+    root, missing = view.run_root.root, []
+    for seed in view.seeds:
+        if seed not in view.latency:
+            path = rel_path(view.run_root.seed(seed).latency_json, root)
+            missing.append(f"seed {seed}: no {path} (stage {latency_stage_name(seed)})")
+            continue
+        missing += [
+            f"seed {seed} {cell.variant.name} {cell.weights_format}: not timed in its latency.json"
+            for cell in view.cells
+            if cell.seed == seed and cell.latency is None
+        ]
     return missing
 
 

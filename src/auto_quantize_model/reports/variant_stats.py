@@ -37,7 +37,7 @@ class VariantStats:
     baseline: str | None  # the matched baseline (summary.csv "baseline"; fp16 in files older than the column)
     ratio_to_baseline: float | None  # mean mAP50-95 / mean float32 mAP50-95 of that baseline
     onnx_mb: float | None  # mean over seeds, 1 MB = 1e6 bytes
-    latency_ms_p50: float | None  # mean over seeds of the per-image p50
+    latency_ms_p50: float | None  # mean over seeds of the latency stage's median (ms)
     val_ann_sha256: str | None
 
 

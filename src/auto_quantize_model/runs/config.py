@@ -54,6 +54,7 @@ CLI_OWNED_TRAIN_ARGS = (
     "task",
 )
 MIN_OPSET = 13  # the oldest opset with per-axis DequantizeLinear (QCDQ weights)
+MIN_LATENCY_ROUNDS = 20  # the latency stage's floor: fewer and one disturbed round moves the median
 DEVICE_PATTERN = r"cpu|mps|\d+(,\d+)*"
 
 
@@ -305,6 +306,8 @@ PROFILE_SCHEMA: dict[str, Callable[[str, Any], Any]] = {
     "eval_providers": _str_list,
     "eval_max_images": _int(1, optional=True),
     "eval_fold_weights": _bool,
+    "latency_rounds": _int(MIN_LATENCY_ROUNDS),
+    "latency_threads": _int(0),
 }
 # Keys the resolver adds; they are saved and compared but never come from a profile file.
 DERIVED_KEYS = ("profile", "recipe_sha256")

@@ -7,6 +7,7 @@ and the stages it depends on (their ``needs`` form a DAG):
     for each seed k, for each variant V (fp16 first):
         s<k>-train-V  (or s<k>-quantize-V for ptq-*)    -> R/seed-k/V/weights/<last|best>.pt
         s<k>-export-V-F, s<k>-eval-V-F  for each weight format F of V
+    s<k>-latency  (every ONNX file of seed k, timed together)  -> R/seed-k/latency.json
     summary [publish]
 
 The run's ``checkpoint_policy`` (:mod:`auto_quantize_model.runs.checkpoint_policy`) decides which checkpoint
@@ -28,7 +29,7 @@ from typing import Any
 
 from auto_quantize_model.runs.checkpoint_policy import BEST_ON_SELECTION, fp_checkpoint, scored_checkpoint
 from auto_quantize_model.runs.config import resolve_project_path
-from auto_quantize_model.runs.run_root import RunRoot, SeedRoot
+from auto_quantize_model.runs.run_root import RunRoot, SeedRoot, artifact_label
 from auto_quantize_model.runs.variants import Variant, parse_variants
 from auto_quantize_model.utils.ultralytics_env import project_root
 
@@ -85,6 +86,10 @@ def eval_stage_name(seed: int, variant: Variant, weights_format: str) -> str:
     return f"s{seed}-eval-{variant.name}-{weights_format}"
 
 
+def latency_stage_name(seed: int) -> str:
+    return f"s{seed}-latency"
+
+
 @dataclass(frozen=True)
 class _Context:
     run_root: RunRoot
@@ -111,8 +116,10 @@ def plan_stages(
             own = _variant_stages(ctx, seed, variant)
             models.append(own[0].name)
             stages += own
-    # The summary reads every evaluation and every model's records (in-training validation, what ran).
-    read = (*models, *(s.name for s in stages if "-eval-" in s.name))
+        stages.append(_latency_stage(ctx, run_root.seed(seed), variants))
+    # The summary reads every evaluation, every seed's latency and every model's records (what ran).
+    measured = (s.name for s in stages if "-eval-" in s.name or s.name.endswith("-latency"))
+    read = (*models, *measured)
     summary = _cli(ctx, "write_yolov10m_scratch_train_summary.py", {"--run-root": run_root.root})
     stages.append(StageSpec(SUMMARY_STAGE, summary, (run_root.summary_md, run_root.summary_csv), read))
     if publish:
@@ -292,3 +299,23 @@ def _eval_stage(
     outputs = (seed_root.eval_metrics(variant.name, weights_format),)
     name = eval_stage_name(seed_root.seed, variant, weights_format)
     return StageSpec(name, argv, outputs, (export.name, PREPARE_STAGE), out_dir)
+
+
+def _latency_stage(ctx: _Context, seed_root: SeedRoot, variants: list[Variant]) -> StageSpec:
+    """Every ONNX file of the seed timed in one process; planned after the seed's evaluations, so it runs alone."""
+    config, seed = ctx.config, seed_root.seed
+    flags = {
+        "--out": seed_root.latency_json,
+        "--rounds": config["latency_rounds"],
+        "--threads": config["latency_threads"],
+        "--imgsz": config["imgsz"],
+    }
+    files, needs = [], []
+    for variant in variants:
+        for weights_format in variant.weight_formats:
+            onnx = seed_root.onnx_model(model_name(config), variant.name, weights_format)
+            files.append(f"--onnx={artifact_label(variant.name, weights_format)}={onnx}")
+            needs.append(export_stage_name(seed, variant, weights_format))
+    extra = ["--fold-weights"] if config["eval_fold_weights"] else []
+    argv = _cli(ctx, "time_onnx_latency.py", flags, *files, *extra, "--providers", *config["eval_providers"])
+    return StageSpec(latency_stage_name(seed), argv, (seed_root.latency_json,), tuple(needs), seed_root.latency_json)

@@ -12,6 +12,7 @@ Layout (``R`` is the run root, ``k`` a training seed, ``V`` a variant name such 
         train_metadata.json train_config.yaml checkpoint_epochs.json [quant_scheme.json]
     R/seed-k/onnx/<model>-V-F.onnx (+ <model>-V-F.json export metadata)
     R/seed-k/eval/V-F/{metrics.json, detections.json, tensorboard/ (written by the summary)}
+    R/seed-k/latency.json   every ONNX file of the seed timed together (the latency stage)
     R/set-aside/...         work set aside by a redo or a resume, at its old relative path + .<reason>-<time>
 
 No other module builds these paths or spells these file names.
@@ -30,6 +31,7 @@ FP16_STAGE = "fp16"
 FINE_TUNE_SUFFIX = "-ft"
 DEFAULT_RUN_PARENT = Path("tmp") / "yolov10m_scratch_fp16_vs_w4a16_qat"
 SEED_DIR_PREFIX = "seed-"
+LATENCY_JSON = "latency.json"  # per seed: every ONNX file timed together (keys: runs.latency_keys)
 
 # Work moved out of the way (a --redo's old outputs, an attempt without a checkpoint, a torn checkpoint) goes under
 # this one folder of the run root, at its old relative path: kept, never deleted, and out of a TensorBoard logdir
@@ -70,6 +72,11 @@ def set_aside_path(base: Path, path: Path, label: str) -> Path:
     """Where ``path`` (inside ``base``) is set aside: ``<base>/set-aside/<its path relative to base>.<label>``."""
     relative = Path(path).relative_to(base)
     return base / SET_ASIDE_DIR / relative.parent / f"{relative.name}.{label}"
+
+
+def artifact_label(variant: str, weights_format: str) -> str:
+    """``<variant>-<format>``, e.g. ``qat-w4a16-int4``: names an evaluation folder and a file in ``latency.json``."""
+    return f"{variant}-{weights_format}"
 
 
 def export_metadata_path(onnx_path: str | os.PathLike) -> Path:
@@ -303,13 +310,24 @@ class SeedRoot:
         return self.onnx_dir / f"{model_name}-{variant}-{weights_format}.onnx"
 
     def eval_dir(self, variant: str, weights_format: str) -> Path:
-        return self.dir / "eval" / f"{variant}-{weights_format}"
+        return self.dir / "eval" / artifact_label(variant, weights_format)
 
     def eval_metrics(self, variant: str, weights_format: str) -> Path:
         return self.eval_dir(variant, weights_format) / METRICS_FILE
 
     def eval_detections(self, variant: str, weights_format: str) -> Path:
         return self.eval_dir(variant, weights_format) / DETECTIONS_FILE
+
+    @property
+    def latency_json(self) -> Path:
+        """Latency of every ONNX file of this seed, timed in one process (keys: ``runs.latency_keys``)."""
+        return self.dir / LATENCY_JSON
+
+    def read_latency(self) -> dict | None:
+        """``latency.json`` (the one reader of that file), ``None`` before the latency stage wrote it."""
+        from auto_quantize_model.utils.io import read_json
+
+        return read_json(self.latency_json) if self.latency_json.is_file() else None
 
     def eval_tensorboard_dir(self, variant: str, weights_format: str) -> Path:
         """The summary's TensorBoard record of this file's ONNX mAP, size and latency (an hparams session)."""
