@@ -428,8 +428,23 @@ def test_ambiguous_shape_needs_output_format(tmp_path, tmp_path_factory):
     assert m["output_format"] == "raw" and m["mAP50_95"] == pytest.approx(1.0, abs=1e-12)
 
 
+def test_unreadable_images_fail_the_evaluation_unless_allowed(tmp_path, tmp_path_factory):
+    """A listed image that is missing (checked before the model runs) or undecodable is an error naming the count."""
+    ds = make_dataset(tmp_path_factory.mktemp("unreadable"))
+    table = detections_table(ds, gt_detections(ds), (128, 128), "e2e")
+    model = build_table_model(tmp_path / "gt.onnx", table, (128, 128))
+    (ds.images_dir / f"{ds.image_ids[4]}.png").write_bytes(b"\x89PNG not really an image")
+    with pytest.raises(EvaluationInputError, match=rf"1 of {len(SIZES)} images listed in .* cannot be read"):
+        _evaluate(tmp_path, ds, model, "out")
+    for index in (1, 2):
+        (ds.images_dir / f"{ds.image_ids[index]}.png").unlink()
+    with pytest.raises(EvaluationInputError, match=rf"2 of {len(SIZES)} images .*--allow-missing-images"):
+        _evaluate(tmp_path, ds, model, "out")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
 def test_missing_and_corrupt_images_are_counted_skips(tmp_path, tmp_path_factory):
-    """Missing, corrupt and wrongly sized files are skipped with reasons; the rest scores 1.0 (their GT not counted)."""
+    """Allowed: missing, corrupt and wrongly sized files are skipped with reasons; the rest scores 1.0."""
     ds = make_dataset(tmp_path_factory.mktemp("skips"))
     (ds.images_dir / f"{ds.image_ids[1]}.png").unlink()
     (ds.images_dir / f"{ds.image_ids[4]}.png").write_bytes(b"\x89PNG not really an image")
@@ -438,7 +453,7 @@ def test_missing_and_corrupt_images_are_counted_skips(tmp_path, tmp_path_factory
     ds.ann_file.write_text(json.dumps(data))
     table = detections_table(ds, gt_detections(ds), (128, 128), "e2e")
     model = build_table_model(tmp_path / "gt.onnx", table, (128, 128))
-    m = _evaluate(tmp_path, ds, model, "out").metrics
+    m = _evaluate(tmp_path, ds, model, "out", allow_missing_images=True).metrics
     assert m["num_images_skipped"] == 3 and m["num_images"] == len(SIZES) - 3
     reasons = {s["image_id"]: s["reason"] for s in m["skipped"]}
     assert reasons[ds.image_ids[1]] == "missing file" and "cannot decode" in reasons[ds.image_ids[4]]

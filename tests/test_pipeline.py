@@ -7,12 +7,11 @@ alone; tests/test_runner_e2e.py runs the real CLIs.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from runner_stand_ins import ran, stand_in
 
 from auto_quantize_model.pipeline import PipelineError, run_pipeline
 from auto_quantize_model.runs.config import resolve_run_config
@@ -141,31 +140,6 @@ def test_a_gpu_profile_starts_with_the_preflight(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # Running
 # --------------------------------------------------------------------------------------------
-WRITE_OUTPUTS = """
-import json, os, sys
-from pathlib import Path
-stage, log, fail = sys.argv[1], sys.argv[2], os.environ.get("FAIL_STAGE")
-with open(log, "a") as calls:
-    calls.write(stage + "\\n")
-if stage == fail:
-    print("stand-in failure"); sys.exit(3)
-for out in sys.argv[3:]:
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(stage)
-"""
-
-
-def stand_in(stages, calls: Path):
-    return [
-        dataclasses.replace(s, argv=(sys.executable, "-c", WRITE_OUTPUTS, s.name, str(calls), *map(str, s.outputs)))
-        for s in stages
-    ]
-
-
-def ran(calls: Path) -> list[str]:
-    return calls.read_text().splitlines() if calls.exists() else []
-
-
 @pytest.fixture()
 def demo_run(tmp_path: Path):
     run_root = RunRoot(tmp_path / "run")
@@ -192,7 +166,9 @@ def test_rerun_skips_done_stages_and_a_failure_resumes_at_that_stage(demo_run, m
     assert run_pipeline(run_root, stages).ran == [] and not calls.exists()
 
 
-def test_a_deleted_artifact_is_rebuilt_with_everything_downstream(demo_run, capsys) -> None:
+def test_a_deleted_artifact_is_rebuilt_and_its_dependents_follow_only_if_it_differs(
+    demo_run, capsys, monkeypatch
+) -> None:
     run_root, config, calls = demo_run
     stages = stand_in(plan_stages(run_root, config), calls)
     run_pipeline(run_root, stages)
@@ -200,9 +176,16 @@ def test_a_deleted_artifact_is_rebuilt_with_everything_downstream(demo_run, caps
     onnx.unlink()
     calls.unlink()
     outcome = run_pipeline(run_root, stages)
-    assert ran(calls) == ["s0-export-qat-w4a16-qcdq", "s0-eval-qat-w4a16-qcdq", "s0-latency", "summary"]
-    assert outcome.redone == ran(calls)
+    assert ran(calls) == outcome.redone == ["s0-export-qat-w4a16-qcdq"]  # rebuilt the same: its eval still holds
     assert "output missing" in capsys.readouterr().out
+
+    onnx.unlink()
+    calls.unlink()
+    monkeypatch.setenv("STAND_IN_VERSION", "2")  # this time the rebuilt file differs
+    outcome = run_pipeline(run_root, stages)
+    rebuilt_and_dependents = ["s0-export-qat-w4a16-qcdq", "s0-eval-qat-w4a16-qcdq", "s0-latency", "summary"]
+    assert ran(calls) == outcome.redone == rebuilt_and_dependents
+    assert "its input s0-export-qat-w4a16-qcdq changed since it ran" in capsys.readouterr().out
 
 
 def test_a_replaced_artifact_is_noticed_by_its_sha256(demo_run) -> None:
@@ -210,11 +193,12 @@ def test_a_replaced_artifact_is_noticed_by_its_sha256(demo_run) -> None:
     stages = stand_in(plan_stages(run_root, config), calls)
     run_pipeline(run_root, stages)
     metrics = run_root.seed(0).eval_metrics("fp16", "float16")
+    original = metrics.read_text()
     metrics.write_text("edited by hand")
     calls.unlink()
     run_pipeline(run_root, stages)
-    assert ran(calls) == ["s0-eval-fp16-float16", "summary"]
-    assert metrics.read_text() == "s0-eval-fp16-float16"
+    assert ran(calls) == ["s0-eval-fp16-float16"]  # the summary was built from the original, rebuilt identical
+    assert metrics.read_text() == original
 
 
 def test_redo_reruns_a_stage_and_its_dependents_and_sets_the_old_work_aside(demo_run) -> None:

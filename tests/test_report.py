@@ -27,7 +27,7 @@ from auto_quantize_model.runs.config import resolve_run_config, save_or_check_ru
 from auto_quantize_model.runs.plan import plan_stages
 from auto_quantize_model.runs.run_root import RunRoot, export_metadata_path
 from auto_quantize_model.runs.stage_runner import update_stage_record
-from auto_quantize_model.utils.io import write_json_atomic
+from auto_quantize_model.utils.io import sha256_file, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_CLI = REPO / "scripts" / "cv-models" / "write_yolov10m_scratch_train_summary.py"
@@ -104,7 +104,7 @@ def write_cell(run_root: RunRoot, ann_file: Path, seed: int, variant: str, fmt: 
         mk.MAP50_95: value,
         mk.MAP50: min(1.0, value + 0.2),
         mk.IMAGE_IDS: image_ids,
-        mk.ANNOTATIONS: {mk.PATH: str(ann_file), mk.SHA256: "ab" * 32},
+        mk.ANNOTATIONS: {mk.PATH: str(ann_file), mk.SHA256: sha256_file(ann_file)},
         mk.LATENCY_MS: {mk.LATENCY_PER_IMAGE: {mk.LATENCY_STAT_P50: EVAL_LATENCY_MS}},
         mk.PROVIDERS: ["CPUExecutionProvider"],
         mk.SESSION: {"fold_weights": True},
@@ -373,3 +373,43 @@ def test_summary_cli_strict_fails_on_an_incomplete_root(tmp_path) -> None:
     assert subprocess.run(cli, capture_output=True).returncode == 0
     strict = subprocess.run([*cli, "--strict"], capture_output=True, text=True)
     assert strict.returncode == 1 and "missing: run config missing" in strict.stdout
+
+
+def test_an_artifact_built_from_a_changed_input_is_not_complete(tmp_path, val_annotations) -> None:
+    run_root, _ = make_run_root(tmp_path, val_annotations, seeds=(0,))
+    best = run_root.seed(0).train_run("fp16").last  # the checkpoint the demo's policy ("last") exports
+    onnx = run_root.seed(0).onnx_model("yolov10n", "fp16", "float32")
+    write_json_atomic(
+        export_metadata_path(onnx), {"weights_format": "float32", "source": {"sha256": sha256_file(best)}}
+    )
+    update_stage_record(run_root, "s0-train-fp16", outputs_sha256={str(best): sha256_file(best)})
+    update_stage_record(run_root, "s0-export-fp16-float32", inputs_sha256={"s0-train-fp16": sha256_file(best)})
+    assert write_summary(run_root).complete
+
+    best.write_bytes(b"retrained, and the redo of its dependents was cut short")  # e.g. --redo ... --stop-after
+    update_stage_record(run_root, "s0-train-fp16", outputs_sha256={str(best): sha256_file(best)})
+    result = write_summary(run_root)
+
+    assert not result.complete
+    assert any("seed 0 fp16 float32: exported from last.pt, whose bytes are changed since" in i for i in result.missing)
+    assert "stage s0-export-fp16-float32 is stale: its input s0-train-fp16 changed since it ran" in "\n".join(
+        result.missing
+    )
+    assert json.loads(run_root.summary_json.read_text())["complete"] is False
+
+
+def test_a_partially_scored_val_set_is_marked_beside_its_numbers_and_not_complete(tmp_path, val_annotations) -> None:
+    run_root, _ = make_run_root(tmp_path, val_annotations, seeds=(0,))
+    metrics_path = run_root.seed(0).eval_metrics("qat-w4a16", "qcdq")
+    metrics = json.loads(metrics_path.read_text())
+    metrics.update({mk.NUM_IMAGES: 22, mk.NUM_IMAGES_REQUESTED: 24, mk.NUM_IMAGES_SKIPPED: 2})
+    write_json_atomic(metrics_path, metrics)
+
+    result = write_summary(run_root)
+
+    text = run_root.summary_md.read_text()
+    assert "22 of 24 val images" in row(text, "qat-w4a16 (qcdq)")[2]  # the headline's seed-0 cell
+    assert any(
+        line.startswith("| qat-w4a16 | qcdq |") and "(22 of 24 val images)" in line for line in text.splitlines()
+    )
+    assert not result.complete and any("scored on 22 of 24 val images" in item for item in result.missing)

@@ -7,8 +7,9 @@ Example::
         --ann-file R/dataset/instances_val.json --images-dir R/dataset/images/val --out-dir R/seed-0/eval/fp16-float32
 
 Writes ``OUT/metrics.json`` and ``OUT/detections.json`` (see :mod:`auto_quantize_model.evaluate`).
-Exit status 2 on bad input (missing files, wrong model layout, class-count mismatch, no readable image) and when a
-requested provider does not start (``--allow-provider-fallback`` runs on what starts instead, with a warning).
+Exit status 2 on bad input (missing files, wrong model layout, class-count mismatch, a listed image that cannot
+be read unless ``--allow-missing-images``) and when a requested provider does not start
+(``--allow-provider-fallback`` runs on what starts instead, with a warning).
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--graph-optimization", choices=GRAPH_OPTIMIZATIONS, default="all", help="ONNX Runtime graph optimization level"
     )
     parser.add_argument("--workers", type=int, default=2, help="image decode threads")
+    parser.add_argument(
+        "--allow-missing-images",
+        action="store_true",
+        help="score the readable images when some listed ones are missing or undecodable (counted in metrics.json)",
+    )
     return parser
 
 
@@ -105,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.intra_op_threads, args.parallel_runs, args.graph_optimization, args.fold_weights
             ),
             allow_provider_fallback=args.allow_provider_fallback,
+            allow_missing_images=args.allow_missing_images,
         )
     except EvaluationInputError as error:
         print(f"error: {error}", file=sys.stderr)

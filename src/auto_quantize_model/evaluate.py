@@ -1,7 +1,8 @@
 """One ONNX COCO evaluator for every model of the project (FP16 baseline and QAT QCDQ alike).
 
-Pipeline per image: decode with OpenCV (a missing or undecodable file is a counted skip and a warning in
-``metrics.json``), letterbox to the model's fixed square input the way ``YOLO(onnx).val()`` does
+Pipeline per image: decode with OpenCV (a missing or undecodable file is an error, or with
+``allow_missing_images`` a counted skip and a warning in ``metrics.json``), letterbox to the model's fixed
+square input the way ``YOLO(onnx).val()`` does
 (:mod:`auto_quantize_model.onnx_io.preprocess`, ``mode="val"``; in-training validation differs: it runs
 rectangular batches), run onnxruntime, decode ``output0``, map boxes back to the original image, then score
 with COCOeval (bbox) on exactly the evaluated images.
@@ -87,6 +88,7 @@ from auto_quantize_model.evaluation.errors import EvaluationInputError
 from auto_quantize_model.evaluation.loop import (
     DecodeSettings,
     RunState,
+    check_images_exist,
     check_run,
     latency_summary,
     run_model,
@@ -177,6 +179,7 @@ def evaluate_onnx_coco(
     session_settings: SessionSettings | None = None,
     runtime: str = DEFAULT_RUNTIME,
     allow_provider_fallback: bool = False,
+    allow_missing_images: bool = False,
 ) -> EvalResult:
     """Evaluate an ONNX detector on a COCO annotation file; write ``metrics.json`` and ``detections.json``.
 
@@ -185,8 +188,9 @@ def evaluate_onnx_coco(
     standard); ``conf_prod`` is the operating point of ``at_conf_prod``; ``workers`` decode images;
     ``coco_backend`` picks the COCOeval implementation; ``session_settings`` the onnxruntime options (default:
     auto threads and parallel runs, no weight folding); ``providers`` run the model, all of them or an error
-    unless ``allow_provider_fallback``. Raises :class:`EvaluationInputError` on bad input; a missing or corrupt
-    image is skipped, counted and listed under ``warnings``.
+    unless ``allow_provider_fallback``. Raises :class:`EvaluationInputError` on bad input, and when an image the
+    annotations list is missing or cannot be decoded; with ``allow_missing_images`` such an image is skipped
+    instead, counted and listed under ``warnings`` (``num_images_skipped``).
     """
     _check_arguments(conf, iou, max_dets, conf_prod, batch, max_images, output_format, coco_backend)
     onnx_path, ann_file, images_dir, out_dir = Path(onnx_path), Path(ann_file), Path(images_dir), Path(out_dir)
@@ -197,6 +201,7 @@ def evaluate_onnx_coco(
     coco_gt = load_coco_annotations(ann_file)
     cat_ids, _ = category_table(coco_gt)
     records = select_images(coco_gt, images_dir, max_images)
+    check_images_exist(records, ann_file, allow_missing_images)
 
     t_start = time.perf_counter()
     session = open_runtime_session(
@@ -206,7 +211,7 @@ def evaluate_onnx_coco(
     settings = DecodeSettings(conf, iou, max_dets, output_format, len(cat_ids), tuple(cat_ids), str(onnx_path))
     state = run_model(session, records, settings, workers)
     loop_s = time.perf_counter() - t_loop
-    check_run(state, len(records), onnx_path, ann_file)
+    check_run(state, len(records), onnx_path, ann_file, allow_missing_images)
 
     t_eval = time.perf_counter()
     metrics = score_detections(coco_gt, state, conf_prod, coco_backend)

@@ -1,28 +1,54 @@
 """The experiment runner: run a stage plan in order, skipping, resuming and redoing stages.
 
-:func:`run_pipeline` runs the stages of :func:`~auto_quantize_model.runs.plan.plan_stages` in order
-through :func:`~auto_quantize_model.runs.stage_runner.run_stage` (``run.json`` tracking, one log per
-stage). A rerun skips stages that are done and whose recorded outputs are still there with the same
-sha256; a stage whose outputs went missing or changed is redone together with every stage downstream
-of it, and ``redo`` asks for that on purpose. Work that is redone is set aside (renamed
-``set-aside/<path>.stale-<time>``), never deleted.
+:func:`run_pipeline` runs the stages of :func:`~auto_quantize_model.runs.plan.plan_stages` in order.
+Every decision comes from ``run.json`` and the files, taken under the stage's lock
+(:func:`~auto_quantize_model.runs.stage_runner.stage_lock`), so it holds whichever process, executor
+or earlier killed run wrote them:
+
+* a stage is **done** only while its record says done, its outputs are still what it recorded and
+  the inputs it recorded (its needs' outputs, recipe, scheme file) equal what its needs hold now
+  (:mod:`auto_quantize_model.runs.provenance`); otherwise it is redone;
+* ``redo`` asks for a redo on purpose, of a stage and everything downstream of it (:func:`asked_redos`);
+  a stage whose outputs went missing or changed is redone, and its dependents with it when what it
+  rebuilds differs from what they were built from (an identical rebuild, e.g. re-linked val images,
+  keeps them);
+* a redo sets the old work aside (moved to ``set-aside/<path>.stale-<time>``, never deleted) only once
+  it holds the stage's lock: a stage running in another process is refused (:class:`StageBusy`), nothing touched;
+  a training that only lost ``best.pt`` (its ``last.pt`` intact) is rerun in place (``--resume``
+  finishes it from ``last.pt``: validate, write ``best.pt``);
+* before a stage runs, the outputs of its needs are checked again (the dataset fingerprint before
+  each evaluation): a change during the run stops it with a one-line reason.
 """
 
 from __future__ import annotations
 
+import re
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from auto_quantize_model.runs.plan import StageSpec
-from auto_quantize_model.runs.provenance import utc_now
+from auto_quantize_model.runs.provenance import input_change, output_problem, stage_inputs, utc_now
 from auto_quantize_model.runs.run_root import RunRoot
-from auto_quantize_model.runs.stage_runner import StageResult, load_run_state, run_stage, update_stage_record
-from auto_quantize_model.utils.io import sha256_file
+from auto_quantize_model.runs.stage_runner import (
+    StageResult,
+    load_run_state,
+    report_skip,
+    run_locked_stage,
+    stage_lock,
+    update_stage_record,
+)
+
+INTERRUPTED_EXIT = 128 + signal.SIGINT
 
 
 class PipelineError(RuntimeError):
     """A stage failed or a request names no stage of this run; the message says which and what to do."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -31,39 +57,39 @@ class PipelineOutcome:
 
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    redone: list[str] = field(default_factory=list)  # done stages rerun (missing/changed outputs, or asked)
+    redone: list[str] = field(default_factory=list)  # stages whose earlier work was redone (stale, or asked)
     stopped_after: str | None = None
 
 
-def stages_to_redo(run_root: RunRoot, stages: Sequence[StageSpec], redo: Sequence[str] = ()) -> dict[str, str]:
-    """``{stage: reason}`` for done stages to rerun: asked for, outputs missing or changed, or downstream of one."""
+@dataclass(frozen=True)
+class Redo:
+    """Why a stage is redone, and whether its folder stays (a training finishing from its last.pt)."""
+
+    reason: str
+    in_place: bool = False
+
+
+def nothing_built(run_root: RunRoot, stages: Sequence[StageSpec]) -> bool:
+    """No stage is done and no training has started: a changed run config may replace the saved one."""
+    records = load_run_state(run_root)["stages"]
+    trainings = {stage.name for stage in stages if stage.resume_from is not None}
+    return not any(name in trainings or record.get("status") == "done" for name, record in records.items())
+
+
+def asked_redos(stages: Sequence[StageSpec], redo: Sequence[str]) -> dict[str, str]:
+    """``{stage: reason}`` for the stages ``--redo`` reaches: each one named and everything downstream of it."""
     names = [stage.name for stage in stages]
     unknown = [name for name in redo if name not in names]
     if unknown:
-        raise PipelineError(f"--redo {', '.join(unknown)}: not a stage of this run; its stages are: {' '.join(names)}")
-    records = load_run_state(run_root)["stages"]
+        raise PipelineError(
+            f"--redo {', '.join(unknown)}: not a stage of this run; its stages are: {' '.join(names)}", exit_code=2
+        )
     reasons = {name: "asked with --redo" for name in redo}
     for stage in stages:
-        record = records.get(stage.name) or {}
-        if stage.name in reasons or record.get("status") != "done":
-            continue
-        problem = _output_problem(stage, record)
-        if problem:
-            reasons[stage.name] = problem
-        elif any(need in reasons for need in stage.needs):
-            reasons[stage.name] = f"downstream of {next(need for need in stage.needs if need in reasons)}"
+        upstream = next((need for need in stage.needs if need in reasons), None)
+        if upstream and stage.name not in reasons:
+            reasons[stage.name] = f"downstream of {upstream}, asked with --redo"
     return reasons
-
-
-def _output_problem(stage: StageSpec, record: Mapping[str, Any]) -> str | None:
-    recorded = record.get("outputs_sha256") or {}
-    for path in stage.outputs:
-        if not path.exists():
-            return f"output missing: {path}"
-        want = recorded.get(str(path))
-        if want and path.is_file() and sha256_file(path) != want:
-            return f"output changed since the stage finished: {path}"
-    return None
 
 
 def run_pipeline(
@@ -76,25 +102,21 @@ def run_pipeline(
 ) -> PipelineOutcome:
     """Run ``stages`` in order; raise :class:`PipelineError` naming the stage and its log when one fails."""
     if stop_after is not None and stop_after not in [stage.name for stage in stages]:
-        raise PipelineError(f"--stop-after {stop_after}: not a stage of this run ({' '.join(s.name for s in stages)})")
-    to_redo = stages_to_redo(run_root, stages, redo)
+        raise PipelineError(
+            f"--stop-after {stop_after}: not a stage of this run ({' '.join(s.name for s in stages)})", exit_code=2
+        )
+    asked = asked_redos(stages, redo)
+    by_name = {stage.name: stage for stage in stages}
     outcome = PipelineOutcome()
-    for stage in stages:
-        upstream = next((need for need in stage.needs if need in outcome.ran), None)
-        if stage.name not in to_redo and upstream and _is_done(run_root, stage.name):
-            to_redo[stage.name] = f"its input stage {upstream} ran again"  # e.g. the summary after an added seed
-        if stage.name in to_redo:
-            say(f"redo: stage {stage.name} ({to_redo[stage.name]})")
-            _set_aside(run_root, stage, say)
-            outcome.redone.append(stage.name)
-        result = run_stage(run_root, stage.name, list(stage.argv), outputs=list(stage.outputs))
+    for index, stage in enumerate(stages, start=1):
+        say(f"[{index}/{len(stages)}] {stage.name}{_eta(run_root, stages[index - 1 :], asked)}")
+        result, redone = _run_one(run_root, stage, by_name, asked.get(stage.name), say)
         if not result.ok:
-            raise PipelineError(_failure_message(run_root, stage, result))
-        if result.status == "skipped":
-            outcome.skipped.append(stage.name)
-        else:
-            outcome.ran.append(stage.name)
-            _record_output_hashes(run_root, stage)
+            code = INTERRUPTED_EXIT if result.exit_code == INTERRUPTED_EXIT else 1
+            raise PipelineError(_failure_message(run_root, stage, result), exit_code=code)
+        (outcome.skipped if result.status == "skipped" else outcome.ran).append(stage.name)
+        if redone:
+            outcome.redone.append(stage.name)
         if stage.name == stop_after:
             outcome.stopped_after = stage.name
             say(f"stopping after stage {stage.name} as asked (--stop-after); rerun without it to continue")
@@ -102,13 +124,70 @@ def run_pipeline(
     return outcome
 
 
-def _is_done(run_root: RunRoot, stage: str) -> bool:
-    return (load_run_state(run_root)["stages"].get(stage) or {}).get("status") == "done"
+def _run_one(
+    run_root: RunRoot, stage: StageSpec, by_name: Mapping[str, StageSpec], asked: str | None, say
+) -> tuple[StageResult, bool]:
+    """Skip, run or redo one stage, deciding under its lock; return the result and whether it was a redo."""
+    with stage_lock(run_root, stage.name) as log:
+        records = load_run_state(run_root)["stages"]
+        record = records.get(stage.name) or {}
+        redo = _redo_for(stage, record, records, asked)
+        if record.get("status") == "done" and redo is None:
+            return report_skip(run_root, stage.name, record, stage.outputs), False
+        _check_needs(run_root, stage, by_name, records)
+        if redo is not None:
+            say(f"redo: stage {stage.name} ({redo.reason})")
+            _set_aside(run_root, stage, redo, say)
+        inputs = stage_inputs(stage, records)
+        result = run_locked_stage(run_root, stage.name, stage.argv, log, outputs=stage.outputs, inputs=inputs)
+        return result, redo is not None
 
 
-def _set_aside(run_root: RunRoot, stage: StageSpec, say: Callable[[str], None]) -> None:
-    """Rename the stage's work (folder or file + its metadata) out of the way and forget its done record."""
+def _redo_for(
+    stage: StageSpec, record: Mapping[str, Any], records: Mapping[str, Any], asked: str | None
+) -> Redo | None:
+    """Why this stage's existing work is redone now, from its record and its needs' current records."""
+    if not record:
+        return None
+    if asked is not None:
+        return Redo(asked)
+    if record.get("status") != "done":
+        return None  # a failed or interrupted attempt: rerun as it is (a training resumes)
+    changed_input = input_change(stage, record, records)
+    problem = output_problem(stage, record)
+    if problem:  # a training that only lost best.pt is finished from its last.pt, in its folder
+        lost = [path for path in stage.outputs if not path.exists()]
+        rebuildable = stage.resume_from is not None and stage.resume_from.is_file() and stage.resume_from not in lost
+        return Redo(problem, in_place=bool(lost) and rebuildable and not changed_input)
+    return Redo(changed_input) if changed_input else None
+
+
+def _check_needs(
+    run_root: RunRoot, stage: StageSpec, by_name: Mapping[str, StageSpec], records: Mapping[str, Any]
+) -> None:
+    """The needs' outputs are still what they recorded (the dataset fingerprint before each evaluation)."""
+    for need in stage.needs:
+        record = records.get(need) or {}
+        problem = output_problem(by_name[need], record) if need in by_name else None
+        if record.get("status") != "done" or problem:
+            why = problem or f"it is {record.get('status', 'not run')}"
+            raise PipelineError(
+                f"stage {stage.name} not started: its input stage {need} is not usable now ({why}); "
+                "rerun the same command to redo it",
+                exit_code=2,
+            )
+
+
+def _set_aside(run_root: RunRoot, stage: StageSpec, redo: Redo, say: Callable[[str], None]) -> None:
+    """Forget the done record first, then rename the stage's work out of the way (caller holds the stage lock).
+
+    In that order a failure in between (a full disk) leaves a record that is not done: the stage reruns.
+    """
     stamp = utc_now().replace(":", "").replace("+00:00", "Z").replace("+0000", "Z")
+    update_stage_record(run_root, stage.name, status="failed", error=f"set aside for a redo at {stamp}: {redo.reason}")
+    if redo.in_place:
+        say(f"  keeping {stage.workdir}: rerunning the stage finishes it from what it saved")
+        return
     targets = [stage.workdir] if stage.workdir is not None else []
     if stage.workdir is not None and stage.workdir.suffix == ".onnx":
         targets.append(stage.workdir.with_suffix(".json"))
@@ -118,17 +197,50 @@ def _set_aside(run_root: RunRoot, stage: StageSpec, say: Callable[[str], None]) 
             moved.parent.mkdir(parents=True, exist_ok=True)
             target.rename(moved)
             say(f"  set aside {target} -> {moved}")
-    update_stage_record(run_root, stage.name, status="failed", error=f"set aside for a redo at {stamp}")
 
 
-def _record_output_hashes(run_root: RunRoot, stage: StageSpec) -> None:
-    """Remember each output file's sha256, so a later rerun notices a deleted or replaced artifact."""
-    hashes = {str(path): sha256_file(path) for path in stage.outputs if path.is_file()}
-    if hashes:
-        update_stage_record(run_root, stage.name, outputs_sha256=hashes)
+# --------------------------------------------------------------------------------------------
+# Progress: [k/N] and the whole run's ETA from the stages done so far
+# --------------------------------------------------------------------------------------------
+def _kind(stage: str) -> tuple[str, str]:
+    """``s1-train-qat-w4a16`` -> (``train-qat-w4a16``, ``train``): the same stage of another seed, and its action."""
+    rest = re.sub(r"^s\d+-", "", stage)
+    return rest, rest.split("-", 1)[0]
+
+
+def _eta(run_root: RunRoot, remaining: Sequence[StageSpec], asked: Mapping[str, str]) -> str:
+    """``" (run ETA ...)"``: the mean recorded duration of each remaining stage's kind, summed (``""``: none timed)."""
+    records = load_run_state(run_root)["stages"]
+    durations: dict[str, list[float]] = {}
+    for name, record in records.items():
+        if record.get("status") == "done" and isinstance(record.get("duration_s"), int | float):
+            for key in _kind(name):
+                durations.setdefault(key, []).append(float(record["duration_s"]))
+    if not durations:
+        return ""
+    todo = [s.name for s in remaining if s.name in asked or (records.get(s.name) or {}).get("status") != "done"]
+    timed = [_mean_duration(durations, name) for name in todo]
+    known = [seconds for seconds in timed if seconds is not None]
+    if not known:
+        return ""
+    untimed = f" + {len(todo) - len(known)} not timed yet" if len(known) < len(todo) else ""
+    return f" (run ETA ~{_duration(sum(known))} for {len(known)} stage(s) left{untimed})"
+
+
+def _mean_duration(durations: Mapping[str, list[float]], stage: str) -> float | None:
+    known = next((durations[key] for key in _kind(stage) if key in durations), None)
+    return sum(known) / len(known) if known else None
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _failure_message(run_root: RunRoot, stage: StageSpec, result: StageResult) -> str:
+    if result.exit_code == INTERRUPTED_EXIT:
+        return f"interrupted during stage {stage.name}; rerun the same command to continue (log: {result.log})"
     detail = f" ({result.message})" if result.message else ""
     return (
         f"pipeline stopped: stage {stage.name} failed with exit code {result.exit_code}{detail}. "

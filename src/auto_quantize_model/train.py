@@ -37,6 +37,7 @@ from typing import Any
 
 from auto_quantize_model.runs.checkpoint_policy import CHECKPOINTS_KEY
 from auto_quantize_model.runs.config import (
+    CLI_OWNED_TRAIN_ARGS,
     ConfigError,
     check_keys,
     dump_yaml,
@@ -57,15 +58,13 @@ from auto_quantize_model.runs.run_root import (
     qat_stage_name,
 )
 from auto_quantize_model.runs.train_checks import check_init_from, check_model, check_numbers
-from auto_quantize_model.utils.io import write_json_atomic, write_text_atomic
+from auto_quantize_model.utils.io import sha256_file, write_json_atomic, write_text_atomic
 from auto_quantize_model.utils.ultralytics_env import (
     pin_ultralytics_settings,
 )
 
 DEFAULT_HYP = Path("conf") / "cv-models" / "yolov10m" / "hyp.scratch.yaml"
 
-# Arguments the command line (or the run root) owns; a recipe file must not set them.
-CLI_OWNED_ARGS = ("model", "data", "project", "name", "exist_ok", "resume", "pretrained", "save_dir", "mode", "task")
 # The arguments that make a recipe what it says (warm-up, augmentation, schedule, optimizer), recorded as the
 # trainer ran them (Ultralytics rewrites optimizer/lr0 for optimizer=auto) in train_metadata.json "recipe".
 RECIPE_RECORD_KEYS = (
@@ -168,8 +167,8 @@ def resolve_train_args(request: TrainRequest) -> dict[str, Any]:
 
     hyp_path = resolve_project_path(request.hyp)
     recipe = load_yaml_mapping(hyp_path)
-    check_keys(recipe, DEFAULT_CFG_DICT, str(hyp_path), forbidden=CLI_OWNED_ARGS)
-    check_keys(request.overrides, DEFAULT_CFG_DICT, "--train-arg overrides", forbidden=CLI_OWNED_ARGS)
+    check_keys(recipe, DEFAULT_CFG_DICT, str(hyp_path), forbidden=CLI_OWNED_TRAIN_ARGS)
+    check_keys(request.overrides, DEFAULT_CFG_DICT, "--train-arg overrides", forbidden=CLI_OWNED_TRAIN_ARGS)
     paths = request.paths
     args = {
         **recipe,
@@ -503,6 +502,7 @@ def _write_start_records(
             "quantized": request.quantized,
             "quant_scheme": scheme.to_dict() if scheme is not None else None,
             "init_from": str(request.init_from) if request.init_from else None,
+            "init_from_sha256": previous.get("init_from_sha256", _sha256_or_none(request.init_from)),
             "seed": request.seed,
             "config": previous.get("config", args),
             "attempts": attempts,
@@ -511,6 +511,11 @@ def _write_start_records(
             "device": device_info(),
         },
     )
+
+
+def _sha256_or_none(path: Path | None) -> str | None:
+    """The starting checkpoint's sha256, recorded at the first attempt (what the summary checks it against)."""
+    return sha256_file(path) if path is not None and Path(path).is_file() else None
 
 
 def _previous_status(previous: dict[str, Any]) -> str | None:

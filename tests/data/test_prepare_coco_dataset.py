@@ -326,6 +326,7 @@ def test_leftover_staging_of_an_interrupted_run_is_replaced(source: Path, tmp_pa
     assert not (out / ".prepare-staging").exists()
     assert sorted(p.name for p in out.iterdir()) == [
         "dataset.yaml",
+        "fingerprint.json",
         "images",
         "instances_val.json",
         "labels",
@@ -364,3 +365,20 @@ def test_split_whose_readable_images_have_no_box_is_refused(source: Path, tmp_pa
         prepare_coco_dataset(source, tmp_path / "out")
     assert "2 unreadable image file(s) left out" in str(error.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_fingerprint_names_deleted_val_images_and_a_rebuild_restores_it(source: Path, tmp_path: Path) -> None:
+    from auto_quantize_model.data.fingerprint import fingerprint_problem
+
+    out = tmp_path / "out"
+    prepared = prepare_coco_dataset(source, out)
+    recorded = (out / "fingerprint.json").read_bytes()
+    assert fingerprint_problem(out) is None
+    val_links = sorted((out / "images" / "val").iterdir())
+    val_links[0].unlink()
+    assert f"val images: 1 of {prepared.counts['val'].images} missing or unreadable" in fingerprint_problem(out)
+
+    prepare_coco_dataset(source, out, overwrite=True)  # the same links again: the same fingerprint
+    assert fingerprint_problem(out) is None and (out / "fingerprint.json").read_bytes() == recorded
+    (out / "labels" / "train" / f"{TRAIN_IMAGES[0]['file_name'].rsplit('.', 1)[0]}.txt").write_text("0 0.5 0.5 1 1\n")
+    assert "labels/train changed" in fingerprint_problem(out)

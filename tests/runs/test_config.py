@@ -99,6 +99,8 @@ def test_shipped_profiles_resolve_with_their_documented_values(tmp_path: Path) -
         ({"epochz": 3}, r"--set epochz: not profile keys"),
         ({"latency_rounds": 5}, r"latency_rounds: must be >= 20, got 5"),
         ({"latency_threads": -1}, r"latency_threads: must be >= 0"),
+        ({"train_overrides": ["close_mosiac=10"]}, r"close_mosiac is not an Ultralytics argument.*close_mosaic\?"),
+        ({"train_overrides": ["data=x.yaml"]}, r"data is set by the train CLI"),
     ],
 )
 def test_invalid_values_are_refused_with_the_key_and_the_file(overrides, message) -> None:
@@ -151,6 +153,16 @@ def test_rerun_with_same_config_passes_more_seeds_are_added_and_a_change_is_refu
     assert yaml.safe_load(run_root.run_config.read_text())["seeds"] == [0, 1]
     with pytest.raises(RunConfigMismatch, match="seeds"):  # dropping a seed is a different experiment
         save_or_check_run_config(run_root, resolve_run_config("demo", {"epochs": 2, "seeds": "1"}))
+
+
+def test_a_changed_config_replaces_the_saved_one_while_nothing_was_built(tmp_path: Path) -> None:
+    run_root = RunRoot(tmp_path / "run")
+    save_or_check_run_config(run_root, resolve_run_config("demo", {"epochs": 2}))
+    changed = resolve_run_config("demo", {"epochs": 3})
+    with pytest.raises(RunConfigMismatch):
+        save_or_check_run_config(run_root, changed, nothing_built=lambda: False)
+    save_or_check_run_config(run_root, changed, nothing_built=lambda: True)
+    assert yaml.safe_load(run_root.run_config.read_text())["epochs"] == 3
 
 
 def test_an_edited_recipe_is_refused_with_the_key_named(tmp_path: Path) -> None:

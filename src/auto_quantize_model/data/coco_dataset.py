@@ -4,7 +4,7 @@ Images are never copied: ``OUT/images/<split>/`` holds absolute symlinks to the 
 and ``OUT/labels/<split>/<stem>.txt`` the YOLO labels, because Ultralytics finds a label by
 replacing ``/images/`` with ``/labels/`` in the image path it globbed (it does not resolve the
 link). Besides those the writer owns ``dataset.yaml`` (the data YAML), ``instances_val.json``
-(exactly the validation ground truth used, for the ONNX COCO evaluator) and ``provenance.json``.
+(the validation ground truth used), ``provenance.json`` and ``fingerprint.json`` (:mod:`.fingerprint`).
 
 With ``selection_images`` a selection split is carved out of the train images
 (:mod:`auto_quantize_model.data.selection_split`).
@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from auto_quantize_model.data.fingerprint import FINGERPRINT_FILE, write_fingerprint
 from auto_quantize_model.data.selection_split import (
     SELECTION_DATASET_YAML,
     SELECTION_SPLIT,
@@ -47,7 +48,7 @@ from auto_quantize_model.utils.io import (
 
 SPLITS = ("train", "val")
 DATASET_YAML = "dataset.yaml"
-_OWNED_FILES = (DATASET_YAML, SELECTION_DATASET_YAML, "instances_val.json", "provenance.json")
+_OWNED_FILES = (DATASET_YAML, SELECTION_DATASET_YAML, "instances_val.json", "provenance.json", FINGERPRINT_FILE)
 _OWNED_DIRS = ("images", "labels")
 _STAGING = ".prepare-staging"
 _TOOL = "auto_quantize_model.data.coco_dataset.prepare_coco_dataset"
@@ -159,7 +160,8 @@ def prepare_coco_dataset(
     provenance = _write_provenance(out, root, splits, caps, seed, counts, categories, corrupt, selection)
     if selection:
         _write_dataset_yaml(out, names, SELECTION_DATASET_YAML, val_split=SELECTION_SPLIT)
-    dataset_yaml = _write_dataset_yaml(out, names)  # last: its presence marks a complete dataset
+    dataset_yaml = _write_dataset_yaml(out, names)  # its presence marks a complete dataset
+    write_fingerprint(out)  # last: it covers every file above, so a later change is noticed
     return PreparedDataset(out, dataset_yaml, val_json, provenance, names, tuple(class_of), counts)
 
 

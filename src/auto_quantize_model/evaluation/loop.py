@@ -265,8 +265,8 @@ def latency_summary(values_ms: list[float]) -> dict[str, float | None]:
     return {"mean": float(arr.mean()), "p50": float(p50), "p95": float(p95), "p99": float(p99), "count": int(arr.size)}
 
 
-def check_run(state: RunState, requested: int, onnx_path: Path, ann_file: Path) -> None:
-    """Fail when no image could be evaluated; warn about dropped non-finite predictions."""
+def check_run(state: RunState, requested: int, onnx_path: Path, ann_file: Path, allow_skips: bool = False) -> None:
+    """Fail when no image could be evaluated, or any could not unless ``allow_skips``; warn about non-finite rows."""
     if state.nonfinite:
         LOGGER.warning("%s: %d prediction rows held NaN/inf and were dropped", onnx_path, state.nonfinite)
     if not state.evaluated_ids:
@@ -274,6 +274,24 @@ def check_run(state: RunState, requested: int, onnx_path: Path, ann_file: Path) 
         raise EvaluationInputError(
             f"all {requested} images were skipped ({reasons}); check --images-dir against {ann_file}"
         )
+    if state.skipped and not allow_skips:
+        raise unreadable_images_error([(s["file"], s["reason"]) for s in state.skipped], requested, ann_file)
+
+
+def check_images_exist(records: list[ImageRecord], ann_file: Path, allow_skips: bool = False) -> None:
+    """Before the model runs: every image the annotations list must be there, unless ``allow_skips``."""
+    missing = [(str(record.path), "missing file") for record in records if not record.path.is_file()]
+    if missing and not allow_skips and len(missing) < len(records):
+        raise unreadable_images_error(missing, len(records), ann_file)
+
+
+def unreadable_images_error(problems: list[tuple[str, str]], requested: int, ann_file: Path) -> EvaluationInputError:
+    """One line: how many listed images cannot be read, a few of them, and the two ways on."""
+    examples = "; ".join(f"{Path(file).name}: {reason}" for file, reason in problems[:3])
+    return EvaluationInputError(
+        f"{len(problems)} of {requested} images listed in {ann_file} cannot be read (e.g. {examples}); restore them "
+        "(the runner's prepare-data rebuilds the links) or pass --allow-missing-images to score the rest"
+    )
 
 
 def run_warnings(state: RunState) -> list[str]:

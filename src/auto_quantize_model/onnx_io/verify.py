@@ -4,7 +4,7 @@
 that rename and the stage's ``run.json`` record leaves a finished export that a plain rerun (no
 ``--overwrite``) used to refuse forever. :func:`existing_export` accepts it when it is exactly what
 the rerun would write: the metadata records the same input checkpoint sha256 and the same settings,
-the file's sha256 matches the metadata and ONNX loads and checks it. Anything else is still refused
+the file's sha256 matches the metadata and ONNX Runtime loads it. Anything else is still refused
 with the reason, unless ``--overwrite``.
 
 A quantized file whose ``.json`` sidecar is missing (copied out of its run root, or the sidecar deleted) is
@@ -132,10 +132,21 @@ def _settings(metadata: dict[str, Any], request: dict[str, Any]) -> dict[str, tu
 
 
 def _onnx_error(out: Path) -> str | None:
-    import onnx
+    """Load ``out`` the way the evaluator does: an ONNX Runtime CPU session (graph, types and shapes resolved).
 
+    Not ``onnx.checker.check_model``: it rejects the float16 file of Ultralytics' own exporter ("Nodes in a
+    graph must be topologically sorted": the input Cast is listed after its users), which ONNX Runtime
+    sorts, loads and runs, so a finished float16 export could never be accepted on a rerun.
+    """
+    import onnxruntime as ort
+
+    from auto_quantize_model.utils.errors import first_line
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
     try:
-        onnx.checker.check_model(onnx.load(str(out)))
-    except Exception as error:  # noqa: BLE001  (protobuf and the checker raise many types)
-        return f"does not load as ONNX ({type(error).__name__})"
+        ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001  (protobuf and onnxruntime raise many types)
+        return f"does not load in ONNX Runtime ({type(error).__name__}: {first_line(error)[:200]})"
     return None

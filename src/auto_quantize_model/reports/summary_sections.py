@@ -181,6 +181,8 @@ def _seed_cell(view: RunView, seed: int, variant: Variant, cell: Cell | None) ->
     notes = [f"epoch {epoch}" if epoch is not None else "epoch unknown"]
     if view.policy == BEST_ON_VAL:
         notes.append(SELECTED_ON_SCORED_NOTE)
+    if cell.partial_note:
+        notes.append(cell.partial_note.strip(" ()"))
     return f"{cell.map50_95:.4f} ({'; '.join(notes)})"
 
 
@@ -329,7 +331,7 @@ def section_onnx(view: RunView) -> list[str]:
                 _fmt(size / 1e6, 2) if size else "—",
                 _fmt(_ratio(size, base32), 3),
                 _fmt(_ratio(size, base16), 3),
-                _fmt(cell.map50_95, 4),
+                _fmt(cell.map50_95, 4) + cell.partial_note,
                 _fmt(cell.providers),
                 *(_latency_cells(cell) if latency else []),
                 session.get("fold_weights"),

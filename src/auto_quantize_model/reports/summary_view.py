@@ -49,6 +49,14 @@ class Cell:
         return finite_number((self.metrics or {}).get(mk.MAP50_95))
 
     @property
+    def partial_note(self) -> str:
+        """`` (16 of 32 val images)`` when the evaluation skipped unreadable images, else ``""``."""
+        metrics = self.metrics or {}
+        if not metrics.get(mk.NUM_IMAGES_SKIPPED):
+            return ""
+        return f" ({metrics.get(mk.NUM_IMAGES)} of {metrics.get(mk.NUM_IMAGES_REQUESTED)} val images)"
+
+    @property
     def onnx_bytes(self) -> int | None:
         return self.onnx.stat().st_size if self.onnx.is_file() else None
 

@@ -8,9 +8,11 @@ Two layers use it, each with its defaults in one place:
 * **Run profiles** (``conf/cv-models/yolov10m/profiles/<name>.yaml``): every setting of a runner
   run, no hidden defaults. :func:`resolve_run_config` applies the runner's ``--set KEY=VALUE``
   (and its named flags), checks every key, value and referenced file, and names the key, the
-  value, what is allowed and the file on error, before any stage runs.
+  value, what is allowed and the file on error, before any stage runs; ``train_overrides``
+  (``--train-arg``) are checked against Ultralytics' own argument list, with a did-you-mean.
   :func:`save_or_check_run_config` saves the result in the run root, with the sha256 of every
-  referenced recipe, under a lock; a rerun whose config (or recipe content) differs is refused.
+  referenced recipe, under a lock; a rerun whose config (or recipe content) differs is refused
+  once a training has started or any stage is done (before that, nothing was built from it).
 
 Nothing here imports torch or Ultralytics: a bad config is refused within a second.
 """
@@ -18,6 +20,7 @@ Nothing here imports torch or Ultralytics: a bad config is refused within a seco
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import hashlib
 import importlib.util
@@ -37,6 +40,19 @@ from auto_quantize_model.utils.io import write_text_atomic
 from auto_quantize_model.utils.ultralytics_env import project_root
 
 PROFILES_DIR = project_root() / "conf" / "cv-models" / "yolov10m" / "profiles"
+# Ultralytics arguments the train CLI sets from its flags or the run root; a recipe or --train-arg must not.
+CLI_OWNED_TRAIN_ARGS = (
+    "model",
+    "data",
+    "project",
+    "name",
+    "exist_ok",
+    "resume",
+    "pretrained",
+    "save_dir",
+    "mode",
+    "task",
+)
 MIN_OPSET = 13  # the oldest opset with per-axis DequantizeLinear (QCDQ weights)
 MIN_LATENCY_ROUNDS = 20  # the latency stage's floor: fewer and one disturbed round moves the median
 DEVICE_PATTERN = r"cpu|mps|\d+(,\d+)*"
@@ -215,10 +231,31 @@ def _variant_list(key: str, value: Any) -> list[str]:
 
 
 def _key_value_list(key: str, value: Any) -> list[str]:
-    # Ultralytics arguments for every training, passed on as `--train-arg KEY=VALUE`; the trainer checks the keys.
+    # Ultralytics arguments for every training, passed on as `--train-arg KEY=VALUE`.
     if not isinstance(value, list) or not all(isinstance(i, str) and re.fullmatch(r"\w+=\S.*", i) for i in value):
         raise ConfigError(f"{key}: expected a list of 'KEY=VALUE' strings (may be empty), got {value!r}")
+    for item in value:
+        check_ultralytics_arg(item.split("=", 1)[0], f"{key}: {item!r} (--train-arg)")
     return list(value)
+
+
+def ultralytics_arg_names() -> frozenset[str]:
+    """Ultralytics' own argument list (``ultralytics/cfg/default.yaml``), read without importing Ultralytics."""
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("ultralytics is not installed in this environment; run scripts/setup_venv.sh")
+    return frozenset(load_yaml_mapping(Path(next(iter(spec.submodule_search_locations))) / "cfg" / "default.yaml"))
+
+
+def check_ultralytics_arg(name: str, where: str) -> None:
+    """Refuse a name outside Ultralytics' arguments (with a did-you-mean) or one the train CLI sets itself."""
+    if name in CLI_OWNED_TRAIN_ARGS:
+        raise ConfigError(f"{where}: {name} is set by the train CLI from the run root and its flags; remove it")
+    known = ultralytics_arg_names()
+    if name not in known:
+        guesses = difflib.get_close_matches(name, sorted(known), n=2, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(guesses)}?" if guesses else ""
+        raise ConfigError(f"{where}: {name} is not an Ultralytics argument (ultralytics/cfg/default.yaml){hint}")
 
 
 def _opset(key: str, value: Any) -> int | None:
@@ -447,17 +484,21 @@ def _run_config_lock(run_root: RunRoot) -> Iterator[None]:
         yield
 
 
-def save_or_check_run_config(run_root: RunRoot, config: Mapping[str, Any]) -> RunConfigCheck:
+def save_or_check_run_config(
+    run_root: RunRoot, config: Mapping[str, Any], *, nothing_built: Callable[[], bool] = lambda: False
+) -> RunConfigCheck:
     """Save ``config`` as the run config, or refuse (:class:`RunConfigMismatch`) if a different one exists.
 
     A changed seed list is the one allowed difference when it only adds seeds: finished seeds are
-    kept and the new ones run (the saved list grows).
+    kept and the new ones run (the saved list grows). Any change is accepted (and saved) when
+    ``nothing_built()`` says no stage was built from the saved config yet (asked under the lock).
     """
     with _run_config_lock(run_root):
         saved = load_run_config(run_root)
         if saved is not None:
             differences = config_differences(saved, config)
-            if set(differences) == {"seeds"} and set(saved["seeds"]) <= set(config["seeds"]):
+            added_seeds = set(differences) == {"seeds"} and set(saved["seeds"]) <= set(config["seeds"])
+            if differences and (added_seeds or nothing_built()):
                 _write_run_config(run_root, config)
                 return RunConfigCheck(run_root.run_config, created=False)
             if differences:

@@ -20,6 +20,7 @@ what a complete run root holds.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from auto_quantize_model.runs.checkpoint_policy import BEST_ON_SELECTION, fp_checkpoint, scored_checkpoint
+from auto_quantize_model.runs.config import resolve_project_path
 from auto_quantize_model.runs.run_root import RunRoot, SeedRoot, artifact_label
 from auto_quantize_model.runs.variants import Variant, parse_variants
 from auto_quantize_model.utils.ultralytics_env import project_root
@@ -42,13 +44,21 @@ SYNTHETIC_STAGE = "make-synthetic-data"
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One tracked stage: the CLI call, the files it must produce, what it needs, what a redo sets aside."""
+    """One tracked stage: the CLI call, the files it must produce, what it is built from, what a redo sets aside.
+
+    Its inputs are the outputs of its ``needs`` and its ``input_files`` (recipe, scheme file); their sha256
+    go into the stage's ``run.json`` record when it starts (:func:`~auto_quantize_model.runs.provenance.stage_inputs`).
+    """
 
     name: str
     argv: tuple[str, ...]
     outputs: tuple[Path, ...]
     needs: tuple[str, ...] = ()
     workdir: Path | None = None  # set aside (renamed) before the stage is redone
+    input_files: tuple[tuple[str, Path], ...] = ()  # (label, path): the training recipe, a scheme file
+    fingerprint: Path | None = None  # a dataset fingerprint among the outputs: re-checked against the files
+    # A training's last.pt: while it is there, a lost output (best.pt) is rebuilt by rerunning in place (--resume).
+    resume_from: Path | None = None
 
 
 def model_name(config: Mapping[str, Any]) -> str:
@@ -100,13 +110,18 @@ def plan_stages(
     ctx = _Context(run_root, config, python or sys.executable, Path(tools))
     stages = _setup_stages(ctx)
     variants = parse_variants(list(config["variants"]))
+    models = []  # the training / quantization stage of each (seed, variant)
     for seed in config["seeds"]:
         for variant in variants:
-            stages += _variant_stages(ctx, seed, variant)
+            own = _variant_stages(ctx, seed, variant)
+            models.append(own[0].name)
+            stages += own
         stages.append(_latency_stage(ctx, run_root.seed(seed), variants))
-    measured = tuple(s.name for s in stages if "-eval-" in s.name or s.name.endswith("-latency"))
+    # The summary reads every evaluation, every seed's latency and every model's records (what ran).
+    measured = (s.name for s in stages if "-eval-" in s.name or s.name.endswith("-latency"))
+    read = (*models, *measured)
     summary = _cli(ctx, "write_yolov10m_scratch_train_summary.py", {"--run-root": run_root.root})
-    stages.append(StageSpec(SUMMARY_STAGE, summary, (run_root.summary_md, run_root.summary_csv), measured))
+    stages.append(StageSpec(SUMMARY_STAGE, summary, (run_root.summary_md, run_root.summary_csv), read))
     if publish:
         argv = _cli(ctx, "publish_run_report.py", {"--run-root": run_root.root})
         stages.append(StageSpec(PUBLISH_STAGE, argv, (), (SUMMARY_STAGE,)))
@@ -163,7 +178,9 @@ def _setup_stages(ctx: _Context) -> list[StageSpec]:
     outputs = (root.dataset_yaml, root.val_annotations)
     if config["selection_images"] is not None:
         outputs += (root.selection_dataset_yaml,)
-    stages.append(StageSpec(PREPARE_STAGE, argv, outputs, prepare_needs, root.dataset_dir))
+    outputs += (root.dataset_fingerprint,)  # last: written last, covering the files above
+    fingerprint = root.dataset_fingerprint
+    stages.append(StageSpec(PREPARE_STAGE, argv, outputs, prepare_needs, root.dataset_dir, fingerprint=fingerprint))
     return stages
 
 
@@ -212,8 +229,9 @@ def _train_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageS
     if fine_tune:
         argv += ["--init-from", str(fp_checkpoint(seed_root, policy))]
         needs.append(train_stage_name(seed_root.seed, Variant("fp")))
-    outputs = (scored_checkpoint(paths, policy),)
-    return StageSpec(train_stage_name(seed_root.seed, variant), tuple(argv), outputs, tuple(needs), paths.dir)
+    files = (("recipe", resolve_project_path(flags["--hyp"]).resolve()), *_scheme_file(variant))
+    name, outputs = train_stage_name(seed_root.seed, variant), (scored_checkpoint(paths, policy),)
+    return StageSpec(name, tuple(argv), outputs, tuple(needs), paths.dir, files, resume_from=paths.last)
 
 
 def _quantize_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageSpec:
@@ -231,7 +249,14 @@ def _quantize_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> Sta
     }
     argv = _cli(ctx, "ptq.py", flags)
     needs = (PREPARE_STAGE, train_stage_name(seed_root.seed, Variant("fp")))
-    return StageSpec(train_stage_name(seed_root.seed, variant), argv, (out,), needs, paths.dir)
+    name = train_stage_name(seed_root.seed, variant)
+    return StageSpec(name, argv, (out,), needs, paths.dir, _scheme_file(variant))
+
+
+def _scheme_file(variant: Variant) -> tuple[tuple[str, Path], ...]:
+    """The scheme JSON a quantized variant names (``qat-DIR/mixed_precision_scheme.json``), if it names a file."""
+    spec = variant.scheme_spec or ""
+    return (("scheme file", Path(spec).resolve()),) if spec.endswith(".json") or os.sep in spec else ()
 
 
 def _export_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant, weights_format: str, needs: str) -> StageSpec:

@@ -5,7 +5,7 @@ Layout (``R`` is the run root, ``k`` a training seed, ``V`` a variant name such 
 
     R/run.json, R/run_config.yaml, R/logs/<stage>.log
     R/summary.md, R/summary.csv, R/summary.json, R/*.png       (the summary stage)
-    R/dataset/{dataset.yaml, provenance.json, instances_val.json, images/, labels/}
+    R/dataset/{dataset.yaml, provenance.json, fingerprint.json, instances_val.json, images/, labels/}
         [dataset-selection.yaml, images/selection/, labels/selection/]  (checkpoint_policy best-on-selection)
     R/seed-k/V/             Ultralytics save_dir of a training (PTQ: weights/<last|best>.pt + .json beside it)
         args.yaml results.csv weights/{best,last}.pt tensorboard/ loss_curves.{csv,png}
@@ -266,6 +266,13 @@ class RunRoot:
     @property
     def dataset_provenance(self) -> Path:
         return self.dataset_dir / "provenance.json"
+
+    @property
+    def dataset_fingerprint(self) -> Path:
+        """Names, sizes and mtimes of the prepared images and hashes of the small files (prepare-data writes it)."""
+        from auto_quantize_model.data.fingerprint import FINGERPRINT_FILE  # the dataset writer (data/) names it
+
+        return self.dataset_dir / FINGERPRINT_FILE
 
     @property
     def synthetic_source_dir(self) -> Path:

@@ -104,3 +104,34 @@ def sha256_file_cached(path: Path) -> str:
         with contextlib.suppress(OSError):
             write_json_atomic(cache, {"file": path.name, "stamp": stamp, "sha256": digest})
     return digest
+
+
+def tree_entries(folder: Path) -> list[tuple[str, int, int]]:
+    """``(relative path, size, mtime_ns)`` of every file under ``folder``, sorted; symlinks are followed.
+
+    A link whose target is gone gets size and mtime ``-1`` (listed, so it counts as a change).
+    """
+    folder = Path(folder)
+    entries = []
+    for directory, _, files in os.walk(folder, followlinks=True):
+        for name in files:
+            path = Path(directory) / name
+            try:
+                stat = path.stat()
+                entries.append((path.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns))
+            except OSError:  # dangling symlink or unreadable entry
+                entries.append((path.relative_to(folder).as_posix(), -1, -1))
+    return sorted(entries)
+
+
+def entries_digest(entries: list[tuple[str, int, int]]) -> str:
+    """sha256 of a :func:`tree_entries` listing: names, sizes and mtimes, not contents (cheap on 100k files)."""
+    digest = hashlib.sha256()
+    for name, size, mtime_ns in entries:
+        digest.update(f"{name}\t{size}\t{mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def tree_digest(folder: Path) -> str:
+    """:func:`entries_digest` of everything under ``folder``."""
+    return entries_digest(tree_entries(folder))
