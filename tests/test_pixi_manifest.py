@@ -182,6 +182,15 @@ def test_check_env_task_of_each_environment(feature):
         assert words[words.index("--providers") + 1 :] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def test_tensorboard_task_runs_the_environments_tensorboard_and_the_readme_compares_two_run_roots():
+    assert shlex.split(_pixi()["tasks"]["tensorboard"]) == ["tensorboard"]
+    assert "tensorboard" in _pypi_deps("default") and "tensorboard" in _pypi_deps("rtx5090")
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"pixi run tensorboard --logdir_spec (\S+)", readme)
+    runs = dict(entry.split(":", 1) for entry in example.group(1).split(","))
+    assert len(runs) == 2 and all(path.endswith("/seed-0") for path in runs.values())  # seed folders: no set-aside/
+
+
 # --- the runner under pixi --------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ profile key ``stage_threads``) with either executor, so a stage's numbers do not
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,11 +55,13 @@ class StageReport:
     """What happened to one stage under an executor."""
 
     name: str
-    status: str  # one of FINISHED, "failed" or "blocked"
+    status: str  # one of FINISHED, "failed", "busy" (running elsewhere), "interrupted" (Ctrl-C) or "blocked"
     message: str = ""
     log: str = ""
     node: str = ""  # the Ray node id that ran it ("" locally)
     duration_s: float | None = None
+    redone: bool = False  # its earlier work was set aside and redone
+    exit_code: int = 0
 
     @property
     def finished(self) -> bool:
@@ -123,17 +126,24 @@ def stage_resources(stage: StageSpec, config: Mapping[str, Any]) -> dict[str, An
 # Local: in plan order, in this process
 # --------------------------------------------------------------------------------------------
 def run_locally(
-    stages: Sequence[StageSpec], task: StageTask, on_report: Callable[[StageReport], None], stop_after: str | None
+    stages: Sequence[StageSpec],
+    task: StageTask,
+    on_report: Callable[[StageReport], None],
+    stop_after: str | None,
+    on_start: Callable[[StageSpec], None] = lambda stage: None,
 ) -> ExecutionResult:
-    """Run ``stages`` one after another; a failure blocks only what depends on it."""
+    """Run ``stages`` one after another; a failure blocks only what depends on it, Ctrl-C stops them all."""
     result, by_name = ExecutionResult(), {}
     for stage in stages:
         upstream = [by_name[name] for name in stage.needs if name in by_name]
-        report = blocked_report(stage, upstream) or task(stage, upstream)
+        report = blocked_report(stage, upstream)
+        if report is None:
+            on_start(stage)
+            report = task(stage, upstream)
         by_name[stage.name] = report
         result.reports.append(report)
         on_report(report)
-        if stage.name == stop_after:
+        if stage.name == stop_after or report.status == "interrupted":
             break
     return result
 
@@ -146,8 +156,7 @@ def _ray_task(task: StageTask, stage: StageSpec, *upstream: StageReport) -> Stag
     import ray
 
     report = blocked_report(stage, upstream) or task(stage, upstream)
-    node = ray.get_runtime_context().get_node_id()
-    return StageReport(report.name, report.status, report.message, report.log, node, report.duration_s)
+    return dataclasses.replace(report, node=ray.get_runtime_context().get_node_id())
 
 
 @contextlib.contextmanager
