@@ -5,7 +5,7 @@ The summary refuses to call a root complete while any of these holds:
 * a done stage in ``run.json`` whose outputs changed, or whose recorded inputs differ from what its
   needs hold now (:func:`~auto_quantize_model.runs.provenance.stale_stages`);
 * an artifact's own metadata names an input that has other bytes now: an export's ``source.sha256``
-  against the checkpoint the run's policy scores, an evaluation's ONNX and annotation sha256, a
+  against the checkpoint it names, an evaluation's ONNX and annotation sha256, a
   fine-tune's starting checkpoint against the seed's ``fp16`` one (a root built by hand is checked too);
 * an evaluation that skipped unreadable val images (``--allow-missing-images``).
 """
@@ -21,6 +21,7 @@ from auto_quantize_model.runs import metrics_keys as mk
 from auto_quantize_model.runs.checkpoint_policy import fp_checkpoint, scored_checkpoint
 from auto_quantize_model.runs.plan import PUBLISH_STAGE, SUMMARY_STAGE, plan_stages
 from auto_quantize_model.runs.provenance import stale_stages
+from auto_quantize_model.runs.run_root import TrainRunPaths
 from auto_quantize_model.utils.io import sha256_file
 
 
@@ -44,10 +45,10 @@ def stale_items(view: RunView, state: Mapping[str, Any]) -> list[str]:
 def _stale_cell(view: RunView, cell: Cell, sha: Callable[[Path], str | None]) -> list[str]:
     """The export against its checkpoint, the evaluation against its ONNX and annotations, skipped images."""
     what = f"seed {cell.seed} {cell.variant.name} {cell.weights_format}"
-    checkpoint = scored_checkpoint(view.run_root.seed(cell.seed).train_run(cell.variant.name), view.policy)
+    source = (cell.export or {}).get("source") or {}
+    checkpoint = _exported_checkpoint(view.run_root.seed(cell.seed).train_run(cell.variant.name), source, view.policy)
     metrics = cell.metrics or {}
-    recorded = ((cell.export or {}).get("source") or {}).get("sha256")
-    items = _differs(recorded, checkpoint, sha, f"{what}: exported from")
+    items = _differs(source.get("sha256"), checkpoint, sha, f"{what}: exported from")
     items += _differs((metrics.get(mk.ONNX) or {}).get(mk.SHA256), cell.onnx, sha, f"{what}: evaluated")
     annotations = (metrics.get(mk.ANNOTATIONS) or {}).get(mk.SHA256)
     items += _differs(annotations, view.run_root.val_annotations, sha, f"{what}: scored on")
@@ -57,6 +58,13 @@ def _stale_cell(view: RunView, cell: Cell, sha: Callable[[Path], str | None]) ->
             "(unreadable images skipped with --allow-missing-images)"
         )
     return items
+
+
+def _exported_checkpoint(paths: TrainRunPaths, source: Mapping[str, Any], policy: str) -> Path:
+    """The training's checkpoint an export names (``last.pt``/``best.pt``; a moved run root keeps the name),
+    else the one the run's policy scores."""
+    named = source.get("checkpoint")
+    return paths.weights_dir / Path(named).name if named else scored_checkpoint(paths, policy)
 
 
 def _differs(recorded: str | None, path: Path, sha: Callable[[Path], str | None], what: str) -> list[str]:
