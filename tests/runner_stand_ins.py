@@ -9,6 +9,10 @@ Environment knobs:
 * ``FAIL_STAGE``: that stage exits 3;
 * ``STAND_IN_VERSION``: written into every file, so a rerun can produce different bytes than the last;
 * ``WAIT_STAGE`` + ``WAIT_FILE``: that stage prints ``waiting now`` and blocks until the file exists.
+
+Ray's workers keep the environment they started with, so the executor tests steer stand-ins through a
+control file beside the call log instead (``<calls>.json``: ``fail``, ``train_sleep_s``); every stand-in also
+logs the thread count it was given to ``<calls>.threads``.
 """
 
 from __future__ import annotations
@@ -18,14 +22,19 @@ import sys
 from pathlib import Path
 
 WRITE_OUTPUTS = """
-import hashlib, os, sys, time
+import hashlib, json, os, sys, time
 from pathlib import Path
 stage, log = sys.argv[1], Path(sys.argv[2])
 split = sys.argv.index("--out")
 inputs, outputs = sys.argv[3:split], sys.argv[split + 1:]
+control = json.loads(log.with_suffix(".json").read_text()) if log.with_suffix(".json").exists() else {}
 with open(log, "a") as calls:
     calls.write(stage + "\\n")
-if stage == os.environ.get("FAIL_STAGE"):
+with open(log.with_suffix(".threads"), "a") as threads:
+    threads.write(f"{stage} {os.environ.get('OMP_NUM_THREADS')}\\n")
+if "-train-" in stage:
+    time.sleep(control.get("train_sleep_s", 0))
+if stage in (os.environ.get("FAIL_STAGE"), control.get("fail")):
     print("stand-in failure"); sys.exit(3)
 if stage == os.environ.get("WAIT_STAGE"):
     print("wait" + "ing now", flush=True)  # split: the log's echo of this command must not match

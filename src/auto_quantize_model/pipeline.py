@@ -132,9 +132,10 @@ def run_pipeline(
         raise PipelineError(f"--stop-after {stop_after}: not a stage of this run ({' '.join(names)})", exit_code=2)
     asked = asked_redos(stages, redo)
     by_name = {stage.name: stage for stage in stages}
-    task = functools.partial(execute_stage, run_root, config, asked, by_name)
+    on_ray = config["executor"] == "ray"  # a Ray task carries its notes back in its report instead of printing
+    task = functools.partial(execute_stage, run_root, config, asked, by_name, None if on_ray else say)
     progress = _Progress(run_root, stages, asked, say)
-    if config["executor"] == "ray":
+    if on_ray:
         try:
             result = run_on_ray(_up_to(stages, stop_after), task, progress.finished, config, run_root.root)
         except ExecutorError as error:
@@ -153,13 +154,18 @@ def execute_stage(
     config: Mapping[str, Any],
     asked: Mapping[str, str],
     by_name: Mapping[str, StageSpec],
+    say: Callable[[str], None] | None,
     stage: StageSpec,
     upstream: Sequence[StageReport],
 ) -> StageReport:
-    """One stage under any executor: decide under its lock (skip, run, redo), run it, say what happened."""
-    on_ray = config["executor"] == "ray"
+    """One stage under any executor: decide under its lock (skip, run, redo), run it, say what happened.
+
+    ``say`` prints the runner's notes (a redo and what it set aside); ``None`` (a Ray task) keeps them for the
+    report, and the stage's output goes to its log only.
+    """
+    on_ray = say is None
     notes: list[str] = []
-    say = notes.append if on_ray else print  # a Ray worker's stdout goes nowhere useful: the report carries them
+    say = notes.append if on_ray else say
     env = {**os.environ, **thread_env(stage_threads(config, stage))}
     log = str(run_root.stage_log(stage.name))
     try:

@@ -7,14 +7,13 @@ real CLIs on Ray.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import sys
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+from runner_stand_ins import stand_in  # tests/ is on sys.path (pytest rootdir conftest)
 
 from auto_quantize_model.pipeline import PipelineError, run_pipeline
 from auto_quantize_model.runs.config import resolve_run_config
@@ -31,39 +30,16 @@ from auto_quantize_model.runs.stage_runner import load_run_state
 
 ray = pytest.importorskip("ray")
 
-# Writes the stage's outputs and logs its name with the thread count it was given. A control file next to the
-# call log (not the environment: Ray's workers keep the environment they started with) makes trainings sleep,
-# so that two of them can be seen to overlap, and fails one stage.
-STAND_IN = """
-import json, os, sys, time
-from pathlib import Path
-stage, log = sys.argv[1], sys.argv[2]
-control = json.loads(Path(log).with_suffix(".json").read_text()) if Path(log).with_suffix(".json").exists() else {}
-with open(log, "a") as calls:
-    calls.write(f"{stage} {os.environ.get('OMP_NUM_THREADS')}\\n")
-if "-train-" in stage:
-    time.sleep(control.get("train_sleep_s", 0))
-if stage == control.get("fail"):
-    print("stand-in failure"); sys.exit(3)
-for out in sys.argv[3:]:
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(stage)
-"""
-
-
-def stand_in(stages, calls: Path):
-    return [
-        dataclasses.replace(s, argv=(sys.executable, "-c", STAND_IN, s.name, str(calls), *map(str, s.outputs)))
-        for s in stages
-    ]
-
 
 def control(calls: Path, **settings) -> None:
+    """Steer the stand-ins of this run (Ray's workers do not see environment changes made after they start)."""
     calls.with_suffix(".json").write_text(json.dumps(settings))
 
 
 def calls_of(calls: Path) -> dict[str, str]:
-    return dict(line.split() for line in calls.read_text().splitlines()) if calls.exists() else {}
+    """``{stage: the OMP_NUM_THREADS its process got}`` for every stand-in that ran."""
+    threads = calls.with_suffix(".threads")
+    return dict(line.split() for line in threads.read_text().splitlines()) if threads.exists() else {}
 
 
 @pytest.fixture(scope="module")
@@ -126,11 +102,11 @@ def test_ray_failure_stops_only_its_dependents_and_either_executor_resumes(local
     assert {"s1-eval-qat-w4a16-int4", "s0-eval-fp16-float16"} <= ran  # independent chains ran to the end
     assert not any(name.startswith("s0-export-qat-w4a16") for name in ran)
     control(calls)
-    calls.unlink()
+    calls.with_suffix(".threads").unlink()
     local = {**config, "executor": "local"}
     outcome = run_pipeline(run_root, stages, config=local)  # the other executor picks up what is left
     left = {stage.name for stage in stages if stage.name.startswith("s0-") and "qat-w4a16" in stage.name}
-    assert set(calls_of(calls)) == left | {"summary"}
+    assert set(calls_of(calls)) == left | {"s0-latency", "summary"}  # the latency stage needs every s0 export
     assert "s1-train-fp16" in outcome.skipped
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_executors import stand_in  # tests/runs/ is on sys.path (pytest rootdir-relative import)
+from runner_stand_ins import stand_in  # tests/ is on sys.path (pytest rootdir conftest)
 
 from auto_quantize_model.pipeline import run_pipeline
 from auto_quantize_model.runs.config import resolve_run_config
