@@ -10,9 +10,10 @@ work per image is the most a model can cost: 300 end-to-end rows, or 30000 raw N
 How each side's work is counted (one whole call each, nothing cached between calls but the OS page cache and
 Ultralytics' label cache, which the untimed warm-up call writes):
   ours         ``evaluate_onnx_coco`` with the runner's session settings (weights folded, threads automatic):
-               annotation load, session creation + warm-up run, decode/letterbox,
-               inference, output decoding, COCOeval (backend as configured), per-class AP, the conf_prod
-               operating point, sha256 of model and annotations, detections.json + metrics.json writes.
+               annotation load, session creation (no warm-up run: each run slot's first batch is left out of
+               the latency figures instead), decode/letterbox, inference, output decoding, COCOeval (backend as
+               configured), per-class AP, the conf_prod operating point, sha256 of model and annotations (read
+               from the stamp-keyed cache beside each file after the first call), detections.json + metrics.json.
   ultralytics  ``YOLO(onnx, task="detect").val(batch=1, workers=0, plots=False, save_json=False)``: AutoBackend
                load, dataset build, warm-up, decode/letterbox, inference, postprocess, its own mAP (not COCOeval).
   bare         ``session.run`` alone over the same letterboxed inputs held in memory: ORT's default session run

@@ -297,7 +297,10 @@ def test_batching_dynamic_and_fixed(tmp_path, dataset, model_batch, batch):
     assert m["batch"] == (model_batch or batch)
     assert m["batch_source"] == ("model input" if model_batch else "argument")
     assert m["mAP50_95"] == pytest.approx(1.0, abs=1e-12)
-    assert m["latency_ms"]["per_batch"]["count"] == -(-len(SIZES) // m["batch"])
+    batches = -(-len(SIZES) // m["batch"])
+    first = m["latency_ms"][K.LATENCY_FIRST_BATCHES_EXCLUDED]
+    assert 1 <= first <= m[K.SESSION]["parallel_runs"]
+    assert m["latency_ms"]["per_batch"]["count"] == batches - first
 
 
 def test_max_images_takes_first_sorted_ids(tmp_path, dataset):
@@ -309,15 +312,22 @@ def test_max_images_takes_first_sorted_ids(tmp_path, dataset):
     assert {d["image_id"] for d in json.loads(result.detections_path.read_text())} <= set(dataset.image_ids[:3])
 
 
-def test_missing_provider_falls_back_and_is_logged(tmp_path, dataset, caplog):
-    """CUDA is absent from this onnxruntime build: a warning names it and the CPU fallback; no crash."""
+def test_missing_provider_is_an_error_unless_fallback_is_allowed(tmp_path, dataset, caplog):
+    """CUDA is absent from this onnxruntime build: asking for it fails, naming it and the flag; with the flag the
+    run falls back to CPU with a warning and metrics.json says what really ran."""
     table = detections_table(dataset, gt_detections(dataset), (128, 128), "e2e")
     model = build_table_model(tmp_path / "p.onnx", table, (128, 128))
+    cuda = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    with pytest.raises(
+        EvaluationInputError,
+        match="CUDAExecutionProvider requested but not in this onnxruntime.*--allow-provider-fallback",
+    ):
+        _evaluate(tmp_path, dataset, model, "refused", providers=cuda)
+    assert not (tmp_path / "refused").exists()
     with caplog.at_level(logging.WARNING, logger="auto_quantize_model.evaluation"):
-        m = _evaluate(
-            tmp_path, dataset, model, "out", providers=("CUDAExecutionProvider", "CPUExecutionProvider")
-        ).metrics
-    assert m["providers"] == ["CPUExecutionProvider"]
+        m = _evaluate(tmp_path, dataset, model, "out", providers=cuda, allow_provider_fallback=True).metrics
+    assert m["providers"] == ["CPUExecutionProvider"] and m[K.PROVIDERS_REQUESTED] == list(cuda)
+    assert m[K.ALLOW_PROVIDER_FALLBACK] is True
     assert any("CUDAExecutionProvider" in r.message and "falling back" in r.message for r in caplog.records)
     with pytest.raises(EvaluationInputError, match="unknown onnxruntime provider"):
         _evaluate(tmp_path, dataset, model, "out2", providers=("CUDAExecutionProvidr",))
@@ -336,7 +346,7 @@ def test_metrics_json_schema(tmp_path, dataset):
     ).split():
         assert key in on_disk, key
     assert on_disk["onnx"]["sha256"] == __import__("hashlib").sha256(model.read_bytes()).hexdigest()
-    assert set(on_disk["latency_ms"]) == {"per_batch", "per_image"}
+    assert set(on_disk["latency_ms"]) == {"per_batch", "per_image", K.LATENCY_FIRST_BATCHES_EXCLUDED}
     assert set(on_disk["per_class"]) == set(NAMES.values())
     assert on_disk["thresholds"] == {"conf": 0.001, "iou": 0.7, "max_dets": 300, "conf_prod": 0.25}
     assert on_disk[K.IMAGE_IDS] == sorted(dataset.image_ids) and on_disk[K.WARNINGS] == []
@@ -418,8 +428,23 @@ def test_ambiguous_shape_needs_output_format(tmp_path, tmp_path_factory):
     assert m["output_format"] == "raw" and m["mAP50_95"] == pytest.approx(1.0, abs=1e-12)
 
 
+def test_unreadable_images_fail_the_evaluation_unless_allowed(tmp_path, tmp_path_factory):
+    """A listed image that is missing (checked before the model runs) or undecodable is an error naming the count."""
+    ds = make_dataset(tmp_path_factory.mktemp("unreadable"))
+    table = detections_table(ds, gt_detections(ds), (128, 128), "e2e")
+    model = build_table_model(tmp_path / "gt.onnx", table, (128, 128))
+    (ds.images_dir / f"{ds.image_ids[4]}.png").write_bytes(b"\x89PNG not really an image")
+    with pytest.raises(EvaluationInputError, match=rf"1 of {len(SIZES)} images listed in .* cannot be read"):
+        _evaluate(tmp_path, ds, model, "out")
+    for index in (1, 2):
+        (ds.images_dir / f"{ds.image_ids[index]}.png").unlink()
+    with pytest.raises(EvaluationInputError, match=rf"2 of {len(SIZES)} images .*--allow-missing-images"):
+        _evaluate(tmp_path, ds, model, "out")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
 def test_missing_and_corrupt_images_are_counted_skips(tmp_path, tmp_path_factory):
-    """Missing, corrupt and wrongly sized files are skipped with reasons; the rest scores 1.0 (their GT not counted)."""
+    """Allowed: missing, corrupt and wrongly sized files are skipped with reasons; the rest scores 1.0."""
     ds = make_dataset(tmp_path_factory.mktemp("skips"))
     (ds.images_dir / f"{ds.image_ids[1]}.png").unlink()
     (ds.images_dir / f"{ds.image_ids[4]}.png").write_bytes(b"\x89PNG not really an image")
@@ -428,7 +453,7 @@ def test_missing_and_corrupt_images_are_counted_skips(tmp_path, tmp_path_factory
     ds.ann_file.write_text(json.dumps(data))
     table = detections_table(ds, gt_detections(ds), (128, 128), "e2e")
     model = build_table_model(tmp_path / "gt.onnx", table, (128, 128))
-    m = _evaluate(tmp_path, ds, model, "out").metrics
+    m = _evaluate(tmp_path, ds, model, "out", allow_missing_images=True).metrics
     assert m["num_images_skipped"] == 3 and m["num_images"] == len(SIZES) - 3
     reasons = {s["image_id"]: s["reason"] for s in m["skipped"]}
     assert reasons[ds.image_ids[1]] == "missing file" and "cannot decode" in reasons[ds.image_ids[4]]

@@ -263,6 +263,33 @@ def test_qcdq_metadata_json(qat_e2e, qat_run, prepared_dataset):
 
 
 @pytest.mark.slow
+def test_qcdq_file_carries_its_scheme_and_is_verified_without_its_sidecar(qat_run, tmp_path):
+    """The full scheme, package version, commit and export request live in the file; a rerun whose sidecar is gone
+    is checked against them (other settings still refused) and gets its sidecar back."""
+    from auto_quantize_model.onnx_io.embedded import read_provenance
+    from auto_quantize_model.quant.scheme import QuantScheme, named_scheme
+    from auto_quantize_model.utils.version import package_version
+
+    out = tmp_path / "yolov10n-qat-w4a16-qcdq.onnx"
+    first = ex.export_onnx(qat_run.paths.best, out, imgsz=IMGSZ)
+    sidecar = json.loads(first.metadata_path.read_text())
+    embedded = read_provenance(out)
+    assert QuantScheme.from_dict(embedded.quant_scheme) == named_scheme("w4a16")
+    assert embedded.quant_scheme == sidecar["quant_scheme"]
+    assert embedded.package_version == package_version() == sidecar["package_version"]
+    assert embedded.git_commit.split("-")[0] == sidecar["git"]["commit"]
+    assert embedded.export["source_sha256"] == sha256_file(qat_run.paths.best)
+    first.metadata_path.unlink()
+    with pytest.raises(ex.ExportExistsError, match=r"other settings \(imgsz\)"):
+        ex.export_onnx(qat_run.paths.best, out, imgsz=IMGSZ + 32)
+    again = ex.export_onnx(qat_run.paths.best, out, imgsz=IMGSZ)
+    assert again.already_exported and again.scheme_name == "w4a16"
+    restored = json.loads(again.metadata_path.read_text())
+    assert restored["quant_scheme"] == sidecar["quant_scheme"] and "restored_from" in restored
+    assert restored["weights_format"] == "qcdq" and restored["onnx"]["sha256"] == sidecar["onnx"]["sha256"]
+
+
+@pytest.mark.slow
 def test_ultralytics_yolo_loads_and_runs_the_qcdq_model(qat_e2e, prepared_dataset):
     from ultralytics import YOLO
 

@@ -117,7 +117,8 @@ def test_torn_last_pt_is_set_aside_and_training_resumes_from_best(prepared_datas
     assert result.status == "finished" and result.resumed and result.epochs_completed == 2
     assert attempt["state"] == "interrupted" and attempt["checkpoint"].endswith("best.pt")
     assert any("last.pt does not load" in note for note in attempt["notes"])
-    assert len(list(paths.weights_dir.glob("last.pt.corrupt-*"))) == 1  # set aside, not deleted
+    set_aside = run_root / "set-aside" / "seed-0" / "fp16" / "weights"
+    assert len(list(set_aside.glob("last.pt.corrupt-*"))) == 1  # kept, not deleted
     assert pd.read_csv(paths.results_csv)["epoch"].tolist() == [1, 2]
 
 
@@ -139,6 +140,26 @@ def test_finishing_a_saved_run_reproduces_ultralytics_final_validation(fp16_run,
     assert finished["status"] == "finished" and finished["epochs_completed"] == original["epochs_completed"]
     for key, value in original["final_metrics"].items():
         assert finished["final_metrics"][key] == pytest.approx(value, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_lost_best_pt_is_rebuilt_from_the_final_last_pt_without_training(fp16_run, prepared_dataset, tmp_path):
+    """What the runner's in-place redo of a training that lost only best.pt runs: validate, write best.pt."""
+    from auto_quantize_model.runs.checkpoints import inspect_checkpoint
+    from auto_quantize_model.train import train_stage
+
+    data = prepared_dataset.dataset_yaml
+    copy_root = tmp_path / "copy"
+    shutil.copytree(fp16_run.paths.dir, _stage_paths(copy_root, data).dir)
+    paths = _stage_paths(copy_root, data)
+    paths.best.unlink()
+
+    result = train_stage(tiny_train_request(copy_root, data, resume=True))
+
+    attempt = _metadata(paths)["attempts"][-1]
+    assert result.status == "finished" and attempt["state"] == "last-epoch-saved"
+    assert inspect_checkpoint(paths.best).stripped and _metadata(paths)["final_metrics"]
+    assert pd.read_csv(paths.results_csv)["epoch"].tolist() == [1, 2]  # no epoch was trained again
 
 
 def test_torn_checkpoint_is_detected_and_named(tmp_path):
@@ -176,6 +197,25 @@ def test_published_export_is_verified_on_rerun_not_stuck(fp16_run, tmp_path):
         handle.truncate(out.stat().st_size // 2)
     torn = _export_cli("--weights", weights, "--out", str(out), "--imgsz", "64")
     assert torn.returncode == 2 and "differs from the sha256" in torn.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("weights_format", "flags"), [("float16", ["--half"]), ("qcdq", []), ("int4", ["--weights-format", "int4"])]
+)
+def test_every_export_format_is_verified_on_rerun(request, weights_format, flags, tmp_path):
+    """What the runner asks after a kill between the ONNX write and its record: each format must verify.
+
+    The float16 file of Ultralytics' exporter fails onnx.checker ("topologically sorted"); it loads in
+    ONNX Runtime, which is how the rerun checks it.
+    """
+    run = request.getfixturevalue("fp16_run" if weights_format == "float16" else "qat_run")
+    out = tmp_path / f"yolov10n-v-{weights_format}.onnx"
+    args = ["--weights", str(run.paths.best), "--out", str(out), "--imgsz", "64", *flags]
+    first = _export_cli(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = _export_cli(*args)
+    assert again.returncode == 0 and "already exported, verified" in again.stdout, again.stderr[-2000:]
 
 
 @pytest.mark.slow

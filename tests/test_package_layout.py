@@ -15,7 +15,19 @@ PKG = ROOT / "src" / "auto_quantize_model"
 PREFIX = "auto_quantize_model"
 
 # Stage modules: one per runner stage or CLI a user runs.
-STAGES = {"train", "ptq", "onnx_ptq", "export", "evaluate", "report", "publish", "compare", "sensitivity", "pipeline"}
+STAGES = {
+    "train",
+    "ptq",
+    "onnx_ptq",
+    "export",
+    "evaluate",
+    "latency",
+    "report",
+    "publish",
+    "compare",
+    "sensitivity",
+    "pipeline",
+}
 # Subpackages from the bottom up: each may import only itself and those before it.
 LAYERS = ["utils", "quant", "data", "runs", "ultralytics_ext", "onnx_io", "evaluation", "reports", "cv_models"]
 MAX_LINES = 600

@@ -126,8 +126,14 @@ def test_pixi_and_requirements_pin_the_same_stack(env):
         "numpy",
         "pyyaml",
         "cloudpickle",
+        "ray",
     ):
         assert _version(deps[name]) == str(pins[name].specifier), f"{env}: {name}"
+
+
+def test_the_ray_extra_pins_the_requirements_version():
+    extra = Requirement(_pyproject()["project"]["optional-dependencies"]["ray"][0])
+    assert extra.name == "ray" and str(extra.specifier) == str(_requirements()["ray"].specifier)
 
 
 def test_default_environment_takes_cpu_torch_wheels_and_rtx5090_the_pypi_cuda_build():
@@ -176,6 +182,15 @@ def test_check_env_task_of_each_environment(feature):
     assert device == ("cpu" if feature == "cpu" else "0")
     if feature == "rtx5090":
         assert words[words.index("--providers") + 1 :] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_tensorboard_task_runs_the_environments_tensorboard_and_the_readme_compares_two_run_roots():
+    assert shlex.split(_pixi()["tasks"]["tensorboard"]) == ["tensorboard"]
+    assert "tensorboard" in _pypi_deps("default") and "tensorboard" in _pypi_deps("rtx5090")
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"pixi run tensorboard --logdir_spec (\S+)", readme)
+    runs = dict(entry.split(":", 1) for entry in example.group(1).split(","))
+    assert len(runs) == 2 and all(path.endswith("/seed-0") for path in runs.values())  # seed folders: no set-aside/
 
 
 # --- the runner under pixi --------------------------------------------------------------------------------

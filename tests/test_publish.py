@@ -381,14 +381,30 @@ def test_index_lists_reports_newest_first_with_their_numbers(tmp_path):
         "seeds": "0, 1, 2",
         "FP16 mAP50-95": "0.4200 ± 0.0200",
         "best quantized (mAP50-95)": "qat-w4a16 (qcdq) 0.3800 ± 0.0200",
-        "ratio to FP16": f"{0.38 / 0.42:.4f}",
+        "ratio to its baseline": f"{0.38 / 0.42:.4f} (fp16)",
         "ONNX sizes": (
             "fp16 (float32) 0.01 MB; fp16 (float16) 0.00 MB; qat-w4a16 (qcdq) 0.00 MB; qat-w4a16 (int4) 0.00 MB"
         ),
     }
-    assert rows[1]["FP16 mAP50-95"] == "0.2179" and rows[1]["ratio to FP16"] == f"{0.1902 / 0.2179:.4f}"
+    assert rows[1]["FP16 mAP50-95"] == "0.2179" and rows[1]["ratio to its baseline"] == f"{0.1902 / 0.2179:.4f} (fp16)"
     for row in rows:
         assert (dest / re.search(r"\(([^)]+)\)", row["run"]).group(1)).is_file()
+
+
+def test_a_published_report_names_its_run_root_by_repository_path_or_run_id_never_absolute(tmp_path):
+    repo = tmp_path / "repo"
+    run_root = make_run_root(repo / "tmp" / "demo-run", per_seed=True)
+    command = [f"{run_root.root}/seed-0/fp16/weights/best.pt", f"{repo.resolve()}/conf/hyp.yaml"]
+    _write(run_root.seed(0).train_run("fp16").metadata_json, json.dumps({"command": command}))
+    inside = publish_run_report(run_root, repo / "reports", repository=repo)
+    outside = publish_run_report(run_root, tmp_path / "elsewhere", "demo-copy")
+    for result, name in ((inside, "tmp/demo-run"), (outside, "demo-copy")):
+        texts = {p: p.read_text() for p in result.report_dir.rglob("*") if p.suffix in {".md", ".json", ".yaml"}}
+        assert [str(p) for p, text in texts.items() if str(run_root.root) in text] == []
+        assert json.loads((result.report_dir / MANIFEST_NAME).read_text())["source_run_root"] == name
+        assert f"- Run root: `{name}`" in texts[result.report_dir / "summary.md"]
+    metadata = json.loads((inside.report_dir / "seed-0" / "fp16" / "train_metadata.json").read_text())
+    assert metadata["command"] == ["tmp/demo-run/seed-0/fp16/weights/best.pt", "conf/hyp.yaml"]
 
 
 def test_cli_publishes_then_refuses_a_conflicting_name(tmp_path):

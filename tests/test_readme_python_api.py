@@ -13,7 +13,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a notebook user calls; the section must show each of them.
-API_FUNCTIONS = ("quantize_model(", "train_stage(", "export_onnx(", "evaluate_onnx_coco(", "write_summary(")
+API_FUNCTIONS = (
+    "quantize_model(",
+    "train_stage(",
+    "export_onnx(",
+    "evaluate_onnx_coco(",
+    "time_onnx_latency(",
+    "write_summary(",
+)
 
 
 def _python_api_blocks() -> list[str]:

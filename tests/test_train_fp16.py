@@ -51,8 +51,20 @@ def test_tensorboard_events_hold_epoch_scalars(fp16_run):
     tags = events.Tags()["scalars"]
     for tag in ("train/box_loss", "val/cls_loss", "metrics/mAP50-95(B)", "lr/pg0", "train_iter/box_loss"):
         assert tag in tags, tag
-    # one point per epoch, plus Ultralytics' final validation of best.pt at step epochs + 1
-    assert [event.step for event in events.Scalars("metrics/mAP50-95(B)")] == [1, 2, 3]
+
+
+def test_tensorboard_has_no_extra_epoch_and_logs_the_final_validation_under_its_own_tags(fp16_run):
+    """Ultralytics' final validation of best.pt used to add a point at step epochs + 1 (loss and lr repeated)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(fp16_run.paths.tensorboard_dir))
+    events.Reload()
+    epochs = list(range(1, TINY_EPOCHS + 1))
+    for tag in ("metrics/mAP50-95(B)", "train/box_loss", "lr/pg0"):
+        assert [event.step for event in events.Scalars(tag)] == epochs, tag
+    final = events.Scalars("final_val/metrics/mAP50-95(B)")
+    assert [event.step for event in final] == [TINY_EPOCHS]
+    assert "final_val/train/box_loss" not in events.Tags()["scalars"]  # training losses are not repeated
 
 
 def test_loss_curves_match_results_csv(fp16_run):
@@ -188,5 +200,5 @@ def test_attempt_without_checkpoint_is_set_aside_on_resume(prepared_dataset, tmp
     result = train_stage(tiny_train_request(tmp_path, prepared_dataset.dataset_yaml, epochs=1, resume=True))
     assert result.status == "finished"
     assert pd.read_csv(result.paths.results_csv)["epoch"].tolist() == [1]
-    (kept,) = (tmp_path / "seed-0").glob("fp16.incomplete-*")
+    (kept,) = (tmp_path / "set-aside" / "seed-0").glob("fp16.incomplete-*")
     assert (kept / "results.csv").read_text() == "epoch,time\n1,1.0\n"

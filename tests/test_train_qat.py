@@ -137,25 +137,31 @@ def test_nonfinite_loss_is_reported_with_epoch_and_batch(prepared_dataset, tmp_p
     assert trainer.aqm_nonfinite_count == 1
 
 
+# Runs Ultralytics' generated DDP file itself (as each DDP worker does), with train() replaced by a report of
+# what the rebuilt trainer holds: its class, scheme, quantized model and run callbacks.
 _DDP_WORKER = """
-import sys, json
+import json, runpy, sys
 import auto_quantize_model
-from ultralytics.utils import DEFAULT_CFG_DICT
-from ultralytics.utils.patches import torch_load
-state = torch_load(sys.argv[1], map_location="cpu")
-cfg = DEFAULT_CFG_DICT.copy()
-cfg.update(save_dir="")
-trainer = state["trainer"](cfg=cfg, overrides=state["args"], _callbacks=state["callbacks"])
-trainer.data = trainer.get_dataset()
-model = trainer.get_model(cfg=trainer.args.model, verbose=False)
 from auto_quantize_model.quant.yolov10 import quant_scheme_of, quantized_layers
-print(json.dumps({"trainer": type(trainer).__name__, "scheme": quant_scheme_of(model).name,
-                  "quantized": len(list(quantized_layers(model)))}))
+from auto_quantize_model.ultralytics_ext.callbacks import RUN_CALLBACKS
+from auto_quantize_model.ultralytics_ext.trainers import QATDetectionTrainer
+
+def report(trainer):
+    print(json.dumps({
+        "trainer": type(trainer).__name__,
+        "scheme": trainer.quant_scheme.name,
+        "model_scheme": quant_scheme_of(trainer.model).name,
+        "quantized": len(list(quantized_layers(trainer.model))),
+        "callbacks": {event: trainer.callbacks[event].count(fn) for event, fn in RUN_CALLBACKS.items()},
+    }))
+
+QATDetectionTrainer.train = report
+runpy.run_path(sys.argv[1], run_name="__main__")
 """
 
 
-def test_scheme_survives_ultralytics_ddp_relaunch(prepared_dataset, tmp_path):
-    """Build the real DDP temp file, then rebuild the trainer from it in a fresh process, as a worker does."""
+def test_scheme_and_callbacks_survive_ultralytics_ddp_relaunch(prepared_dataset, tmp_path):
+    """Build the real DDP temp file, then run it in a fresh process, as each DDP worker does."""
     from ultralytics.utils.dist import generate_ddp_file
 
     from auto_quantize_model.train import resolve_train_args
@@ -167,16 +173,16 @@ def test_scheme_survives_ultralytics_ddp_relaunch(prepared_dataset, tmp_path):
 
     request = tiny_train_request(tmp_path, prepared_dataset.dataset_yaml, quantized=True, quant_scheme="w4a16-flfp")
     trainer = QATDetectionTrainer(overrides=resolve_train_args(request), quant_scheme=named_scheme("w4a16-flfp"))
+    trainer.model = trainer.get_model(cfg=trainer.args.model, verbose=False)  # what _setup_train holds at launch
     script = generate_ddp_file(trainer)
-    state_file = script.replace(".py", ".pt")
     # Building a trainer leaves the process environment alone; train() sets the scheme for the DDP
     # launch it may do, and the launched workers inherit it.
     assert QUANT_SCHEME_ENV not in os.environ
     with _scheme_in_environment(trainer.quant_scheme):
-        done = subprocess.run(
-            [sys.executable, "-c", _DDP_WORKER, state_file], capture_output=True, text=True, check=True
-        )
+        done = subprocess.run([sys.executable, "-c", _DDP_WORKER, script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
     assert QUANT_SCHEME_ENV not in os.environ
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["trainer"] == "QATDetectionTrainer" and report["scheme"] == "w4a16-flfp"
+    assert report["trainer"] == "QATDetectionTrainer" and report["scheme"] == report["model_scheme"] == "w4a16-flfp"
     assert 0 < report["quantized"] < 107  # first conv and head prediction convs left float
+    assert set(report["callbacks"].values()) == {1}, report["callbacks"]  # every run callback, each once

@@ -7,7 +7,9 @@ Example::
         --ann-file R/dataset/instances_val.json --images-dir R/dataset/images/val --out-dir R/seed-0/eval/fp16-float32
 
 Writes ``OUT/metrics.json`` and ``OUT/detections.json`` (see :mod:`auto_quantize_model.evaluate`).
-Exit status 2 on bad input (missing files, wrong model layout, class-count mismatch, no readable image).
+Exit status 2 on bad input (missing files, wrong model layout, class-count mismatch, a listed image that cannot
+be read unless ``--allow-missing-images``) and when a requested provider does not start
+(``--allow-provider-fallback`` runs on what starts instead, with a warning).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import auto_quantize_model  # noqa: F401  (offline Ultralytics settings before a
 from auto_quantize_model.evaluate import evaluate_onnx_coco
 from auto_quantize_model.evaluation.coco import COCO_BACKENDS, DEFAULT_COCO_BACKEND
 from auto_quantize_model.evaluation.errors import EvaluationInputError
-from auto_quantize_model.evaluation.ort_session import GRAPH_OPTIMIZATIONS, SessionSettings
+from auto_quantize_model.evaluation.ort_session import FALLBACK_FLAG, GRAPH_OPTIMIZATIONS, SessionSettings
 from auto_quantize_model.evaluation.runtime import DEFAULT_RUNTIME, RUNTIMES
 from auto_quantize_model.onnx_io.contract import OUTPUT_FORMATS
 from auto_quantize_model.runs import metrics_keys as K
@@ -40,8 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--providers",
         nargs="+",
-        default=["CUDAExecutionProvider", "CPUExecutionProvider"],
-        help="ONNX Runtime execution providers in order of preference; unavailable ones are skipped with a warning",
+        default=["CPUExecutionProvider"],
+        help="onnxruntime providers, all of which must start (GPU: CUDAExecutionProvider CPUExecutionProvider)",
+    )
+    parser.add_argument(
+        FALLBACK_FLAG,
+        action="store_true",
+        help="a requested provider that is missing or fails to start is replaced by CPU (warned, recorded) "
+        "instead of being an error",
     )
     parser.add_argument("--max-images", type=int, default=None, help="first N image ids (sorted)")
     parser.add_argument("--batch", type=int, default=1, help="batch size when the model batch is dynamic")
@@ -72,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(RUNTIMES),
         default=DEFAULT_RUNTIME,
         help="what runs the ONNX file: onnxruntime (default) or openvino (CPU plugin; integer kernels for QDQ files)",
+    )
+    parser.add_argument(
+        "--allow-missing-images",
+        action="store_true",
+        help="score the readable images when some listed ones are missing or undecodable (counted in metrics.json)",
     )
     return parser
 
@@ -105,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.intra_op_threads, args.parallel_runs, args.graph_optimization, args.fold_weights
             ),
             runtime=args.runtime,
+            allow_provider_fallback=args.allow_provider_fallback,
+            allow_missing_images=args.allow_missing_images,
         )
     except EvaluationInputError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -2,7 +2,7 @@
 """Turn a COCO-format source into an Ultralytics detection dataset (images symlinked, never copied).
 
 Usage: prepare_coco_dataset.py --source-root datasets/coco2017/source-data --out-dir OUT
-       [--max-train-images N --max-val-images M --seed K --overwrite]
+       [--max-train-images N --max-val-images M --selection-images S --seed K --overwrite]
 """
 
 from __future__ import annotations
@@ -26,7 +26,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-ann", default="annotations/instances_val2017.json", help="validation annotations")
     parser.add_argument("--max-train-images", type=int, default=None, help="keep a seeded random subset of N images")
     parser.add_argument("--max-val-images", type=int, default=None, help="keep a seeded random subset of M images")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the subsets")
+    parser.add_argument(
+        "--selection-images",
+        type=int,
+        default=None,
+        help="carve S train images into a selection split (images/selection, dataset-selection.yaml) for choosing "
+        "checkpoints without the val images",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subsets and the selection split")
     parser.add_argument("--overwrite", action="store_true", help="replace the dataset files in a non-empty --out-dir")
     return parser.parse_args(argv)
 
@@ -44,17 +51,15 @@ def main(argv: list[str] | None = None) -> int:
             val_ann=args.val_ann,
             max_train_images=args.max_train_images,
             max_val_images=args.max_val_images,
+            selection_images=args.selection_images,
             seed=args.seed,
             overwrite=args.overwrite,
         )
     except DatasetError as error:
         print(f"prepare_coco_dataset: error: {error}", file=sys.stderr)
         return 2
-    train, val = result.counts["train"], result.counts["val"]
-    print(
-        f"wrote {result.dataset_yaml}: {len(result.names)} classes, train {train.images} images / "
-        f"{train.boxes_written} boxes, val {val.images} images / {val.boxes_written} boxes"
-    )
+    splits = ", ".join(f"{name} {c.images} images / {c.boxes_written} boxes" for name, c in result.counts.items())
+    print(f"wrote {result.dataset_yaml}: {len(result.names)} classes, {splits}")
     return 0
 
 

@@ -43,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = publish_run_report(
-            args.run_root, args.dest, args.name, allow_partial=args.allow_partial, max_bytes=int(args.max_mb * 1e6)
+            args.run_root,
+            args.dest,
+            args.name,
+            allow_partial=args.allow_partial,
+            max_bytes=int(args.max_mb * 1e6),
+            repository=REPO_ROOT,
         )
     except PublishError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -13,23 +13,29 @@ exits with the command's exit code (1 if it exited 0 without writing an ``--outp
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import signal
 import sys
 from pathlib import Path
 
 from auto_quantize_model.runs.run_root import RunRoot
 from auto_quantize_model.runs.stage_runner import StageBusy, run_stage
+from auto_quantize_model.utils.cli import HelpFormatter, add_version_flag, cli_main, say
+from auto_quantize_model.utils.errors import os_error_line
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Split at the first ``--``: our options before it, the stage's command after it."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        usage="%(prog)s --run-root R --stage NAME [--output PATH ...] -- CMD [ARGS...]",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+    )
+    add_version_flag(parser)
     parser.add_argument("--run-root", required=True, type=Path, help="experiment run root")
     parser.add_argument("--stage", required=True, help="stage name (run.json key and log file name)")
     parser.add_argument("--output", action="append", default=[], type=Path, help="file the stage must create")
     if "--" not in argv:
+        parser.parse_args(argv)  # --help (exit 0) and bad options are answered first
         parser.error("missing '--' before the stage command")
     split = argv.index("--")
     args = parser.parse_args(argv[:split])
@@ -37,20 +43,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not args.command:
         parser.error("no command after '--'")
     return args
-
-
-def _say(line: str) -> None:
-    """One line on stderr; a closed stderr is no reason for a traceback."""
-    with contextlib.suppress(OSError):
-        print(line, file=sys.stderr, flush=True)
-
-
-def _silence_broken_stdout() -> None:
-    """Python flushes stdout at exit; a closed pipe there would print 'Exception ignored ... BrokenPipeError'."""
-    try:
-        sys.stdout.flush()
-    except OSError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,22 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_stage(RunRoot(args.run_root), args.stage, args.command, outputs=args.output)
     except StageBusy as error:
-        _say(f"error: {error}")
+        say(f"error: {error}", err=True)
         return 75  # EX_TEMPFAIL: try again once the other run ends
     except ValueError as error:  # bad stage name, unreadable run.json
-        _say(f"error: {error}")
+        say(f"error: {error}", err=True)
         return 2
     except OSError as error:  # e.g. a full disk before the stage could start or be recorded
-        where = getattr(error, "filename", None) or args.run_root
-        _say(f"FAILED: stage {args.stage}: {error.strerror or error} ({where})")
+        say(f"FAILED: stage {args.stage}: {os_error_line(error, args.run_root)}", err=True)
         return 1
-    finally:
-        _silence_broken_stdout()
     if not result.ok:
         detail = f": {result.message}" if result.message else ""
-        _say(f"FAILED: stage {args.stage} (exit code {result.exit_code}){detail}; log: {result.log}")
+        say(f"FAILED: stage {args.stage} (exit code {result.exit_code}){detail}; log: {result.log}", err=True)
     return result.exit_code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli_main(main)

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Train YOLOv10 from scratch as an FP16/AMP baseline (``fp16``) or as Brevitas W4A16 QAT (``qat-w4a16``).
 
-Artifacts go to ``<run-root>/seed-<seed>/fp16/`` or ``<run-root>/seed-<seed>/qat-<scheme>[-ft]/``.
-A finished stage is never
+Artifacts go to ``<run-root>/seed-<seed>/fp16[-ft]/`` or ``<run-root>/seed-<seed>/qat-<scheme>[-ft]/``
+(``-ft``: initialised from an FP checkpoint with ``--init-from``). A finished stage is never
 overwritten; ``--resume`` continues an interrupted one from ``last.pt``.
 
 Examples:
   train_yolov10m_scratch_fp16_vs_w4a16_qat_brevitas.py fp16 --run-root R --data R/dataset/dataset.yaml
+  train_yolov10m_scratch_fp16_vs_w4a16_qat_brevitas.py fp16 --run-root R --data R/dataset/dataset.yaml \
+      --hyp conf/cv-models/yolov10m/hyp.finetune.yaml --epochs 20 --init-from R/seed-0/fp16/weights/last.pt
   train_yolov10m_scratch_fp16_vs_w4a16_qat_brevitas.py qat-w4a16 --run-root R --data R/dataset/dataset.yaml \
       --quant-scheme w4a16-fl8 [--init-from R/seed-0/fp16/weights/best.pt]
 """
@@ -59,7 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_version_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
-    _common_flags(sub.add_parser("fp16", help="FP16/AMP baseline", formatter_class=HelpFormatter))
+    fp16 = sub.add_parser("fp16", help="FP16/AMP baseline", formatter_class=HelpFormatter)
+    _common_flags(fp16)
+    fp16.add_argument(
+        "--init-from", type=Path, help="fine-tune this FP checkpoint without quantizing it (the stage is fp16-ft)"
+    )
     qat = sub.add_parser("qat-w4a16", help="Brevitas W4A16 quantization-aware training", formatter_class=HelpFormatter)
     _common_flags(qat)
     qat.add_argument(
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RunExistsError, FileNotFoundError) as error:  # ConfigError and scheme errors are ValueErrors
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{result.stage}: {result.status}; best.pt at {result.paths.best}")
+    print(f"{result.stage}: {result.status}; checkpoints in {result.paths.weights_dir}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """One ONNX COCO evaluator for every model of the project (FP16 baseline and QAT QCDQ alike).
 
-Pipeline per image: decode with OpenCV (a missing or undecodable file is a counted skip and a warning in
-``metrics.json``), letterbox to the model's fixed square input the way ``YOLO(onnx).val()`` does
+Pipeline per image: decode with OpenCV (a missing or undecodable file is an error, or with
+``allow_missing_images`` a counted skip and a warning in ``metrics.json``), letterbox to the model's fixed
+square input the way ``YOLO(onnx).val()`` does
 (:mod:`auto_quantize_model.onnx_io.preprocess`, ``mode="val"``; in-training validation differs: it runs
 rectangular batches), run onnxruntime, decode ``output0``, map boxes back to the original image, then score
 with COCOeval (bbox) on exactly the evaluated images.
@@ -38,12 +39,18 @@ Class index ``i`` is the ``i``-th category of the annotation file sorted by id.
 * ``per_class`` {name: {category_id, AP50_95, AP50, num_gt}} from ``eval['precision']`` (area all, 100 dets);
 * ``at_conf_prod`` {conf, iou, precision, recall, f1, tp, fp, fn, num_gt, method}: see :func:`operating_point`;
 * ``latency_ms`` {per_batch, per_image}: {mean, p50, p95, p99, count} of ``session.run`` alone under the
-  ``session`` settings (after one untimed warm-up run; per image = batch time / real images in the batch;
-  with ``parallel_runs > 1`` runs overlap, so this is latency under that load), ``images_per_s`` over the
-  whole loop (decode, letterbox, inference, decoding), ``timing_s`` {setup, inference_loop, cocoeval};
+  ``session`` settings (per image = batch time / real images in the batch; with ``parallel_runs > 1`` runs
+  overlap, so this is latency under that load). There is no warm-up run: each run slot's first batch pays the
+  first-run allocations and is left out of these figures (``first_batches_excluded``). A run root's latency
+  column comes from the latency stage (:mod:`auto_quantize_model.latency`), not from here.
+  ``images_per_s`` over the whole loop (decode, letterbox, inference, decoding), ``timing_s`` {setup,
+  inference_loop, cocoeval};
 * ``session`` {intra_op_threads, parallel_runs, graph_optimization, fold_weights, allow_spinning};
-* provenance: ``onnx`` {path, sha256}, ``annotations`` {path, sha256}, ``images_dir``, ``providers_requested``,
-  ``providers`` (``session.get_providers()``), ``output_format``, ``nms``, ``imgsz`` (+ ``imgsz_source``),
+* provenance: ``onnx`` {path, sha256, quant_scheme, package_version, git_commit, provenance_source} (the scheme
+  from the export's ``.json`` sidecar, else from the file's own ``metadata_props``), ``annotations`` {path,
+  sha256} (both sha256 cached across runs by file stamp: ``utils.io.sha256_file_cached``), ``images_dir``,
+  ``providers_requested``, ``providers`` (``session.get_providers()``: a requested provider that does not start
+  is an error unless ``allow_provider_fallback``), ``output_format``, ``nms``, ``imgsz`` (+ ``imgsz_source``),
   ``batch`` (+ ``batch_source``), ``letterbox``, ``thresholds`` {conf, iou, max_dets, conf_prod}, ``cocoeval``,
   ``versions``, ``detections_json``.
 
@@ -81,11 +88,11 @@ from auto_quantize_model.evaluation.errors import EvaluationInputError
 from auto_quantize_model.evaluation.loop import (
     DecodeSettings,
     RunState,
+    check_images_exist,
     check_run,
     latency_summary,
     run_model,
     run_warnings,
-    warmup,
 )
 from auto_quantize_model.evaluation.ort_session import SessionSettings
 from auto_quantize_model.evaluation.runtime import (
@@ -95,11 +102,14 @@ from auto_quantize_model.evaluation.runtime import (
     runtime_record,
 )
 from auto_quantize_model.onnx_io.contract import OUTPUT_FORMATS
+from auto_quantize_model.onnx_io.embedded import commit_label, parse_provenance
 from auto_quantize_model.onnx_io.preprocess import (
     LETTERBOX_MODE,
 )
+from auto_quantize_model.onnx_io.verify import read_export_metadata
 from auto_quantize_model.runs import metrics_keys as K
-from auto_quantize_model.utils.io import sha256_file, write_json_atomic, write_text_atomic
+from auto_quantize_model.runs.run_root import export_metadata_path
+from auto_quantize_model.utils.io import sha256_file_cached, write_json_atomic, write_text_atomic
 
 LOGGER = logging.getLogger(__name__)
 
@@ -161,7 +171,7 @@ def evaluate_onnx_coco(
     out_dir: str | Path,
     *,
     imgsz: int | tuple[int, int] = 640,
-    providers: Sequence[str] = ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    providers: Sequence[str] = ("CPUExecutionProvider",),
     max_images: int | None = None,
     batch: int = 1,
     conf: float = 0.001,
@@ -173,6 +183,8 @@ def evaluate_onnx_coco(
     coco_backend: str = DEFAULT_COCO_BACKEND,
     session_settings: SessionSettings | None = None,
     runtime: str = DEFAULT_RUNTIME,
+    allow_provider_fallback: bool = False,
+    allow_missing_images: bool = False,
 ) -> EvalResult:
     """Evaluate an ONNX detector on a COCO annotation file; write ``metrics.json`` and ``detections.json``.
 
@@ -180,8 +192,10 @@ def evaluate_onnx_coco(
     layout; ``max_dets`` caps detections per image (COCOeval itself scores the best 100 per image, the COCO
     standard); ``conf_prod`` is the operating point of ``at_conf_prod``; ``workers`` decode images;
     ``coco_backend`` picks the COCOeval implementation; ``session_settings`` the onnxruntime options (default:
-    auto threads and parallel runs, no weight folding). Raises :class:`EvaluationInputError` on bad input; a
-    missing or corrupt image is skipped, counted and listed under ``warnings``.
+    auto threads and parallel runs, no weight folding); ``providers`` run the model, all of them or an error
+    unless ``allow_provider_fallback``. Raises :class:`EvaluationInputError` on bad input, and when an image the
+    annotations list is missing or cannot be decoded; with ``allow_missing_images`` such an image is skipped
+    instead, counted and listed under ``warnings`` (``num_images_skipped``).
     """
     _check_arguments(conf, iou, max_dets, conf_prod, batch, max_images, output_format, coco_backend)
     onnx_path, ann_file, images_dir, out_dir = Path(onnx_path), Path(ann_file), Path(images_dir), Path(out_dir)
@@ -192,27 +206,31 @@ def evaluate_onnx_coco(
     coco_gt = load_coco_annotations(ann_file)
     cat_ids, _ = category_table(coco_gt)
     records = select_images(coco_gt, images_dir, max_images)
+    check_images_exist(records, ann_file, allow_missing_images)
 
     t_start = time.perf_counter()
-    session = open_runtime_session(runtime, onnx_path, providers, session_settings, imgsz, batch)
-    warmup(session)
+    session = open_runtime_session(
+        runtime, onnx_path, providers, session_settings, imgsz, batch, allow_provider_fallback
+    )
     t_loop = time.perf_counter()
     settings = DecodeSettings(conf, iou, max_dets, output_format, len(cat_ids), tuple(cat_ids), str(onnx_path))
     state = run_model(session, records, settings, workers)
     loop_s = time.perf_counter() - t_loop
-    check_run(state, len(records), onnx_path, ann_file)
+    check_run(state, len(records), onnx_path, ann_file, allow_missing_images)
 
     t_eval = time.perf_counter()
     metrics = score_detections(coco_gt, state, conf_prod, coco_backend)
     eval_s = time.perf_counter() - t_eval
     thresholds = {"conf": conf, "iou": iou, "max_dets": max_dets, "conf_prod": conf_prod}
     metrics.update(_run_description(onnx_path, ann_file, images_dir, session, state, providers, thresholds))
+    metrics[K.ALLOW_PROVIDER_FALLBACK] = allow_provider_fallback
     metrics[K.VERSIONS] = _versions(coco_backend)
     metrics[K.SESSION] = session.describe()
     metrics[K.RUNTIME] = runtime_record(runtime, session)
     metrics[K.LATENCY_MS] = {
         K.LATENCY_PER_BATCH: latency_summary(state.batch_ms),
         K.LATENCY_PER_IMAGE: latency_summary(state.image_ms),
+        K.LATENCY_FIRST_BATCHES_EXCLUDED: state.first_batches,
     }
     metrics[K.IMAGES_PER_S] = len(state.evaluated_ids) / loop_s if loop_s > 0 else None
     metrics[K.TIMING_S] = {"setup": t_loop - t_start, "inference_loop": loop_s, "cocoeval": eval_s}
@@ -253,8 +271,12 @@ def _run_description(
     io_spec = session.io
     return {
         K.SCHEMA_VERSION: METRICS_SCHEMA_VERSION,
-        K.ONNX: {K.PATH: str(onnx_path.resolve()), K.SHA256: sha256_file(onnx_path)},
-        K.ANNOTATIONS: {K.PATH: str(ann_file.resolve()), K.SHA256: sha256_file(ann_file)},
+        K.ONNX: {
+            K.PATH: str(onnx_path.resolve()),
+            K.SHA256: sha256_file_cached(onnx_path),
+            **_model_provenance(onnx_path, session.model_metadata()),
+        },
+        K.ANNOTATIONS: {K.PATH: str(ann_file.resolve()), K.SHA256: sha256_file_cached(ann_file)},
         K.IMAGES_DIR: str(images_dir.resolve()),
         K.PROVIDERS_REQUESTED: list(requested),
         K.PROVIDERS: session.devices(),
@@ -276,6 +298,31 @@ def _run_description(
             "recall_points": 101,
             "null_means": "no ground truth in that range",
         },
+    }
+
+
+def _model_provenance(onnx_path: Path, metadata_props: dict[str, str]) -> dict[str, Any]:
+    """Scheme, package version and commit of the file: from its export sidecar, else from its ``metadata_props``."""
+    sidecar = export_metadata_path(onnx_path)
+    try:
+        record = read_export_metadata(onnx_path)
+    except ValueError as error:
+        LOGGER.warning("%s; reading the model's own metadata instead", error)
+        record = None
+    if record is not None:
+        git = record.get("git") or {}
+        return {
+            K.ONNX_QUANT_SCHEME: record.get("quant_scheme"),
+            K.ONNX_PACKAGE_VERSION: record.get("package_version"),
+            K.ONNX_GIT_COMMIT: commit_label(git.get("commit"), git.get("dirty")),
+            K.ONNX_PROVENANCE_SOURCE: f"sidecar {sidecar.name}",
+        }
+    embedded = parse_provenance(metadata_props)
+    return {
+        K.ONNX_QUANT_SCHEME: embedded.quant_scheme if embedded else None,
+        K.ONNX_PACKAGE_VERSION: embedded.package_version if embedded else None,
+        K.ONNX_GIT_COMMIT: embedded.git_commit if embedded else None,
+        K.ONNX_PROVENANCE_SOURCE: "onnx metadata_props" if embedded else None,
     }
 
 

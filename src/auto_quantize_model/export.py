@@ -10,11 +10,13 @@ Both kinds of Ultralytics ``.pt`` checkpoint become an ONNX model with input ``i
   gets the model preparation the Ultralytics exporter does (:func:`prepare_for_export`) and is then written as
   Brevitas QCDQ: int8 weight initializers -> ``Clip`` to the signed narrow range of their bit width -> per-channel
   ``DequantizeLinear``, one chain per quantized conv. The Ultralytics ``metadata_props`` are added so ``YOLO(onnx)``
-  loads it like an Ultralytics export.
+  loads it like an Ultralytics export, and the project's own (:mod:`auto_quantize_model.onnx_io.embedded`: the full
+  scheme, package version, commit, source checkpoint and export request) so the file says how it was quantized
+  without its sidecar.
 * A checkpoint that also quantizes activations (W8A8, W4A8; kind ``qat-qdq``) is exported the same way, its
-  activation quantizers becoming ``QuantizeLinear -> DequantizeLinear`` pairs; ``--weights-format qdq`` then drops
-  the weight Clips that are identities (:mod:`~auto_quantize_model.onnx_io.qdq`), which integer runtimes need, and
-  the metadata records which share of the conv MACs OpenVINO's CPU plugin runs in int8 (``openvino``).
+  activation quantizers becoming ``QuantizeLinear -> DequantizeLinear`` pairs; ``--weights-format qdq`` then folds
+  the weight Clips into the codes and stores the activations as uint8 (:mod:`~auto_quantize_model.onnx_io.qdq`),
+  which OpenVINO needs, and the metadata records which share of the conv MACs its CPU plugin runs in int8.
 
 Every export writes ``<stem>.json`` beside the ``.onnx`` (source checkpoint and its sha256, scheme, opset, layout,
 class names, preprocessing, sizes, versions, Q/DQ/Clip counts and, with ``validate=True``, the ONNX Runtime vs
@@ -35,6 +37,7 @@ import numpy as np
 
 from auto_quantize_model.onnx_io import validation as checks
 from auto_quantize_model.onnx_io.contract import INPUT_NAME, OUTPUT_FORMATS, OUTPUT_NAME, PAD_VALUE
+from auto_quantize_model.onnx_io.embedded import provenance_props
 from auto_quantize_model.onnx_io.graph import GraphSummary, expected_output_shape, inspect_onnx
 from auto_quantize_model.onnx_io.model_prep import (
     _is_quantized,
@@ -70,6 +73,7 @@ from auto_quantize_model.runs.env_check import require_single_onnxruntime
 from auto_quantize_model.runs.provenance import command_line, git_state, package_versions, utc_now
 from auto_quantize_model.runs.run_root import export_metadata_path
 from auto_quantize_model.utils.io import atomic_output, sha256_file, write_json_atomic
+from auto_quantize_model.utils.version import package_version
 
 LOGGER = logging.getLogger(__name__)
 
@@ -124,8 +128,13 @@ def export_onnx(
     plan = checks.plan_validation(val_images, ckpt, weights, val_max_images, settings) if validate else None
     # The reference is the checkpoint's model as saved (unfused): the check then also covers the fuse step.
     reference = checks.reference_outputs(checks.unfused_reference_model(model, settings), plan) if plan else None
+    props: dict[str, Any] = {}  # metadata_props of a QCDQ/INT4 file (the Ultralytics exporter writes the FP ones)
     if kind in QUANT_KINDS:
         model = prepare_for_export(model, settings.imgsz, settings.end2end, settings.dynamic_batch)
+        props = {
+            **ultralytics_metadata(model, settings, ckpt),
+            **provenance_props(scheme, sha256_file(weights), settings, validate),
+        }
     with tempfile.TemporaryDirectory(prefix=f".{out.stem}.export-", dir=_ensure_dir(out.parent)) as work:
         staged = Path(work) / out.name
         int4 = qdq = None
@@ -134,9 +143,9 @@ def export_onnx(
         elif settings.weights_format == WEIGHTS_INT4:
             int4 = _export_int4(model, staged, settings, ckpt)
         elif settings.weights_format == WEIGHTS_QDQ:
-            qdq = _export_qdq(model, staged, settings, ckpt)
+            qdq = _export_qdq(model, staged, settings, props)
         else:
-            _export_qcdq(model, staged, settings, ckpt)
+            _export_qcdq(model, staged, settings, props)
         graph = inspect_onnx(staged)
         want = expected_output_shape(settings, len(model.names), model.stride.tolist())
         output_shape = _check_contract(staged, graph, settings.imgsz, want)
@@ -221,8 +230,9 @@ def _export_fp(weights: Path, staged: Path, settings: ExportSettings) -> None:
         raise RuntimeError(f"Ultralytics wrote {written}, expected {staged}")
 
 
-def _export_qcdq(model: Any, staged: Path, settings: ExportSettings, ckpt: dict[str, Any]) -> None:
-    """QAT checkpoint, already through :func:`prepare_for_export`: Brevitas QCDQ via the TorchScript exporter.
+def _export_qcdq(model: Any, staged: Path, settings: ExportSettings, props: dict[str, Any]) -> None:
+    """QAT checkpoint, already through :func:`prepare_for_export`: Brevitas QCDQ via the TorchScript exporter,
+    then ``props`` added to the file's ``metadata_props``.
 
     ``dynamo=False``: the dynamo path stores float weights -> Q -> Clip -> DQ (4x larger), lists
     initializers as inputs and leaves a ``.onnx.data`` file. ``keep_initializers_as_inputs=False``
@@ -247,7 +257,7 @@ def _export_qcdq(model: Any, staged: Path, settings: ExportSettings, ckpt: dict[
     )
     proto = onnx.load(str(staged))
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
-    for key, value in ultralytics_metadata(model, settings, ckpt).items():
+    for key, value in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, str(value)
     onnx.save(proto, str(staged))
@@ -278,12 +288,12 @@ def _check_weights_format(weights_format: str, kind: str, weights: Path) -> str:
     return weights_format
 
 
-def _export_qdq(model: Any, staged: Path, settings: ExportSettings, ckpt: dict[str, Any]) -> Any:
+def _export_qdq(model: Any, staged: Path, settings: ExportSettings, props: dict[str, Any]) -> Any:
     """Brevitas QCDQ export beside ``staged``, then its weight Clips folded into the codes (checked) onto ``staged``."""
     from auto_quantize_model.onnx_io.qdq import integer_runtime_qdq_file
 
     qcdq = staged.with_name(f"{staged.stem}.qcdq.onnx")
-    _export_qcdq(model, qcdq, settings, ckpt)
+    _export_qcdq(model, qcdq, settings, props)
     check = np.random.default_rng(0).random((1, 3, *settings.imgsz), dtype=np.float32)
     try:
         return integer_runtime_qdq_file(qcdq, staged, check)
@@ -312,12 +322,12 @@ def _add_integer_runtime_metadata(metadata: dict[str, Any], staged: Path, qdq: A
     )
 
 
-def _export_int4(model: Any, staged: Path, settings: ExportSettings, ckpt: dict[str, Any]) -> Any:
+def _export_int4(model: Any, staged: Path, settings: ExportSettings, props: dict[str, Any]) -> Any:
     """Brevitas QCDQ export beside ``staged``, then the checked QCDQ -> INT4 rewrite onto ``staged``."""
     from auto_quantize_model.onnx_io.int4 import INT4_OPSET, convert_qcdq_file_to_int4
 
     qcdq = staged.with_name(f"{staged.stem}.qcdq.onnx")
-    _export_qcdq(model, qcdq, settings, ckpt)
+    _export_qcdq(model, qcdq, settings, props)
     check = np.random.default_rng(0).random((1, 3, *settings.imgsz), dtype=np.float32)
     try:
         return convert_qcdq_file_to_int4(qcdq, staged, opset=max(INT4_OPSET, settings.opset), check_inputs=check)
@@ -471,6 +481,7 @@ def _export_metadata(
             "Clip": graph.op_counts.get("Clip", 0),
             "weight_qdq_by_bit_width": graph.weight_qdq_bits,
         },
+        "package_version": package_version(),
         "versions": package_versions(),
         "git": git_state(),
         "command": command_line(),

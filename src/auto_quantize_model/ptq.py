@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from auto_quantize_model.runs.provenance import command_line, git_state, package_versions, utc_now
-from auto_quantize_model.utils.io import atomic_output, write_json_atomic
+from auto_quantize_model.utils.io import atomic_output, sha256_file, write_json_atomic
 
 
 class PTQInputError(ValueError):
@@ -225,7 +225,11 @@ def quantize_checkpoint(request: PTQRequest) -> PTQResult:
     metadata = {
         "created_at": utc_now(),
         "kind": "ptq" if request.quant_scheme is not None else "bn-recalib",
-        "source": {"checkpoint": str(request.weights.resolve()), "train_args_data": train_args.get("data")},
+        "source": {
+            "checkpoint": str(request.weights.resolve()),
+            "sha256": sha256_file(request.weights),  # what the summary checks the fp16 best.pt against
+            "train_args_data": train_args.get("data"),
+        },
         "checkpoint": str(request.out.resolve()),
         "quant_scheme": scheme.to_dict(),
         "layer_counts": counts,

@@ -39,6 +39,7 @@ from auto_quantize_model.reports.publish_files import (
 )
 from auto_quantize_model.reports.publish_index import INDEX_NAME, write_index
 from auto_quantize_model.reports.publish_links import render_summary
+from auto_quantize_model.reports.publish_paths import PathRewrite
 from auto_quantize_model.reports.summary_json import read_summary_json
 from auto_quantize_model.runs import summary_schema as ss
 from auto_quantize_model.runs.run_root import SUMMARY_MD, RunRoot
@@ -150,8 +151,12 @@ def publish_run_report(
     *,
     allow_partial: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    repository: Path | None = None,
 ) -> PublishResult:
     """Copy the light artifacts of ``run_root`` into ``dest/<run_id>/`` and regenerate ``dest/README.md``.
+
+    Absolute paths in the copied text files become portable (:mod:`~auto_quantize_model.reports.publish_paths`):
+    the run root relative to ``repository`` when it lies inside it, else by ``run_id``.
 
     Cheap checks (completeness, size cap, conflicting light files) run before the left-behind files are
     hashed; nothing is written until every check has passed.
@@ -166,8 +171,10 @@ def publish_run_report(
         raise PublishError(f"destination {dest} lies inside the run root {run_root.root}; pick a --dest outside it")
     plan = plan_publish(run_root)
 
+    rewrite = PathRewrite.for_report(run_root, run_id, repository)
     report_files: dict[str, bytes | Path] = {rel: run_root.root / rel for rel in plan.copied}
     report_files[SUMMARY_MD] = render_summary(plan, run_id, partial=not status.complete).encode("utf-8")
+    report_files = rewrite.files(report_files)
     sizes = {rel: len(src) if isinstance(src, bytes) else src.stat().st_size for rel, src in report_files.items()}
     check_size_cap(sizes, max_bytes, run_root)
     report_dir = dest / run_id
@@ -177,7 +184,7 @@ def publish_run_report(
         if differ:
             raise _conflict(report_dir, differ)
 
-    manifest = manifest_bytes(build_manifest(plan, run_id, status, report_files))
+    manifest = rewrite.apply_bytes(manifest_bytes(build_manifest(plan, run_id, status, report_files)))
     report_files[MANIFEST_NAME] = manifest
     total = check_size_cap({**sizes, MANIFEST_NAME: len(manifest)}, max_bytes, run_root)
     created = not report_dir.exists()

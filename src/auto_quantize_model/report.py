@@ -9,7 +9,9 @@ Numbers of the shared ONNX evaluator (``metrics.json``) and of Ultralytics' in-t
 (``results.csv``) are kept in separate tables: different pipelines, not comparable cell by cell.
 Everything is read from the run root through :class:`~auto_quantize_model.runs.run_root.RunRoot` and the
 producers' key constants (:mod:`metrics_keys`, :mod:`summary_schema`); a half-finished run root gives
-a summary that names what is missing, and ``summary.json`` says ``complete: false`` then.
+a summary that names what is missing, and ``summary.json`` says ``complete: false`` then; so does a root
+holding an artifact built from something that has changed since, or scored on part of the val set
+(:mod:`auto_quantize_model.reports.freshness`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from auto_quantize_model.reports.freshness import stale_items
 from auto_quantize_model.reports.plots import write_map_comparison_plot
 from auto_quantize_model.reports.summary_csv import summary_csv_text
 from auto_quantize_model.reports.summary_json import summary_record
@@ -33,6 +36,7 @@ from auto_quantize_model.reports.summary_sections import (
     section_validator,
 )
 from auto_quantize_model.reports.summary_view import load_view, missing_items, summary_rows
+from auto_quantize_model.reports.tensorboard import write_onnx_tensorboard
 from auto_quantize_model.runs.run_root import RunRoot
 from auto_quantize_model.runs.stage_runner import load_run_state
 from auto_quantize_model.utils.io import write_json_atomic, write_text_atomic
@@ -67,9 +71,10 @@ def write_summary(run_root: RunRoot) -> SummaryResult:
         + section_dataset(view)
         + section_stages(view, state)
     )
-    missing = missing_items(view, state)
+    missing = missing_items(view, state) + stale_items(view, state)
     text = "\n".join(section_header(view, missing) + headline + sections + section_missing(missing)).rstrip() + "\n"
     write_text_atomic(run_root.summary_csv, summary_csv_text(summary_rows(view)))
     write_json_atomic(run_root.summary_json, summary_record(view, missing))
-    write_text_atomic(run_root.summary_md, text)  # last: its presence means the other two are current
+    write_text_atomic(run_root.summary_md, text)  # its presence means summary.csv and summary.json are current
+    write_onnx_tensorboard(view)
     return SummaryResult(run_root.summary_md, missing, run_root.summary_csv, run_root.summary_json)

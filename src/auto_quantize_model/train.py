@@ -1,4 +1,4 @@
-"""Training stage: FP16/AMP baseline and W4A16 QAT, from scratch or from an FP checkpoint.
+"""Training stage: FP16/AMP baseline and W4A16 QAT, from scratch or fine-tuned from an FP checkpoint.
 
 ``train_stage`` resolves the recipe (``conf/.../hyp.scratch.yaml``) plus command-line values
 into Ultralytics arguments, guards the stage folder (a finished run is never overwritten, an
@@ -8,7 +8,8 @@ reproduce the run.
 A stage folder is in one of four states (:class:`StageState`, decided by :func:`plan_stage`):
 
 * ``fresh``: nothing to continue. No folder, or leftovers without an intact checkpoint (an
-  attempt killed before its first save), which are set aside as ``<stage>.incomplete-<time>/``.
+  attempt killed before its first save), which are set aside as
+  ``<run root>/set-aside/seed-<k>/<stage>.incomplete-<time>/``.
 * ``interrupted``: an intact checkpoint that can resume (``last.pt``, else ``best.pt``):
   Ultralytics continues from its next epoch.
 * ``last-epoch-saved``: the final epoch's checkpoint (or one ``strip_optimizer`` already ran on)
@@ -17,7 +18,7 @@ A stage folder is in one of four states (:class:`StageState`, decided by :func:`
   stripped as ``final_eval`` does, final validation on ``best.pt``, outcome recorded from it.
 * ``finished``: ``train_metadata.json`` says finished and ``best.pt`` exists. Never redone.
 
-A torn checkpoint (fails to load) is renamed ``<name>.corrupt-<time>`` beside itself and the
+A torn checkpoint (fails to load) is moved to ``set-aside/.../<name>.corrupt-<time>`` and the
 choice (which checkpoint, what was set aside) goes into the log and the attempt's record in
 ``train_metadata.json``. Checkpoints are written atomically (:mod:`auto_quantize_model.runs.checkpoints`),
 so a torn one only comes from outside (older code, a copy, a failing disk).
@@ -34,7 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from auto_quantize_model.runs.checkpoint_policy import CHECKPOINTS_KEY
 from auto_quantize_model.runs.config import (
+    CLI_OWNED_TRAIN_ARGS,
     ConfigError,
     check_keys,
     dump_yaml,
@@ -49,21 +52,34 @@ from auto_quantize_model.runs.provenance import (
     utc_now,
 )
 from auto_quantize_model.runs.run_root import (
-    FP16_STAGE,
     RunRoot,
     TrainRunPaths,
+    fp_stage_name,
     qat_stage_name,
 )
 from auto_quantize_model.runs.train_checks import check_init_from, check_model, check_numbers
-from auto_quantize_model.utils.io import write_json_atomic, write_text_atomic
+from auto_quantize_model.utils.io import sha256_file, write_json_atomic, write_text_atomic
 from auto_quantize_model.utils.ultralytics_env import (
     pin_ultralytics_settings,
 )
 
 DEFAULT_HYP = Path("conf") / "cv-models" / "yolov10m" / "hyp.scratch.yaml"
 
-# Arguments the command line (or the run root) owns; a recipe file must not set them.
-CLI_OWNED_ARGS = ("model", "data", "project", "name", "exist_ok", "resume", "pretrained", "save_dir", "mode", "task")
+# The arguments that make a recipe what it says (warm-up, augmentation, schedule, optimizer), recorded as the
+# trainer ran them (Ultralytics rewrites optimizer/lr0 for optimizer=auto) in train_metadata.json "recipe".
+RECIPE_RECORD_KEYS = (
+    "optimizer",
+    "lr0",
+    "lrf",
+    "cos_lr",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "warmup_bias_lr",
+    "mosaic",
+    "close_mosaic",
+    "nbs",
+)
 
 
 class RunExistsError(RuntimeError):
@@ -118,12 +134,13 @@ class TrainRequest:
 
     @property
     def stage(self) -> str:
-        """``fp16``, ``qat-<scheme>``, or ``qat-<scheme>-ft`` when initialised from an FP checkpoint."""
+        """``fp16`` or ``qat-<scheme>``; ``fp16-ft`` or ``qat-<scheme>-ft`` when initialised from an FP checkpoint."""
+        fine_tune = self.init_from is not None
         if not self.quantized:
-            return FP16_STAGE
+            return fp_stage_name(fine_tune)
         from auto_quantize_model.quant.scheme import resolve_scheme
 
-        return qat_stage_name(resolve_scheme(self.quant_scheme).name, fine_tune=self.init_from is not None)
+        return qat_stage_name(resolve_scheme(self.quant_scheme).name, fine_tune)
 
     @property
     def paths(self) -> TrainRunPaths:
@@ -150,8 +167,8 @@ def resolve_train_args(request: TrainRequest) -> dict[str, Any]:
 
     hyp_path = resolve_project_path(request.hyp)
     recipe = load_yaml_mapping(hyp_path)
-    check_keys(recipe, DEFAULT_CFG_DICT, str(hyp_path), forbidden=CLI_OWNED_ARGS)
-    check_keys(request.overrides, DEFAULT_CFG_DICT, "--train-arg overrides", forbidden=CLI_OWNED_ARGS)
+    check_keys(recipe, DEFAULT_CFG_DICT, str(hyp_path), forbidden=CLI_OWNED_TRAIN_ARGS)
+    check_keys(request.overrides, DEFAULT_CFG_DICT, "--train-arg overrides", forbidden=CLI_OWNED_TRAIN_ARGS)
     paths = request.paths
     args = {
         **recipe,
@@ -190,7 +207,7 @@ def train_stage(request: TrainRequest) -> TrainResult:
         return _finish_saved_stage(request, paths, plan)
     resuming = plan.state is StageState.INTERRUPTED
     if not resuming:
-        check_init_from(request.init_from)  # before the trainer creates the stage folder
+        check_init_from(request.init_from, float_stage=not request.quantized)  # before the stage folder exists
     args = _resume_args(request, paths, plan.checkpoint) if resuming else resolve_train_args(request)
     if resuming:
         _trim_results_csv(paths, plan.checkpoint)
@@ -199,7 +216,8 @@ def train_stage(request: TrainRequest) -> TrainResult:
     _write_start_records(request, paths, args, resuming, scheme, plan)
     with _failure_recorded(paths):
         trainer.train()
-    _update_metadata(paths, status="finished", finished_at=utc_now(), **_training_outcome(trainer))
+    outcome = {**_training_outcome(trainer), **_checkpoint_records(paths, request.data)}
+    _update_metadata(paths, status="finished", finished_at=utc_now(), **outcome)
     return _result(request, paths, status="finished", resumed=resuming)
 
 
@@ -263,8 +281,8 @@ def _plan_from_checkpoints(paths: TrainRunPaths) -> StagePlan:
         if info.intact:
             intact.append(info)
         elif path.is_file():
-            moved = set_aside(path, _stamp())
-            notes.append(f"{path.name} does not load ({info.error}); set aside as {moved.name}")
+            moved = set_aside(path, paths.corrupt_checkpoint(path, _stamp()))
+            notes.append(f"{path.name} does not load ({info.error}); set aside as {moved}")
     for info in intact:
         if info.final_epoch_saved:
             notes.append(f"{info.path.name} holds the final epoch; finishing the stage without training")
@@ -273,7 +291,7 @@ def _plan_from_checkpoints(paths: TrainRunPaths) -> StagePlan:
             notes.append(f"resuming from {info.path.name} (epoch {info.epoch + 1} of {info.epochs} saved)")
             return StagePlan(StageState.INTERRUPTED, info.path, tuple(notes))
     target = _set_aside(paths)
-    notes.append(f"no checkpoint to resume from; moved the attempt to {target.name} and starting fresh")
+    notes.append(f"no checkpoint to resume from; moved the attempt to {target} and starting fresh")
     return StagePlan(StageState.FRESH, None, tuple(notes))
 
 
@@ -309,6 +327,7 @@ def _set_aside(paths: TrainRunPaths) -> Path:
     Ultralytics appends to an existing results.csv and TensorBoard would mix both attempts' events.
     """
     target = paths.incomplete_dir(_stamp())
+    target.parent.mkdir(parents=True, exist_ok=True)
     paths.dir.rename(target)
     return target
 
@@ -359,6 +378,7 @@ def _finish_saved_stage(request: TrainRequest, paths: TrainRunPaths, plan: Stage
         epochs_completed = _strip_like_final_eval(paths)
         outcome = _validate_best(paths, request)
     outcome["epochs_completed"] = epochs_completed or inspect_checkpoint(paths.best).epochs
+    outcome.update(_checkpoint_records(paths, request.data))
     _update_metadata(paths, status="finished", finished_at=utc_now(), **outcome)
     return _result(request, paths, status="finished", resumed=True)
 
@@ -406,6 +426,7 @@ def _validate_best(paths: TrainRunPaths, request: TrainRequest) -> dict[str, Any
     fitness = (ckpt.get("train_metrics") or {}).get("fitness")
     return {
         "quantization": _quantization_record(paths),
+        "recipe": recipe_record(train_args),
         "best_fitness": float(fitness) if fitness is not None else None,
         "nonfinite_losses": _count_lines(paths.nonfinite_log),
         "final_metrics": {key: float(value) for key, value in metrics.items()},
@@ -481,6 +502,7 @@ def _write_start_records(
             "quantized": request.quantized,
             "quant_scheme": scheme.to_dict() if scheme is not None else None,
             "init_from": str(request.init_from) if request.init_from else None,
+            "init_from_sha256": previous.get("init_from_sha256", _sha256_or_none(request.init_from)),
             "seed": request.seed,
             "config": previous.get("config", args),
             "attempts": attempts,
@@ -489,6 +511,11 @@ def _write_start_records(
             "device": device_info(),
         },
     )
+
+
+def _sha256_or_none(path: Path | None) -> str | None:
+    """The starting checkpoint's sha256, recorded at the first attempt (what the summary checks it against)."""
+    return sha256_file(path) if path is not None and Path(path).is_file() else None
 
 
 def _previous_status(previous: dict[str, Any]) -> str | None:
@@ -505,13 +532,39 @@ def _update_metadata(paths: TrainRunPaths, **fields: Any) -> None:
 def _training_outcome(trainer) -> dict[str, Any]:
     best = trainer.best_fitness
     report = getattr(trainer, "quantization_report", None)  # absent for FP and in a DDP parent
+    recipe = recipe_record(vars(trainer.args))
+    if getattr(trainer, "train_loader", None) is not None:  # absent in the parent of a DDP launch
+        recipe["warmup_iterations"] = int(trainer._get_warmup_iterations(len(trainer.train_loader)))
     return {
         "quantization": report.to_dict() if report is not None else None,
+        "recipe": recipe,
         "epochs_completed": int(trainer.epoch) + 1,
         "best_fitness": float(best) if best is not None else None,
         "nonfinite_losses": int(getattr(trainer, "aqm_nonfinite_count", 0)),
         "precision": training_precision(trainer),
         "final_metrics": {key: float(value) for key, value in (trainer.metrics or {}).items()},
+    }
+
+
+def recipe_record(args: dict[str, Any]) -> dict[str, Any]:
+    """The recipe arguments a training ran with (see RECIPE_RECORD_KEYS), from the trainer's final args."""
+    return {key: args.get(key) for key in RECIPE_RECORD_KEYS}
+
+
+def _checkpoint_records(paths: TrainRunPaths, data: Path) -> dict[str, Any]:
+    """``{"checkpoints": {"last": {"epoch"}, "best": {"epoch", "chosen_on"}}}`` for train_metadata.json.
+
+    The epochs come from the save callback's ``checkpoint_epochs.json`` (the .pt files lose theirs when
+    stripped); ``chosen_on`` is the data YAML's ``val:`` split, where Ultralytics' fitness picked best.pt.
+    """
+    epochs = paths.read_checkpoint_epochs()
+    val = load_yaml_mapping(Path(data)).get("val")
+    chosen_on = Path(str(val)).name if isinstance(val, str) else str(val)
+    return {
+        CHECKPOINTS_KEY: {
+            "last": {"epoch": epochs.get("last")},
+            "best": {"epoch": epochs.get("best"), "chosen_on": chosen_on},
+        }
     }
 
 

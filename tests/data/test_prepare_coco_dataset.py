@@ -182,6 +182,39 @@ def test_subset_is_seeded_sorted_and_matches_val_json(tmp_path: Path) -> None:
     assert first.counts["val"].boxes_written == len(expected)  # synthetic boxes are all trainable
 
 
+def test_selection_split_is_carved_from_train_seeded_recorded_and_loadable(tmp_path: Path) -> None:
+    from ultralytics.data.utils import check_det_dataset
+
+    first = _prepare_synthetic(tmp_path, "a", selection_images=4, seed=1)
+    again = _prepare_synthetic(tmp_path, "b", selection_images=4, seed=1)
+    other = _prepare_synthetic(tmp_path, "c", selection_images=4, seed=2)
+
+    def stems(result, split: str) -> set[str]:
+        return {p.stem for p in (result.out_dir / "images" / split).iterdir()}
+
+    chosen = json.loads(first.provenance.read_text())["splits"]["selection"]
+    source = json.loads((tmp_path / "synthetic/annotations/instances_train2017.json").read_text())
+    stem_of = {image["id"]: Path(image["file_name"]).stem for image in source["images"]}
+    # Its ids are recorded, it holds exactly those images, and they left the train split.
+    assert chosen["carved_from"] == "train" and len(chosen["image_ids"]) == 4
+    assert stems(first, "selection") == {stem_of[i] for i in chosen["image_ids"]}
+    assert not stems(first, "selection") & stems(first, "train")
+    assert len(stems(first, "train")) == 12 - 4 == first.counts["train"].images
+    assert not stems(first, "selection") & stems(first, "val")  # never part of the scored images
+    assert stems(first, "selection") == stems(again, "selection") != stems(other, "selection")
+    # Ultralytics validates on it through dataset-selection.yaml; dataset.yaml still validates on val.
+    selection_yaml = first.out_dir / "dataset-selection.yaml"
+    data = check_det_dataset(str(selection_yaml))
+    assert Path(data["val"]).name == "selection" and Path(data["train"]).name == "train"
+    assert Path(check_det_dataset(str(first.dataset_yaml))["val"]).name == "val"
+    assert first.counts["selection"].images == 4
+    # Without a selection the files are gone again after an overwrite.
+    plain = prepare_coco_dataset(tmp_path / "synthetic", first.out_dir, overwrite=True)
+    assert not (plain.out_dir / "images" / "selection").exists() and not selection_yaml.exists()
+    with pytest.raises(DatasetError, match="selection_images=12: carved out of 12 usable train images"):
+        _prepare_synthetic(tmp_path, "d", selection_images=12)
+
+
 def _break_missing_key(data: dict) -> None:
     del data["categories"]
 
@@ -293,6 +326,7 @@ def test_leftover_staging_of_an_interrupted_run_is_replaced(source: Path, tmp_pa
     assert not (out / ".prepare-staging").exists()
     assert sorted(p.name for p in out.iterdir()) == [
         "dataset.yaml",
+        "fingerprint.json",
         "images",
         "instances_val.json",
         "labels",
@@ -331,3 +365,20 @@ def test_split_whose_readable_images_have_no_box_is_refused(source: Path, tmp_pa
         prepare_coco_dataset(source, tmp_path / "out")
     assert "2 unreadable image file(s) left out" in str(error.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_fingerprint_names_deleted_val_images_and_a_rebuild_restores_it(source: Path, tmp_path: Path) -> None:
+    from auto_quantize_model.data.fingerprint import fingerprint_problem
+
+    out = tmp_path / "out"
+    prepared = prepare_coco_dataset(source, out)
+    recorded = (out / "fingerprint.json").read_bytes()
+    assert fingerprint_problem(out) is None
+    val_links = sorted((out / "images" / "val").iterdir())
+    val_links[0].unlink()
+    assert f"val images: 1 of {prepared.counts['val'].images} missing or unreadable" in fingerprint_problem(out)
+
+    prepare_coco_dataset(source, out, overwrite=True)  # the same links again: the same fingerprint
+    assert fingerprint_problem(out) is None and (out / "fingerprint.json").read_bytes() == recorded
+    (out / "labels" / "train" / f"{TRAIN_IMAGES[0]['file_name'].rsplit('.', 1)[0]}.txt").write_text("0 0.5 0.5 1 1\n")
+    assert "labels/train changed" in fingerprint_problem(out)

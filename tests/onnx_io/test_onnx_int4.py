@@ -154,6 +154,10 @@ def test_int4_file_passes_the_full_onnx_check_and_records_its_runtimes(int4_expo
 
     assert ort.__version__ in meta["runtimes"]["onnxruntime_cpu"]
     assert "untested here (no GPU)" in meta["runtimes"]["onnxruntime_cuda"]
+    from auto_quantize_model.onnx_io.embedded import read_provenance
+
+    embedded = read_provenance(int4_export.onnx_path)  # the conversion keeps the QCDQ file's provenance
+    assert embedded.quant_scheme == meta["quant_scheme"] and embedded.export["weights_format"] == "int4"
 
 
 @pytest.mark.slow

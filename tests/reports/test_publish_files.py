@@ -14,11 +14,12 @@ def test_the_walk_classifies_by_name_and_suffix():
     assert classify("fp16/nonfinite_losses.jsonl") == "other"
 
 
-def test_plan_skips_dataset_images_and_generated_data(tmp_path):
-    for relative in ("dataset/images/val/a.jpg", "dataset/labels/val/a.txt", "synthetic-coco/x.json"):
+def test_plan_skips_dataset_images_generated_data_and_set_aside_work(tmp_path):
+    leftovers = ("dataset/images/val/a.jpg", "dataset/labels/val/a.txt", "synthetic-coco/x.json")
+    for relative in (*leftovers, "set-aside/seed-0/fp16.stale-1/results.csv"):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_text("x")
     (tmp_path / "dataset" / "dataset.yaml").write_text("nc: 1\n")
     plan = plan_publish(RunRoot(tmp_path))
     assert plan.copied == ("dataset/dataset.yaml",)
-    assert plan.skipped_dirs == ("dataset/images", "dataset/labels", "synthetic-coco")
+    assert plan.skipped_dirs == ("dataset/images", "dataset/labels", "set-aside", "synthetic-coco")

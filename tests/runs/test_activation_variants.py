@@ -43,7 +43,7 @@ def test_ptq_w8a8_calibrates_on_the_profiles_train_image_count(stages) -> None:
 
 def test_qat_w8a8_ft_starts_from_the_ptq_calibration(stages) -> None:
     stage = stages["s0-train-qat-w8a8-ft"]
-    assert _flag(stage.argv, "--init-from") == "/r/seed-0/ptq-w8a8/weights/best.pt"
+    assert _flag(stage.argv, "--init-from") == "/r/seed-0/ptq-w8a8/weights/last.pt"  # checkpoint_policy: last
     assert "s0-quantize-ptq-w8a8" in stage.needs
     names = list(stages)
     assert names.index("s0-quantize-ptq-w8a8") < names.index("s0-train-qat-w8a8-ft")

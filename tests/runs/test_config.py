@@ -66,8 +66,17 @@ def test_shipped_profiles_resolve_with_their_documented_values(tmp_path: Path) -
     ("overrides", "message"),
     [
         ({"variants": "fp16,qat-w4a61"}, r"variants: variant 'qat-w4a61': unknown scheme 'w4a61'; known: .*w4a16"),
-        ({"variants": "fp16,int4"}, r"variant 'int4' is not one of fp16 \| qat-<scheme>"),
-        ({"variants": "ptq-w4a16"}, r"start from the same seed's fp16 best.pt, but fp16 is not among"),
+        ({"variants": "fp16,int4"}, r"variant 'int4' is not one of fp16 \| fp16-ft \| qat-<scheme>"),
+        ({"variants": "ptq-w4a16"}, r"start from the same seed's fp16 checkpoint, but fp16 is not among"),
+        ({"variants": "fp16-ft"}, r"variants \['fp16-ft'\] start from the same seed's fp16 checkpoint"),
+        ({"checkpoint_policy": "best"}, r"checkpoint_policy: expected one of last, best-on-selection, best-on-val"),
+        ({"checkpoint_policy": "best-on-selection"}, r"best-on-selection needs selection_images"),
+        ({"selection_images": 16}, r"selection_images 16: only checkpoint_policy best-on-selection uses"),
+        (
+            {"checkpoint_policy": "best-on-selection", "selection_images": 128},
+            r"selection_images 128: carved out of 128 train images, it must leave some",
+        ),
+        ({"ft_train_overrides": "warmup_epochs"}, r"ft_train_overrides: expected a list of 'KEY=VALUE' strings"),
         ({"variants": "fp16,qat-w4a16,qat-w4a16"}, r"\['qat-w4a16'\] listed more than once"),
         ({"export_opset": 9}, r"export_opset: must be >= 13, got 9"),
         ({"export_opset": 99}, r"export_opset: opset 99 is newer than this onnx"),
@@ -88,6 +97,10 @@ def test_shipped_profiles_resolve_with_their_documented_values(tmp_path: Path) -
             r"source_root /nonexistent/coco: missing train2017",
         ),
         ({"epochz": 3}, r"--set epochz: not profile keys"),
+        ({"latency_rounds": 5}, r"latency_rounds: must be >= 20, got 5"),
+        ({"latency_threads": -1}, r"latency_threads: must be >= 0"),
+        ({"train_overrides": ["close_mosiac=10"]}, r"close_mosiac is not an Ultralytics argument.*close_mosaic\?"),
+        ({"train_overrides": ["data=x.yaml"]}, r"data is set by the train CLI"),
     ],
 )
 def test_invalid_values_are_refused_with_the_key_and_the_file(overrides, message) -> None:
@@ -140,6 +153,16 @@ def test_rerun_with_same_config_passes_more_seeds_are_added_and_a_change_is_refu
     assert yaml.safe_load(run_root.run_config.read_text())["seeds"] == [0, 1]
     with pytest.raises(RunConfigMismatch, match="seeds"):  # dropping a seed is a different experiment
         save_or_check_run_config(run_root, resolve_run_config("demo", {"epochs": 2, "seeds": "1"}))
+
+
+def test_a_changed_config_replaces_the_saved_one_while_nothing_was_built(tmp_path: Path) -> None:
+    run_root = RunRoot(tmp_path / "run")
+    save_or_check_run_config(run_root, resolve_run_config("demo", {"epochs": 2}))
+    changed = resolve_run_config("demo", {"epochs": 3})
+    with pytest.raises(RunConfigMismatch):
+        save_or_check_run_config(run_root, changed, nothing_built=lambda: False)
+    save_or_check_run_config(run_root, changed, nothing_built=lambda: True)
+    assert yaml.safe_load(run_root.run_config.read_text())["epochs"] == 3
 
 
 def test_an_edited_recipe_is_refused_with_the_key_named(tmp_path: Path) -> None:

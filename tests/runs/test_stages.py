@@ -53,6 +53,19 @@ def test_closed_terminal_does_not_fail_the_stage(tmp_path: Path) -> None:
     assert "x" * 200000 in run_root.stage_log("quiet").read_text()
 
 
+def test_log_keeps_the_last_state_of_each_progress_bar_and_the_terminal_every_redraw(tmp_path: Path) -> None:
+    run_root = RunRoot(tmp_path / "run")
+    bar = (
+        "import sys\nfor i in range(1001): sys.stdout.write(f'\\rstep {i}/1000'); sys.stdout.flush()\n"
+        "print(); print('end')"
+    )
+    stream = io.BytesIO()
+    assert run_stage(run_root, "bar", py(bar), stream=stream).status == "done"
+    log = run_root.stage_log("bar").read_text()
+    assert "step 1000/1000\nend\n" in log and "step 999/" not in log
+    assert stream.getvalue().count(b"\rstep ") == 1001
+
+
 def test_done_stage_is_skipped_without_running_or_touching_anything(tmp_path: Path) -> None:
     run_root = RunRoot(tmp_path / "run")
     run_stage(run_root, "once", py("print('first')"), stream=io.BytesIO())

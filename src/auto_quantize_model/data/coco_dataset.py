@@ -4,7 +4,10 @@ Images are never copied: ``OUT/images/<split>/`` holds absolute symlinks to the 
 and ``OUT/labels/<split>/<stem>.txt`` the YOLO labels, because Ultralytics finds a label by
 replacing ``/images/`` with ``/labels/`` in the image path it globbed (it does not resolve the
 link). Besides those the writer owns ``dataset.yaml`` (the data YAML), ``instances_val.json``
-(exactly the validation ground truth used, for the ONNX COCO evaluator) and ``provenance.json``.
+(the validation ground truth used), ``provenance.json`` and ``fingerprint.json`` (:mod:`.fingerprint`).
+
+With ``selection_images`` a selection split is carved out of the train images
+(:mod:`auto_quantize_model.data.selection_split`).
 
 Class index ``i`` is the ``i``-th category of the annotation file sorted by id, so COCO2017's
 91 ids with gaps map to the usual 80 indices; categories without instances keep their index.
@@ -27,6 +30,14 @@ from typing import Any
 
 import yaml
 
+from auto_quantize_model.data.fingerprint import FINGERPRINT_FILE, write_fingerprint
+from auto_quantize_model.data.selection_split import (
+    SELECTION_DATASET_YAML,
+    SELECTION_SPLIT,
+    carve_selection,
+    selection_record,
+    shared_files,
+)
 from auto_quantize_model.utils.io import (
     atomic_output,
     read_json,
@@ -36,7 +47,8 @@ from auto_quantize_model.utils.io import (
 )
 
 SPLITS = ("train", "val")
-_OWNED_FILES = ("dataset.yaml", "instances_val.json", "provenance.json")
+DATASET_YAML = "dataset.yaml"
+_OWNED_FILES = (DATASET_YAML, SELECTION_DATASET_YAML, "instances_val.json", "provenance.json", FINGERPRINT_FILE)
 _OWNED_DIRS = ("images", "labels")
 _STAGING = ".prepare-staging"
 _TOOL = "auto_quantize_model.data.coco_dataset.prepare_coco_dataset"
@@ -101,13 +113,15 @@ def prepare_coco_dataset(
     val_ann: str = "annotations/instances_val2017.json",
     max_train_images: int | None = None,
     max_val_images: int | None = None,
+    selection_images: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
 ) -> PreparedDataset:
     """Write the Ultralytics dataset for the COCO source under ``source_root`` into ``out_dir``.
 
     The four paths are relative to ``source_root`` (absolute paths also work). ``max_*_images``
-    keep a seeded random subset of that many images, sorted by image id. Raises
+    keep a seeded random subset of that many images, sorted by image id; ``selection_images`` then
+    moves a seeded random subset of the kept train images into the selection split. Raises
     :class:`DatasetError` for bad input, and for a non-empty ``out_dir`` unless ``overwrite``.
     """
     root = _existing_dir(Path(source_root).expanduser().resolve(), "source root (--source-root)")
@@ -116,6 +130,7 @@ def prepare_coco_dataset(
         "train": _check_cap(max_train_images, "max_train_images"),
         "val": _check_cap(max_val_images, "max_val_images"),
     }
+    _check_cap(selection_images, "selection_images")
     splits = {
         "train": _load_split("train", root / train_ann, root / train_images),
         "val": _load_split("val", root / val_ann, root / val_images),
@@ -130,17 +145,23 @@ def prepare_coco_dataset(
     class_of = {category_id: index for index, (category_id, _) in enumerate(categories)}
     for name in SPLITS:
         _check_split_usable(splits[name], selected[name], len(corrupt[name]), class_of)
+    selected["train"], selection = _carve_selection(splits, selected, selection_images, seed)
     _check_out_dir(out, [split.images_dir for split in splits.values()], overwrite)
 
     names = tuple(name for _, name in categories)
     staging = out / _STAGING
     shutil.rmtree(staging, ignore_errors=True)
     counts = {name: _write_split(splits[name], selected[name], staging, class_of, names) for name in SPLITS}
+    if selection:
+        counts[SELECTION_SPLIT] = _write_split(splits["train"], selection, staging, class_of, names, SELECTION_SPLIT)
     _swap_in(staging, out)
 
     val_json = _write_val_ground_truth(splits["val"], selected["val"], out / "instances_val.json")
-    provenance = _write_provenance(out, root, splits, caps, seed, counts, categories, corrupt)
-    dataset_yaml = _write_dataset_yaml(out, names)  # last: its presence marks a complete dataset
+    provenance = _write_provenance(out, root, splits, caps, seed, counts, categories, corrupt, selection)
+    if selection:
+        _write_dataset_yaml(out, names, SELECTION_DATASET_YAML, val_split=SELECTION_SPLIT)
+    dataset_yaml = _write_dataset_yaml(out, names)  # its presence marks a complete dataset
+    write_fingerprint(out)  # last: it covers every file above, so a later change is noticed
     return PreparedDataset(out, dataset_yaml, val_json, provenance, names, tuple(class_of), counts)
 
 
@@ -265,6 +286,25 @@ def _select_image_ids(images: dict[int, dict], cap: int | None, seed: int) -> li
     if cap is not None and cap < len(ids):
         ids = sorted(random.Random(seed).sample(ids, cap))
     return ids
+
+
+def _carve_selection(splits: dict, selected: dict, count: int | None, seed: int) -> tuple[list[int], list[int]]:
+    """Carve the selection split out of the kept train images; it must share no image file with val."""
+    try:
+        train, selection = carve_selection(selected["train"], count, seed)
+    except ValueError as error:
+        raise DatasetError(str(error)) from None
+    files = {
+        name: [splits[name].images_dir / splits[name].images[i]["file_name"] for i in ids]
+        for name, ids in (("train", selection), ("val", selected["val"]))
+    }
+    shared = shared_files(files["train"], files["val"])
+    if shared:
+        raise DatasetError(
+            f"{splits['train'].ann_path}: {len(shared)} selection image(s) are also val images, e.g. "
+            f"{[str(p) for p in shared[:_MAX_LISTED]]}; the train and val sources must not share images"
+        )
+    return train, selection
 
 
 def _check_image_files(split: _CocoSplit, image_ids: Iterable[int]) -> None:
@@ -418,10 +458,16 @@ def _swap_in(staging: Path, out: Path) -> None:
 
 
 def _write_split(
-    split: _CocoSplit, image_ids: list[int], staging: Path, class_of: dict[int, int], names: tuple[str, ...]
+    split: _CocoSplit,
+    image_ids: list[int],
+    staging: Path,
+    class_of: dict[int, int],
+    names: tuple[str, ...],
+    out_name: str | None = None,
 ) -> SplitCounts:
-    """Symlink every selected image and write its label file; return the split's counts."""
-    images_out, labels_out = staging / "images" / split.name, staging / "labels" / split.name
+    """Symlink every selected image and write its label file into ``out_name`` (default: the split's name)."""
+    out_name = out_name or split.name
+    images_out, labels_out = staging / "images" / out_name, staging / "labels" / out_name
     tally = dict.fromkeys(("crowd", "degenerate", "duplicate", "clipped"), 0)
     per_class, without_boxes = [0] * len(names), 0
     source_dir = split.images_dir.resolve()
@@ -514,6 +560,7 @@ def _write_provenance(
     counts: dict[str, SplitCounts],
     categories: tuple[tuple[int, str], ...],
     corrupt: dict[str, dict[int, str]],
+    selection: list[int],
 ) -> Path:
     """Record where the dataset came from and what the writer did, for the run's audit trail."""
 
@@ -540,10 +587,14 @@ def _write_provenance(
         "category_ids": [category_id for category_id, _ in categories],
         "splits": {name: split_record(name) for name in SPLITS},
     }
+    if selection:
+        record["splits"][SELECTION_SPLIT] = selection_record(selection, seed, asdict(counts[SELECTION_SPLIT]))
     return write_json_atomic(out / "provenance.json", record)
 
 
-def _write_dataset_yaml(out: Path, names: tuple[str, ...]) -> Path:
-    data = {"path": str(out), "train": "images/train", "val": "images/val", "names": dict(enumerate(names))}
+def _write_dataset_yaml(
+    out: Path, names: tuple[str, ...], file_name: str = DATASET_YAML, val_split: str = "val"
+) -> Path:
+    data = {"path": str(out), "train": "images/train", "val": f"images/{val_split}", "names": dict(enumerate(names))}
     text = "# Written by prepare_coco_dataset; see provenance.json for the source.\n"
-    return write_text_atomic(out / "dataset.yaml", text + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return write_text_atomic(out / file_name, text + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -54,8 +55,10 @@ class RunState:
     detections: list[dict[str, Any]] = field(default_factory=list)
     evaluated_ids: list[int] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
-    batch_ms: list[float] = field(default_factory=list)
+    batch_ms: list[float] = field(default_factory=list)  # every timed batch but each run slot's first
     image_ms: list[float] = field(default_factory=list)
+    first_batches: int = 0  # left out of the latency lists: they pay first-run allocations (there is no warm-up)
+    runners_seen: set[int] = field(default_factory=set)
     output_format: str | None = None
     nonfinite: int = 0  # prediction rows (e2e) or anchors (raw) holding NaN/inf, dropped and reported
 
@@ -126,6 +129,7 @@ class BatchOutput:
     run_ms: float
     output_format: str
     nonfinite: int
+    runner: int  # the inference thread (run slot) that ran it
 
 
 def _run_batch(session: RuntimeSession, loaded: list[LoadedImage], settings: DecodeSettings) -> BatchOutput:
@@ -151,44 +155,58 @@ def _run_batch(session: RuntimeSession, loaded: list[LoadedImage], settings: Dec
         else:
             boxes, scores, classes = decode_raw(pred, settings.conf, settings.iou, settings.max_dets)
         detections += to_coco_detections(boxes, scores, classes, item.info, item.record.image_id, settings.cat_ids)
-    return BatchOutput([item.record.image_id for item in loaded], detections, run_ms, fmt, nonfinite)
+    image_ids = [item.record.image_id for item in loaded]
+    return BatchOutput(image_ids, detections, run_ms, fmt, nonfinite, threading.get_ident())
 
 
 def _merge(state: RunState, batch: BatchOutput) -> None:
-    """Append one batch's results to ``state``."""
+    """Append one batch's results to ``state``; a run slot's first batch is not a latency sample."""
     state.output_format = state.output_format or batch.output_format
     state.detections += batch.detections
     state.evaluated_ids += batch.image_ids
+    state.nonfinite += batch.nonfinite
+    if batch.runner not in state.runners_seen:
+        state.runners_seen.add(batch.runner)
+        state.first_batches += 1
+        return
     state.batch_ms.append(batch.run_ms)
     state.image_ms.append(batch.run_ms / len(batch.image_ids))
-    state.nonfinite += batch.nonfinite
+
+
+TERMINAL_INTERVAL_S = 1.0  # a redrawn line costs nothing to read
+LOG_INTERVAL_S = 5.0  # a stage log gets a new line each time: often enough to see it move, rarely enough to read
 
 
 class Progress:
-    """A light progress line on stderr, redrawn at most once a second and only on a terminal (logs stay clean).
+    """Progress on stderr: on a terminal one line redrawn at most once a second; elsewhere (a stage log under the
+    runner) a plain line every ``LOG_INTERVAL_S`` seconds and one at the end, no carriage returns.
 
     tqdm is not in this environment (Ultralytics ships its own bar), and importing Ultralytics here just for a
     bar would slow every evaluation start.
     """
 
-    def __init__(self, total: int, enabled: bool | None = None, interval_s: float = 1.0) -> None:
-        self.total, self.done, self.interval_s = total, 0, interval_s
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+    def __init__(self, total: int, terminal: bool | None = None, interval_s: float | None = None) -> None:
+        self.total, self.done, self.finished = total, 0, False
+        self.terminal = sys.stderr.isatty() if terminal is None else terminal
+        default_interval = TERMINAL_INTERVAL_S if self.terminal else LOG_INTERVAL_S
+        self.interval_s = default_interval if interval_s is None else interval_s
         self.start = self.last = time.perf_counter()
 
     def update(self, n: int) -> None:
-        """Count ``n`` more images; redraw when the interval has passed or the work is done."""
+        """Count ``n`` more images; write when the interval has passed, and once when the work is done."""
         self.done += n
         now = time.perf_counter()
-        if self.enabled and (now - self.last >= self.interval_s or self.done >= self.total):
-            self.last = now
+        done_now = self.done >= self.total and not self.finished
+        if done_now or (not self.finished and now - self.last >= self.interval_s):
+            self.last, self.finished = now, self.finished or done_now
             rate = self.done / max(now - self.start, 1e-9)
-            sys.stderr.write(f"\revaluate {self.done}/{self.total} images ({rate:.1f} img/s)")
+            text = f"evaluate {self.done}/{self.total} images ({rate:.1f} img/s)"
+            sys.stderr.write(f"\r{text}" if self.terminal else f"{text}\n")
             sys.stderr.flush()
 
     def close(self) -> None:
-        """End the progress line."""
-        if self.enabled:
+        """End the redrawn line (a log's lines already end)."""
+        if self.terminal:
             sys.stderr.write("\n")
 
 
@@ -238,14 +256,6 @@ def _skip_filter(loaded: Iterable[LoadedImage], state: RunState) -> Iterator[Loa
             )
 
 
-def warmup(session: RuntimeSession) -> None:
-    """Untimed runs, as many at once as the loop will run: first-run allocations must not count as latency."""
-    io_spec, parallel_runs = session.io, session.parallel_runs
-    x = np.zeros((io_spec.batch, 3, *io_spec.input_hw), io_spec.input_dtype)
-    with ThreadPoolExecutor(max_workers=parallel_runs) as pool:
-        list(pool.map(lambda _: session.run(x), range(parallel_runs)))
-
-
 def latency_summary(values_ms: list[float]) -> dict[str, float | None]:
     """Mean and p50/p95/p99 (linear interpolation) of a latency list in milliseconds."""
     if not values_ms:
@@ -255,8 +265,8 @@ def latency_summary(values_ms: list[float]) -> dict[str, float | None]:
     return {"mean": float(arr.mean()), "p50": float(p50), "p95": float(p95), "p99": float(p99), "count": int(arr.size)}
 
 
-def check_run(state: RunState, requested: int, onnx_path: Path, ann_file: Path) -> None:
-    """Fail when no image could be evaluated; warn about dropped non-finite predictions."""
+def check_run(state: RunState, requested: int, onnx_path: Path, ann_file: Path, allow_skips: bool = False) -> None:
+    """Fail when no image could be evaluated, or any could not unless ``allow_skips``; warn about non-finite rows."""
     if state.nonfinite:
         LOGGER.warning("%s: %d prediction rows held NaN/inf and were dropped", onnx_path, state.nonfinite)
     if not state.evaluated_ids:
@@ -264,6 +274,24 @@ def check_run(state: RunState, requested: int, onnx_path: Path, ann_file: Path) 
         raise EvaluationInputError(
             f"all {requested} images were skipped ({reasons}); check --images-dir against {ann_file}"
         )
+    if state.skipped and not allow_skips:
+        raise unreadable_images_error([(s["file"], s["reason"]) for s in state.skipped], requested, ann_file)
+
+
+def check_images_exist(records: list[ImageRecord], ann_file: Path, allow_skips: bool = False) -> None:
+    """Before the model runs: every image the annotations list must be there, unless ``allow_skips``."""
+    missing = [(str(record.path), "missing file") for record in records if not record.path.is_file()]
+    if missing and not allow_skips and len(missing) < len(records):
+        raise unreadable_images_error(missing, len(records), ann_file)
+
+
+def unreadable_images_error(problems: list[tuple[str, str]], requested: int, ann_file: Path) -> EvaluationInputError:
+    """One line: how many listed images cannot be read, a few of them, and the two ways on."""
+    examples = "; ".join(f"{Path(file).name}: {reason}" for file, reason in problems[:3])
+    return EvaluationInputError(
+        f"{len(problems)} of {requested} images listed in {ann_file} cannot be read (e.g. {examples}); restore them "
+        "(the runner's prepare-data rebuilds the links) or pass --allow-missing-images to score the rest"
+    )
 
 
 def run_warnings(state: RunState) -> list[str]:

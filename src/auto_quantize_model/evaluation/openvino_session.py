@@ -107,8 +107,8 @@ class OpenVINORuntimeSession:
     ``run`` is thread-safe: each call borrows one of ``parallel_runs`` infer requests.
     """
 
-    def __init__(self, compiled: Any, io: ModelIO, settings: OpenVINOSettings) -> None:
-        self.compiled, self.io, self.settings = compiled, io, settings
+    def __init__(self, compiled: Any, io: ModelIO, settings: OpenVINOSettings, onnx_path: Path) -> None:
+        self.compiled, self.io, self.settings, self.onnx_path = compiled, io, settings, onnx_path
         self.parallel_runs = settings.parallel_runs
         self._requests: queue.Queue = queue.Queue()
         for _ in range(settings.parallel_runs):
@@ -131,13 +131,26 @@ class OpenVINORuntimeSession:
     def describe(self) -> dict[str, Any]:
         return self.settings.describe()
 
+    def model_metadata(self) -> dict[str, str]:
+        """The ONNX file's ``metadata_props`` (OpenVINO does not carry them into the compiled model)."""
+        import onnx
+
+        proto = onnx.load(str(self.onnx_path), load_external_data=False)
+        return {prop.key: prop.value for prop in proto.metadata_props}
+
 
 def open_runtime_session(
-    onnx_path: Path, providers: Sequence[str], settings: Any, imgsz: int | tuple[int, int], batch: int
+    onnx_path: Path,
+    providers: Sequence[str],
+    settings: Any,
+    imgsz: int | tuple[int, int],
+    batch: int,
+    allow_fallback: bool = False,
 ) -> OpenVINORuntimeSession:
-    """Compile ``onnx_path`` on OpenVINO's CPU plugin; ``providers`` (ONNX Runtime's) are not used."""
+    """Compile ``onnx_path`` on OpenVINO's CPU plugin; ONNX Runtime's ``providers`` and ``allow_fallback`` do not
+    apply (the CPU plugin is the one device here, and a model it cannot compile is an error)."""
     threads, parallel = _resolve(settings)
     compiled = compile_model(onnx_path, "CPU", threads, parallel)
     hint = compiled.get_property("INFERENCE_PRECISION_HINT")
     resolved = OpenVINOSettings("CPU", threads, parallel, getattr(hint, "to_string", lambda: str(hint))())
-    return OpenVINORuntimeSession(compiled, _model_io(compiled, onnx_path, imgsz, batch), resolved)
+    return OpenVINORuntimeSession(compiled, _model_io(compiled, onnx_path, imgsz, batch), resolved, onnx_path)

@@ -1,4 +1,9 @@
-"""ONNX Runtime as the evaluator's inference runtime: providers, session options, weight folding, model I/O."""
+"""ONNX Runtime as the evaluator's inference runtime: providers, session options, weight folding, model I/O.
+
+A requested provider that this onnxruntime lacks, that fails to start or that onnxruntime drops is an error
+naming the provider and :data:`FALLBACK_FLAG`; only with that flag does the session fall back to what starts
+(with a warning, and ``metrics.json`` lists the providers that really ran).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from auto_quantize_model.onnx_io.preprocess import (
     as_hw,
 )
 from auto_quantize_model.runs.env_check import require_single_onnxruntime
+from auto_quantize_model.runs.executors import STAGE_THREADS_ENV
 
 LOGGER = logging.getLogger(__name__)
 
@@ -24,6 +30,8 @@ GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 
 
 MAX_AUTO_PARALLEL_RUNS = 4  # each run holds its own activations; more buys little and costs memory
+FALLBACK_FLAG = "--allow-provider-fallback"  # the CLIs' flag; errors name it
+CPU_PROVIDER = "CPUExecutionProvider"
 
 
 @dataclass(frozen=True)
@@ -52,28 +60,33 @@ class SessionSettings:
         }
 
 
-def _usable_providers(requested: Sequence[str]) -> list[str]:
-    """Keep the requested providers this onnxruntime build has; log each missing one and the fallback."""
+def _usable_providers(requested: Sequence[str], allow_fallback: bool) -> list[str]:
+    """The requested providers this onnxruntime build has; a missing one is an error unless ``allow_fallback``."""
     import onnxruntime as ort
 
     unknown = [p for p in requested if p not in ort.get_all_providers()]
     if unknown:
         raise EvaluationInputError(f"unknown onnxruntime provider(s) {unknown}; valid names: {ort.get_all_providers()}")
     available = ort.get_available_providers()
-    chosen = [p for p in requested if p in available] or ["CPUExecutionProvider"]
-    for provider in requested:
-        if provider not in available:
-            LOGGER.warning(
-                "%s is not available in this onnxruntime build (available: %s); falling back to %s",
-                provider,
-                available,
-                chosen,
-            )
+    missing = [p for p in requested if p not in available]
+    if missing and not allow_fallback:
+        raise EvaluationInputError(
+            f"{', '.join(missing)} requested but not in this onnxruntime build (available: {available}); install the "
+            f"build that has it (scripts/check_env.py says what is missing), request --providers {CPU_PROVIDER}, "
+            f"or pass {FALLBACK_FLAG} to run on what is available"
+        )
+    chosen = [p for p in requested if p in available] or [CPU_PROVIDER]
+    if missing:
+        LOGGER.warning(
+            "%s not available (available: %s); %s given: falling back to %s", missing, available, FALLBACK_FLAG, chosen
+        )
     return chosen
 
 
 def available_cpus() -> int:
-    """CPUs this process may run on (affinity-aware, unlike ``os.cpu_count``)."""
+    """CPUs this process may use: the runner's explicit stage thread count, else the affinity-aware CPU count."""
+    if os.environ.get(STAGE_THREADS_ENV):
+        return max(1, int(os.environ[STAGE_THREADS_ENV]))
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
@@ -97,7 +110,7 @@ def resolve_session_settings(requested: SessionSettings, providers: Sequence[str
             "must be >= 0 (0 = auto)"
         )
     cpus = available_cpus()
-    on_gpu = providers[0] != "CPUExecutionProvider"
+    on_gpu = providers[0] != CPU_PROVIDER
     parallel = requested.parallel_runs or (1 if on_gpu else min(cpus, MAX_AUTO_PARALLEL_RUNS))
     threads = requested.intra_op_threads or max(1, cpus // parallel)
     return SessionSettings(threads, parallel, requested.graph_optimization, requested.fold_weights)
@@ -125,27 +138,47 @@ def session_options(settings: SessionSettings) -> Any:
 
 
 def open_session(
-    onnx_path: Path, providers: Sequence[str], settings: SessionSettings | None = None
+    onnx_path: Path, providers: Sequence[str], settings: SessionSettings | None = None, allow_fallback: bool = False
 ) -> tuple[Any, SessionSettings]:
-    """Create an onnxruntime session on the first usable providers (a provider that fails falls back to CPU).
+    """Create an onnxruntime session on exactly the requested ``providers``.
 
-    Returns the session and the resolved settings it was created with.
+    A provider that is missing, fails to start or is dropped raises :class:`EvaluationInputError`; with
+    ``allow_fallback`` the session falls back to the CPU provider instead, with a warning (onnxruntime's own
+    silent fallback, at session start and on a failing run, is off otherwise). Returns the session and the
+    resolved settings it was created with.
     """
     require_single_onnxruntime()  # both ONNX Runtime wheels installed: the providers would be whichever came last
     import onnxruntime as ort
 
-    chosen = _usable_providers(providers)
+    chosen = _usable_providers(providers, allow_fallback)
     resolved = resolve_session_settings(settings or SessionSettings(), chosen)
+    options = session_options(resolved)
     try:
-        session = ort.InferenceSession(str(onnx_path), session_options(resolved), providers=chosen)
+        session = ort.InferenceSession(str(onnx_path), options, providers=chosen, enable_fallback=int(allow_fallback))
     except Exception as error:
-        if chosen == ["CPUExecutionProvider"]:
+        if chosen == [CPU_PROVIDER]:
             raise EvaluationInputError(
                 f"{onnx_path}: onnxruntime cannot load the model ({error}); re-export it"
             ) from error
-        LOGGER.warning("onnxruntime could not start %s (%s); falling back to CPUExecutionProvider", chosen, error)
-        return open_session(onnx_path, ["CPUExecutionProvider"], settings)
+        if not allow_fallback:
+            raise EvaluationInputError(
+                f"{onnx_path}: onnxruntime could not start {chosen} ({error}); fix that provider's installation "
+                f"(scripts/check_env.py says what is missing) or pass {FALLBACK_FLAG} to run on {CPU_PROVIDER}"
+            ) from error
+        LOGGER.warning(
+            "onnxruntime could not start %s (%s); %s given: falling back to %s",
+            chosen,
+            error,
+            FALLBACK_FLAG,
+            CPU_PROVIDER,
+        )
+        return open_session(onnx_path, [CPU_PROVIDER], settings, allow_fallback)
     dropped = [p for p in chosen if p not in session.get_providers()]
+    if dropped and not allow_fallback:
+        raise EvaluationInputError(
+            f"{onnx_path}: onnxruntime dropped {dropped} at session start (running on {session.get_providers()}); "
+            f"fix that provider's installation or pass {FALLBACK_FLAG}"
+        )
     if dropped:
         LOGGER.warning("onnxruntime dropped %s at session start; running on %s", dropped, session.get_providers())
     return session, resolved
@@ -190,13 +223,24 @@ class OrtRuntimeSession:
         self.parallel_runs = settings.parallel_runs
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.io.output_name], {self.io.input_name: x})[0]
+        from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
+
+        try:
+            return self.session.run([self.io.output_name], {self.io.input_name: x})[0]
+        except EPFail as error:  # raised only without the fallback flag: onnxruntime would switch providers
+            raise EvaluationInputError(
+                f"{self.session.get_providers()[0]} failed while running ({error}); pass {FALLBACK_FLAG} to let "
+                f"onnxruntime retry on {CPU_PROVIDER}"
+            ) from error
 
     def devices(self) -> list[str]:
         return list(self.session.get_providers())
 
     def describe(self) -> dict[str, Any]:
         return self.settings.describe()
+
+    def model_metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
 
 
 def open_runtime_session(
@@ -205,7 +249,8 @@ def open_runtime_session(
     settings: SessionSettings | None,
     imgsz: int | tuple[int, int],
     batch: int,
+    allow_fallback: bool = False,
 ) -> OrtRuntimeSession:
-    """Open ``onnx_path`` on the first usable ``providers`` and read its input/output layout."""
-    session, resolved = open_session(onnx_path, providers, settings)
+    """Open ``onnx_path`` on ``providers`` (see :func:`open_session`) and read its input/output layout."""
+    session, resolved = open_session(onnx_path, providers, settings, allow_fallback)
     return OrtRuntimeSession(session, resolve_model_io(session, onnx_path, imgsz, batch), resolved)

@@ -1,7 +1,8 @@
 """The evaluator's inference-runtime interface: what the loop needs of a runtime, and how one is opened.
 
-A runtime is one module with an ``open_runtime_session(onnx_path, providers, settings, imgsz, batch)`` that
-returns a :class:`RuntimeSession`: ONNX Runtime (:mod:`auto_quantize_model.evaluation.ort_session`) and OpenVINO
+A runtime is one module with an ``open_runtime_session(onnx_path, providers, settings, imgsz, batch,
+allow_fallback)`` that returns a :class:`RuntimeSession`; a requested device that does not start is an error
+unless ``allow_fallback``: ONNX Runtime (:mod:`auto_quantize_model.evaluation.ort_session`) and OpenVINO
 (:mod:`auto_quantize_model.evaluation.openvino_session`), one entry each in :data:`RUNTIMES`.
 """
 
@@ -53,6 +54,9 @@ class RuntimeSession(Protocol):
     def describe(self) -> dict[str, Any]:
         """The ``session`` entry of ``metrics.json``: the resolved settings the model ran under."""
 
+    def model_metadata(self) -> dict[str, str]:
+        """The model file's ``metadata_props`` (key -> string value)."""
+
 
 def open_runtime_session(
     runtime: str,
@@ -61,12 +65,14 @@ def open_runtime_session(
     settings: Any,
     imgsz: int | tuple[int, int],
     batch: int,
+    allow_fallback: bool = False,
 ) -> RuntimeSession:
-    """Load ``onnx_path`` in ``runtime`` (one of :data:`RUNTIMES`)."""
+    """Load ``onnx_path`` in ``runtime`` (one of :data:`RUNTIMES`) on exactly ``providers`` (or what starts, with
+    ``allow_fallback``)."""
     if runtime not in RUNTIMES:
         raise EvaluationInputError(f"runtime={runtime!r} must be one of {sorted(RUNTIMES)}")
     module = importlib.import_module(RUNTIMES[runtime])
-    return module.open_runtime_session(onnx_path, providers, settings, imgsz, batch)
+    return module.open_runtime_session(onnx_path, providers, settings, imgsz, batch, allow_fallback)
 
 
 def runtime_record(runtime: str, session: RuntimeSession) -> dict[str, str]:

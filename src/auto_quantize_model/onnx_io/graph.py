@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Reading an exported ONNX graph: its input/output shapes, Q/DQ/Clip counts and the bit widths of weight Q/DQ chains
+(what the export metadata records and the export contract checks)."""
 
 from __future__ import annotations
 

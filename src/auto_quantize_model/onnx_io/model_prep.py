@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Loading an Ultralytics detection checkpoint and preparing its model for ONNX export the way Ultralytics' exporter
+does (eval, fuse, head flags), shared by the export stage, its validation, PTQ and the sensitivity sweep."""
 
 from __future__ import annotations
 

@@ -4,8 +4,12 @@
 that rename and the stage's ``run.json`` record leaves a finished export that a plain rerun (no
 ``--overwrite``) used to refuse forever. :func:`existing_export` accepts it when it is exactly what
 the rerun would write: the metadata records the same input checkpoint sha256 and the same settings,
-the file's sha256 matches the metadata and ONNX loads and checks it. Anything else is still refused
+the file's sha256 matches the metadata and ONNX Runtime loads it. Anything else is still refused
 with the reason, unless ``--overwrite``.
+
+A quantized file whose ``.json`` sidecar is missing (copied out of its run root, or the sidecar deleted) is
+checked against the provenance it carries in its own ``metadata_props`` (:mod:`auto_quantize_model.onnx_io.embedded`:
+source checkpoint sha256, export request, scheme); when it matches, the sidecar is rebuilt from it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from auto_quantize_model.onnx_io.embedded import read_provenance, restored_export_record
 from auto_quantize_model.onnx_io.settings import (
     KIND_FP,
     WEIGHTS_INT4,
@@ -22,7 +27,7 @@ from auto_quantize_model.onnx_io.settings import (
     ExportResult,
 )
 from auto_quantize_model.runs.run_root import export_metadata_path
-from auto_quantize_model.utils.io import read_json, sha256_file
+from auto_quantize_model.utils.io import read_json, sha256_file, write_json_atomic
 
 # Output names that promise integer weights (RunRoot.onnx_model spells them); a float checkpoint must not get one.
 QAT_NAME_TOKENS = ("qcdq", "int4", "qdq")
@@ -50,15 +55,20 @@ def existing_export(weights: Path, out: Path, request: dict[str, Any]) -> Export
     ``request`` holds the export's settings as passed: imgsz, output_format, opset, dynamic_batch, half,
     weights_format, validate.
     """
-    reason = _mismatch(weights, out, request)
-    if reason:
+    meta_path = export_metadata_path(out)
+    metadata, reason = _recorded_export(out)
+    if metadata is not None:
+        source = meta_path.name if meta_path.is_file() else f"{out.name}'s own metadata"
+        reason = _mismatch(weights, out, request, metadata, source)
+    if reason or metadata is None:
         raise ExportExistsError(
             f"{out}: already exists and {reason}; pass --overwrite to replace it or choose another --out"
         )
-    metadata = read_export_metadata(out) or {}
+    if not meta_path.is_file():  # verified against the file's own provenance: give it its sidecar back
+        write_json_atomic(meta_path, metadata)
     return ExportResult(
         onnx_path=out,
-        metadata_path=export_metadata_path(out),
+        metadata_path=meta_path,
         kind=metadata.get("kind", "?"),
         scheme_name=(metadata.get("quant_scheme") or {}).get("name"),
         size_bytes=out.stat().st_size,
@@ -68,18 +78,30 @@ def existing_export(weights: Path, out: Path, request: dict[str, Any]) -> Export
     )
 
 
-def _mismatch(weights: Path, out: Path, request: dict[str, Any]) -> str | None:
-    """Why the existing ``out`` is not what this request would write, or ``None`` when it is."""
+def _recorded_export(out: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The export's record: its sidecar JSON, else one rebuilt from the file's embedded provenance; or why none."""
     meta_path = export_metadata_path(out)
     try:
         metadata = read_export_metadata(out)
     except ValueError:
-        return f"its metadata {meta_path.name} is not valid JSON"
-    if metadata is None:
-        return f"has no metadata {meta_path.name} to verify it against"
+        return None, f"its metadata {meta_path.name} is not valid JSON"
+    if metadata is not None:
+        return metadata, None
+    problem = _onnx_error(out)
+    if problem:
+        return None, problem
+    embedded = read_provenance(out)
+    if embedded is None or embedded.export is None:
+        return None, f"has no metadata {meta_path.name} (nor an export record in its own metadata) to verify it against"
+    return restored_export_record(out, embedded), None
+
+
+def _mismatch(weights: Path, out: Path, request: dict[str, Any], metadata: dict[str, Any], source: str) -> str | None:
+    """Why the existing ``out`` is not what this request would write, or ``None`` when it is (``source`` names
+    where ``metadata`` came from)."""
     recorded_source = (metadata.get("source") or {}).get("sha256")
     if recorded_source != sha256_file(weights):
-        return f"was exported from another checkpoint (sha256 in {meta_path.name} differs from {weights})"
+        return f"was exported from another checkpoint (sha256 in {source} differs from {weights})"
     differing = [key for key, (want, have) in _settings(metadata, request).items() if want != have]
     if differing:
         return f"was exported with other settings ({', '.join(differing)})"
@@ -112,10 +134,21 @@ def _settings(metadata: dict[str, Any], request: dict[str, Any]) -> dict[str, tu
 
 
 def _onnx_error(out: Path) -> str | None:
-    import onnx
+    """Load ``out`` the way the evaluator does: an ONNX Runtime CPU session (graph, types and shapes resolved).
 
+    Not ``onnx.checker.check_model``: it rejects the float16 file of Ultralytics' own exporter ("Nodes in a
+    graph must be topologically sorted": the input Cast is listed after its users), which ONNX Runtime
+    sorts, loads and runs, so a finished float16 export could never be accepted on a rerun.
+    """
+    import onnxruntime as ort
+
+    from auto_quantize_model.utils.errors import first_line
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
     try:
-        onnx.checker.check_model(onnx.load(str(out)))
-    except Exception as error:  # noqa: BLE001  (protobuf and the checker raise many types)
-        return f"does not load as ONNX ({type(error).__name__})"
+        ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001  (protobuf and onnxruntime raise many types)
+        return f"does not load in ONNX Runtime ({type(error).__name__}: {first_line(error)[:200]})"
     return None

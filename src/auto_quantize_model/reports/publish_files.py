@@ -14,7 +14,7 @@ from typing import Any
 
 from auto_quantize_model.runs import summary_schema as ss
 from auto_quantize_model.runs.metrics_keys import DETECTIONS_FILE
-from auto_quantize_model.runs.run_root import LOSS_CURVES_PNG, RunRoot
+from auto_quantize_model.runs.run_root import LOSS_CURVES_PNG, SET_ASIDE_DIR, RunRoot
 from auto_quantize_model.utils.io import sha256_file
 
 MANIFEST_NAME = "MANIFEST.json"
@@ -29,6 +29,7 @@ SKIPPED_DIRS: Mapping[str, str] = {
     "dataset/images": "dataset images (symlinks to the source images; see dataset/provenance.json)",
     "dataset/labels": "Ultralytics label files and caches derived from the annotations",
     "synthetic-coco": "generated demo data (regenerated from the data seed in run_config.yaml)",
+    SET_ASIDE_DIR: "work set aside by a redo or a resume (kept in the run root, not part of this result)",
 }
 
 

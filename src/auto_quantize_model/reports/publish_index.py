@@ -17,6 +17,7 @@ from auto_quantize_model.reports.variant_stats import VariantStats, format_sprea
 from auto_quantize_model.runs import summary_schema as ss
 from auto_quantize_model.runs.config import load_run_config
 from auto_quantize_model.runs.run_root import SUMMARY_JSON, SUMMARY_MD, RunRoot
+from auto_quantize_model.runs.variants import FP_FT_VARIANT
 from auto_quantize_model.utils.io import read_json, write_text_atomic
 
 INDEX_NAME = "README.md"
@@ -35,7 +36,8 @@ class IndexRow:
     partial: bool = False
     fp_map: str | None = None
     best_quantized: str | None = None
-    best_ratio: float | None = None
+    best_ratio: float | None = None  # to the best quantized variant's matched baseline
+    best_baseline: str | None = None
     onnx_sizes: str | None = None
 
 
@@ -78,12 +80,13 @@ def _fill_metrics(row: IndexRow, stats: Sequence[VariantStats]) -> None:
     fp_groups = [s for s in stats if s.variant == ss.FP_VARIANT and s.map50_95]
     # The FP reference is the float32 export when the run evaluated several FP formats (float32, float16).
     fp = next((s for s in fp_groups if s.weights_format == ss.FP_WEIGHTS_FORMAT), fp_groups[0] if fp_groups else None)
-    quantized = [s for s in stats if s.variant != ss.FP_VARIANT and s.map50_95]
+    quantized = [s for s in stats if s.variant not in (ss.FP_VARIANT, FP_FT_VARIANT) and s.map50_95]
     row.fp_map = format_spread(fp.map50_95) if fp else None
     if quantized:
         best = max(quantized, key=lambda s: s.map50_95.mean)
         row.best_quantized = f"{labels[best]} {format_spread(best.map50_95)}"
-        row.best_ratio = best.map50_95.mean / fp.map50_95.mean if fp and fp.map50_95.mean else None
+        row.best_ratio = best.ratio_to_baseline
+        row.best_baseline = best.baseline
     sizes = [f"{labels[s]} {s.onnx_mb:.2f} MB" for s in stats if s.onnx_mb is not None]
     row.onnx_sizes = "; ".join(sizes) or None
 
@@ -119,8 +122,9 @@ with sizes and sha256s, in the folder's `MANIFEST.json`.
 
 Columns: mAP50-95 is the shared ONNX evaluator's (`summary.csv` `mAP50_95`), as mean ± sample
 standard deviation over the seeds when there are several; "best quantized" is the quantized
-variant with the highest mean and "ratio" its mean over the FP16 mean; ONNX sizes are means
-over seeds. Newest first (by the summary's generation time).
+variant with the highest mean and "ratio" its mean over the mean of its matched baseline's
+float32 export (fp16-ft for a quantized fine-tune, fp16 otherwise; named in the cell); ONNX
+sizes are means over seeds. Newest first (by the summary's generation time).
 """
 
 
@@ -133,7 +137,7 @@ INDEX_COLUMNS = (
     "seeds",
     "FP16 mAP50-95",
     "best quantized (mAP50-95)",
-    "ratio to FP16",
+    "ratio to its baseline",
     "ONNX sizes",
 )
 
@@ -152,7 +156,7 @@ def render_index(rows: Sequence[IndexRow]) -> str:
             row.seeds,
             row.fp_map,
             row.best_quantized,
-            row.best_ratio,
+            f"{row.best_ratio:.4f} ({row.best_baseline})" if row.best_ratio is not None else None,
             row.onnx_sizes,
         ]
         lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")

@@ -40,6 +40,9 @@ class SummaryRow:
     onnx_bytes: int | None
     latency_ms_p50: float | None
     val_ann_sha256: str | None
+    baseline: str | None = None  # columns added with issue 21: absent from older summary.csv files
+    checkpoint_policy: str | None = None
+    checkpoint_epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,9 @@ def _parse_row(raw: dict[str, str | None]) -> SummaryRow:
         onnx_bytes=_number(raw, ss.ONNX_BYTES, int),  # type: ignore[arg-type]
         latency_ms_p50=_number(raw, ss.LATENCY_MS_P50),
         val_ann_sha256=_cell(raw, ss.VAL_ANN_SHA256),
+        baseline=_cell(raw, ss.BASELINE),
+        checkpoint_policy=_cell(raw, ss.CHECKPOINT_POLICY),
+        checkpoint_epoch=_number(raw, ss.CHECKPOINT_EPOCH, int),  # type: ignore[arg-type]
     )
 
 

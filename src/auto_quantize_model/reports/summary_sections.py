@@ -7,11 +7,28 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from auto_quantize_model.reports.summary_view import Cell, RunView, Training, load_file, rel_path
+from auto_quantize_model.reports.summary_view import (
+    MAP_COLUMN,
+    Cell,
+    RunView,
+    Training,
+    load_file,
+    rel_path,
+    shown_path,
+)
+from auto_quantize_model.runs import latency_keys as lk
 from auto_quantize_model.runs import metrics_keys as mk
-from auto_quantize_model.runs.plan import SUMMARY_STAGE, plan_stages
+from auto_quantize_model.runs.checkpoint_policy import (
+    BEST_ON_SELECTION,
+    BEST_ON_VAL,
+    CHECKPOINTS_KEY,
+    LAST,
+    SELECTED_ON_SCORED_NOTE,
+)
+from auto_quantize_model.runs.plan import SUMMARY_STAGE, latency_stage_name, plan_stages
 from auto_quantize_model.runs.provenance import utc_now
-from auto_quantize_model.runs.variants import FP_VARIANT, Variant
+from auto_quantize_model.runs.run_root import BEST_PT, LAST_PT, SEED_DIR_PREFIX, SET_ASIDE_DIR
+from auto_quantize_model.runs.variants import FP_FT_VARIANT, FP_VARIANT, Baseline, Variant
 
 BOOTSTRAP_RESAMPLES = 1000
 ORT_NOTE = (
@@ -87,7 +104,7 @@ def section_header(view: RunView, missing: Sequence[str]) -> list[str]:
     lines = [
         "# YOLOv10: FP baseline vs quantized variants (shared ONNX COCO evaluator)",
         "",
-        f"- Run root: `{root}`",
+        f"- Run root: `{root.name}` (the folder holding this file)",
         f"- Profile: `{config.get('profile', 'unknown')}`; model `{config.get('model')}`; seeds {view.seeds}; "
         f"variants {[v.name for v in view.variants]}; resolved config: [run_config.yaml](run_config.yaml)",
         f"- Generated: {utc_now()} by `scripts/cv-models/write_yolov10m_scratch_train_summary.py`",
@@ -103,26 +120,27 @@ def section_header(view: RunView, missing: Sequence[str]) -> list[str]:
     return lines + [f"**Status:** {status}", ""]
 
 
-def _fp_cells(view: RunView) -> dict[int, Cell]:
-    return {c.seed: c for c in view.cells if c.variant.name == FP_VARIANT and c.weights_format == "float32"}
+def _float32_cells(view: RunView, variant: str) -> dict[int, Cell]:
+    """The float32 cells of a baseline variant (``fp16`` or ``fp16-ft``), by seed."""
+    return {c.seed: c for c in view.cells if c.variant.name == variant and c.weights_format == "float32"}
 
 
-def _bootstrap(view: RunView, variant: Variant) -> Any:
-    """Paired bootstrap of the variant's headline format against FP float32 over every seed with both."""
+def _bootstrap(view: RunView, variant: Variant, baseline: str) -> Any:
+    """Paired bootstrap of the variant's headline format against its baseline's float32 over every seed with both."""
     from auto_quantize_model.evaluation.stats import paired_bootstrap_map
 
-    fp_cells, pairs, image_ids = _fp_cells(view), [], None
+    base_cells, pairs, image_ids = _float32_cells(view, baseline), [], None
     for seed in view.seeds:
-        fp, quant = fp_cells.get(seed), view.cell(seed, variant.name, variant.headline_format)
-        if not (fp and quant and fp.metrics and quant.metrics):
+        base, cell = base_cells.get(seed), view.cell(seed, variant.name, variant.headline_format)
+        if not (base and cell and base.metrics and cell.metrics):
             continue
-        ids = fp.metrics.get(mk.IMAGE_IDS)
-        if ids is None or ids != quant.metrics.get(mk.IMAGE_IDS):
+        ids = base.metrics.get(mk.IMAGE_IDS)
+        if ids is None or ids != cell.metrics.get(mk.IMAGE_IDS):
             continue
         seed_root = view.run_root.seed(seed)
         pairs.append(
             (
-                seed_root.eval_detections(FP_VARIANT, "float32"),
+                seed_root.eval_detections(baseline, "float32"),
                 seed_root.eval_detections(variant.name, variant.headline_format),
             )
         )
@@ -134,58 +152,122 @@ def _bootstrap(view: RunView, variant: Variant) -> Any:
     )
 
 
+def policy_line(view: RunView) -> str:
+    """What checkpoint every headline number comes from (the run's ``checkpoint_policy``)."""
+    config = view.config or {}
+    if view.policy == LAST:
+        return (
+            f"**Checkpoint policy: {LAST}.** Every number is from `{LAST_PT}` (the final epoch of each training; "
+            f"PTQ quantizes the fp16 `{LAST_PT}`, fine-tunes start from it): no checkpoint was selected."
+        )
+    if view.policy == BEST_ON_SELECTION:
+        return (
+            f"**Checkpoint policy: {BEST_ON_SELECTION}.** Every number is from `{BEST_PT}`, the epoch of highest "
+            f"in-training mAP50-95 on a selection split of {config.get('selection_images')} images carved out of "
+            "the train images (ids in `dataset/provenance.json`); the scored val images chose nothing."
+        )
+    return (
+        f"**Checkpoint policy: {BEST_ON_VAL}, {SELECTED_ON_SCORED_NOTE}.** Every number is from `{BEST_PT}`, the "
+        "epoch of highest in-training mAP50-95 on the same val images that score it: the maximum over noisy "
+        "epochs favours the noisiest training curve, so gaps of a point or two are not to be ranked."
+    )
+
+
+def _seed_cell(view: RunView, seed: int, variant: Variant, cell: Cell | None) -> str:
+    """``0.3088 (epoch 30)``: the score and the epoch its checkpoint came from (flagged when chosen on val)."""
+    if cell is None or cell.map50_95 is None:
+        return "—"
+    epoch = view.scored_epoch(seed, variant)
+    notes = [f"epoch {epoch}" if epoch is not None else "epoch unknown"]
+    if view.policy == BEST_ON_VAL:
+        notes.append(SELECTED_ON_SCORED_NOTE)
+    if cell.partial_note:
+        notes.append(cell.partial_note.strip(" ()"))
+    return f"{cell.map50_95:.4f} ({'; '.join(notes)})"
+
+
+def _baseline_label(baseline: Baseline | None) -> str:
+    if baseline is None:
+        return "— (the baseline)"
+    return baseline.name if baseline.matched else f"{baseline.name} (not matched: no {FP_FT_VARIANT} in this run)"
+
+
+def unmatched_warnings(view: RunView) -> list[str]:
+    """One warning line per fine-tune compared with ``fp16`` because ``fp16-ft`` did not run."""
+    ft_epochs = (view.config or {}).get("ft_epochs")
+    return [
+        f"- **Warning: {variant.name} is not compared with its matched baseline.** {FP_FT_VARIANT} is not in this "
+        f"run, so it is compared with {FP_VARIANT}, which never had its {ft_epochs} extra fine-tune epochs "
+        f"(low lr, mosaic off): its ratio mixes that training with quantization. Add {FP_FT_VARIANT} to the variants."
+        for variant in view.variants
+        if (baseline := view.baseline(variant)) is not None and not baseline.matched
+    ]
+
+
 def section_headline(view: RunView) -> tuple[list[str], dict[str, Any]]:
     """The comparison table and verdicts; returns the lines and the bootstrap result per variant."""
     from auto_quantize_model.evaluation.stats import format_ci, verdict
 
-    fp_cells = _fp_cells(view)
-    fp_map = _mean(c.map50_95 for c in fp_cells.values())
-    fp_bytes = _mean(c.onnx_bytes for c in fp_cells.values())
-    fp_latency = _mean(c.latency_p50 for c in fp_cells.values())
+    timed = bool(view.latency)  # no latency stage has run: no latency column at all
     header = [
         "variant (ONNX scored)",
+        "baseline",
         *[f"seed {s}" for s in view.seeds],
         "mean ± std",
-        "ratio of means to FP",
+        "ratio of means to baseline",
         "diff 95% CI (paired bootstrap)",
         "ratio 95% CI",
         "ONNX size ratio",
-        "latency p50 ratio",
+        *(["latency median ratio"] if timed else []),
     ]
     rows, results, verdicts = [], {}, []
+    flag = f" ({SELECTED_ON_SCORED_NOTE})" if view.policy == BEST_ON_VAL else ""
     for variant in view.variants:
+        baseline = view.baseline(variant)
         cells = [view.cell(s, variant.name, variant.headline_format) for s in view.seeds]
-        maps = [c.map50_95 if c else None for c in cells]
-        result = _bootstrap(view, variant) if variant.quantized else None
+        base = list(_float32_cells(view, baseline.name).values()) if baseline else []
+        result = _bootstrap(view, variant, baseline.name) if baseline else None
         results[variant.name] = result
-        mean = _mean(maps)
+        mean = _mean(c.map50_95 for c in cells if c)
         rows.append(
             [
                 f"{variant.name} ({variant.headline_format})",
-                *[_fmt(m, 4) for m in maps],
-                _mean_std(maps),
-                _fmt(_ratio(mean, fp_map), 3) if variant.quantized else "1 (baseline)",
+                _baseline_label(baseline),
+                *[_seed_cell(view, s, variant, c) for s, c in zip(view.seeds, cells)],
+                _mean_std([c.map50_95 if c else None for c in cells]),
+                _fmt(_ratio(mean, _mean(c.map50_95 for c in base)), 3) if baseline else "1 (baseline)",
                 format_ci(result.diff_ci) if result else "—",
                 format_ci(result.ratio_ci, 3) if result else "—",
-                _fmt(_ratio(_mean(c.onnx_bytes for c in cells if c), fp_bytes), 3),
-                _fmt(_ratio(_mean(c.latency_p50 for c in cells if c), fp_latency), 2),
+                _fmt(_ratio(_mean(c.onnx_bytes for c in cells if c), _mean(c.onnx_bytes for c in base)), 3),
+                *(
+                    [_fmt(_ratio(_mean(c.latency_p50 for c in cells if c), _mean(c.latency_p50 for c in base)), 2)]
+                    if timed
+                    else []
+                ),
             ]
         )
         if result:
-            verdicts.append(f"- **{variant.name}:** {verdict(result, quant_label=variant.name, fp_label='FP')}")
-    lines = ["## Headline: ONNX-evaluator mAP50-95 per seed", ""]
+            sentence = verdict(result, quant_label=variant.name, fp_label=baseline.name)
+            verdicts.append(f"- **{variant.name} vs {baseline.name}:** {sentence}{flag}")
+    lines = ["## Headline: ONNX-evaluator mAP50-95 per seed", "", policy_line(view), ""]
     lines += [
         "Every model is scored by the same ONNX evaluator (onnxruntime + COCOeval) on the same val images. "
-        "Ratios are against the FP baseline's float32 ONNX; CIs resample val images with the same "
-        f"resample for both models ({BOOTSTRAP_RESAMPLES} resamples, from the saved detections); they do not "
-        "include the spread between training seeds, which the ± std shows.",
+        f"Each row is compared with its matched baseline's float32 ONNX: a quantized fine-tune with {FP_FT_VARIANT} "
+        f"(the same extra epochs with the same recipe, not quantized), everything else with {FP_VARIANT}. CIs "
+        "resample val images with the same resample for both models "
+        f"({BOOTSTRAP_RESAMPLES} resamples, from the saved detections); they do not include the spread between "
+        "training seeds, which the ± std shows. Each seed's number names the training epoch of the scored "
+        "checkpoint (PTQ: the fp16 checkpoint it quantized). "
+        + (
+            "The latency ratio compares medians of each seed's latency stage (every file timed together; "
+            "spread and load in the ONNX artifacts section)."
+            if timed
+            else "No latency column: no seed's latency stage has run."
+        ),
         "",
     ]
-    lines += (
-        _table(header, rows)
-        + (verdicts or ["- No quantized variant has been evaluated against the baseline yet."])
-        + [""]
-    )
+    lines += _table(header, rows) + unmatched_warnings(view)
+    lines += (verdicts or ["- No variant has been evaluated against its baseline yet."]) + [""]
     return lines, results
 
 
@@ -198,14 +280,28 @@ def section_precision(view: RunView) -> list[str]:
         formats = "; ".join(
             f"{fmt}: {_weights_description(view.cell(seed, variant.name, fmt))}" for fmt in variant.weight_formats
         )
-        rows.append([variant.name, precision_label(training), formats])
+        rows.append([variant.name, precision_label(training), recipe_label(training), formats])
     lines = ["## What ran", ""]
     lines += [
         "The folder and stage names follow the spec (`fp16`, `qat-w4a16`); this table says what really ran "
         f"(seed {view.seeds[0]}; from `train_metadata.json` and the export metadata).",
         "",
     ]
-    return lines + _table(["variant", "training precision", "ONNX weights"], rows)
+    return lines + _table(["variant", "training precision", "recipe as run", "ONNX weights"], rows)
+
+
+def recipe_label(training: Training | None) -> str:
+    """The recipe arguments the trainer ran with, e.g. "SGD lr0 0.001 lrf 0.1, warm-up 0 epochs, mosaic 0"."""
+    recipe = ((training.metadata if training else None) or {}).get("recipe")
+    if not recipe:
+        return "—" if training is not None and training.variant.kind == "ptq" else "not recorded"
+    warmup = f"warm-up {_fmt(recipe.get('warmup_epochs'))} epochs"
+    if recipe.get("warmup_iterations") is not None:
+        warmup += f" ({recipe['warmup_iterations']} iterations)"
+    return (
+        f"{recipe.get('optimizer')} lr0 {_fmt(recipe.get('lr0'))} lrf {_fmt(recipe.get('lrf'))}, {warmup}, "
+        f"mosaic {_fmt(recipe.get('mosaic'))}, nbs {_fmt(recipe.get('nbs'))}"
+    )
 
 
 def _weights_description(cell: Cell | None) -> str:
@@ -216,11 +312,13 @@ def _weights_description(cell: Cell | None) -> str:
 
 
 def section_onnx(view: RunView) -> list[str]:
-    """Every exported file: size, ratios to float32 and float16, mAP, latency."""
+    """Every exported file: size, ratios to float32 and float16, mAP, the provider that scored it and, from the
+    seed's latency stage, its latency with spread and the load it was measured under."""
     seed = view.seeds[0]
     fp32 = view.cell(seed, FP_VARIANT, "float32")
     fp16 = view.cell(seed, FP_VARIANT, "float16")
     base32, base16 = (fp32.onnx_bytes if fp32 else None), (fp16.onnx_bytes if fp16 else None)
+    latency = view.latency.get(seed)
     rows = []
     cells = sorted(
         (c for c in [*view.cells, *view.runtime_cells] if c.seed == seed),
@@ -238,71 +336,119 @@ def section_onnx(view: RunView) -> list[str]:
                 _fmt(size / 1e6, 2) if size else "—",
                 _fmt(_ratio(size, base32), 3),
                 _fmt(_ratio(size, base16), 3),
-                _fmt(cell.map50_95, 4),
-                _fmt(cell.latency_p50, 2),
+                _fmt(cell.map50_95, 4) + cell.partial_note,
+                _fmt(cell.providers),
+                *(_latency_cells(cell) if latency and cell.runtime == "onnxruntime" else []),
+                *(["—"] * 4 if latency and cell.runtime != "onnxruntime" else []),
                 session.get("fold_weights"),
             ]
         )
-    header = [
-        "variant",
-        "weights",
-        "runtime",
-        "ONNX file",
-        "MB",
-        "x float32",
-        "x float16",
-        "mAP50-95",
-        "latency p50 (ms/img)",
-        "folded DQ",
-    ]
-    lines = [f"## ONNX artifacts (seed {seed})", ""] + _table(header, rows)
+    latency_header = ["latency median ms", "IQR ms", "min-max ms", "latency provider"] if latency else []
+    header = ["variant", "weights", "runtime", "ONNX file", "MB", "x float32", "x float16", "mAP50-95", "eval provider"]
+    lines = [f"## ONNX artifacts (seed {seed})", ""] + _table([*header, *latency_header, "folded DQ"], rows)
     lines += [
-        f"{ORT_NOTE} Latency: the evaluator's per-image `session.run` median on the providers it records; "
+        f'{ORT_NOTE} "eval provider": what ran the evaluation (`metrics.json` providers). '
         '"folded DQ" true means constant DequantizeLinear was folded at session load '
         "(`session.disable_quant_qdq=1`), what a deployment would do. INT4 and QCDQ hold the same codes, so "
         "their mAP must be equal. Runtime `openvino`: the same file scored by OpenVINO's CPU plugin, which runs a "
-        "QDQ file's convolutions in int8 (the export metadata's `openvino.int8_mac_share` says how much).",
+        "QDQ file's convolutions in int8 (the export metadata's `openvino.int8_mac_share` says how much); the latency "
+        "stage times every file on ONNX Runtime only (`benchmarks/bench_int8_latency.py` times OpenVINO).",
+        "",
+        _latency_note(view, seed, latency),
         "",
     ]
     return lines
+
+
+def _latency_cells(cell: Cell) -> list[str]:
+    entry = cell.latency or {}
+    if not entry:
+        return ["not timed", "—", "—", "—"]
+    return [
+        _fmt(entry.get(lk.MEDIAN_MS), 2),
+        f"{_fmt(entry.get(lk.P25_MS), 2)}-{_fmt(entry.get(lk.P75_MS), 2)}",
+        f"{_fmt(entry.get(lk.MIN_MS), 2)}-{_fmt(entry.get(lk.MAX_MS), 2)}",
+        _fmt(entry.get(lk.PROVIDERS)),
+    ]
+
+
+def _latency_note(view: RunView, seed: int, latency: Mapping[str, Any] | None) -> str:
+    """How the latency columns were measured, or why there are none."""
+    path = rel_path(view.run_root.seed(seed).latency_json, view.run_root.root)
+    if not latency:
+        return (
+            f"No latency columns: `{path}` is missing (stage {latency_stage_name(seed)}). An evaluation's own timing "
+            "is taken while other work shares the machine, one file after another, and is not shown."
+        )
+    load = latency.get(lk.LOAD_AVG_1MIN) or {}
+    return (
+        f"Latency: `session.run` of one batch from `{path}`: every file of seed {seed} timed in one process, "
+        f"{latency.get(lk.ROUNDS)} interleaved rounds (the starting file rotating) after {latency.get(lk.WARMUP_RUNS)} "
+        f"warm-up runs each, {latency.get(lk.THREADS)} intra-op thread(s) each, folded DQ "
+        f"{_fmt(latency.get(lk.FOLD_WEIGHTS))}, on {latency.get(lk.CPUS)} CPUs; 1-minute load average "
+        f"{_fmt(load.get(lk.LOAD_MIN), 2)}-{_fmt(load.get(lk.LOAD_MAX), 2)} (median "
+        f"{_fmt(load.get(lk.LOAD_MEDIAN), 2)}) during the rounds. Compare files by their medians; files "
+        "whose IQRs overlap are not told apart."
+    )
+
+
+def _validated_on(training: Training) -> str:
+    """The split the training validated on (where best.pt was chosen): ``val`` unless recorded otherwise."""
+    checkpoints = ((training.metadata or {}).get(CHECKPOINTS_KEY) or {}).get("best") or {}
+    return checkpoints.get("chosen_on") or "val"
+
+
+def _map_at(training: Training, epoch: int | None) -> float | None:
+    row = next((r for r in training.results or [] if r.get("epoch") == epoch), None) if epoch else None
+    return (row or {}).get(MAP_COLUMN)
 
 
 def section_validator(view: RunView) -> list[str]:
     """Ultralytics' in-training validation, per seed and variant, kept apart from the ONNX numbers."""
     rows = []
     for training in view.trainings:
-        info = training.best or {}
+        if training.variant.kind == "ptq":
+            continue  # no training: its checkpoint and epoch are fp16's (headline)
+        info, split = training.best or {}, _validated_on(training)
         cell = view.cell(training.seed, training.variant.name, training.variant.headline_format)
         onnx_map = cell.map50_95 if cell else None
+        epoch = view.scored_epoch(training.seed, training.variant)
+        same_images = _map_at(training, epoch) if split == "val" else None
         rows.append(
             [
                 training.variant.name,
                 training.seed,
                 info.get("epochs"),
+                split,
                 info.get("best_epoch"),
                 info.get("map"),
                 info.get("last_map"),
+                epoch,
                 onnx_map,
-                _ratio(onnx_map, info.get("map")),
+                _ratio(onnx_map, same_images),
             ]
         )
     lines = ["## In-training validation (Ultralytics validator)", ""]
     lines += [
-        "From `results.csv` of each training (PyTorch model, Ultralytics metrics), not from the ONNX evaluator. "
-        "Validation during training uses square letterboxed batches (`rect=False`), the inputs the fixed-size "
-        "ONNX model sees; the remaining difference to the ONNX column is AP integration (Ultralytics' own AP vs "
-        "COCOeval), the fp16-saved checkpoint and export error.",
+        "From `results.csv` of each training (PyTorch model, Ultralytics metrics), not from the ONNX evaluator, "
+        "on the split the training validated on (`selection`: carved out of train, so not comparable with the ONNX "
+        "column). Validation during training uses square letterboxed batches (`rect=False`), the inputs the "
+        "fixed-size ONNX model sees; on `val` the remaining difference between the ONNX mAP and the in-training mAP "
+        "of the same epoch is AP integration (Ultralytics' own AP vs COCOeval), the fp16-saved checkpoint and "
+        "export error.",
         "",
     ]
     header = [
         "variant",
         "seed",
         "epochs",
+        "validated on",
         "best epoch",
-        "val mAP50-95 (best)",
-        "val mAP50-95 (last)",
+        "mAP50-95 (best)",
+        "mAP50-95 (last)",
+        "scored epoch",
         "ONNX mAP50-95",
-        "ONNX / val",
+        "ONNX / in-training (same epoch, val)",
     ]
     return lines + _table(header, rows, digits=4)
 
@@ -337,7 +483,10 @@ def section_training(view: RunView, plot: Path | None) -> list[str]:
     if plot is not None:
         lines += [f"![val mAP50-95 per epoch]({rel_path(plot, root)})", ""]
     lines += [
-        f"TensorBoard: `tensorboard --logdir {root}` (every seed and variant; `seed-<k>/<variant>/tensorboard/`).",
+        f"TensorBoard, started in the run root: `tensorboard {tensorboard_logdir(view.seeds)}`. Training curves are in "
+        "`seed-<k>/<variant>/tensorboard/` (the final validation of best.pt under `final_val/`), each ONNX file's "
+        "mAP, size and latency in `seed-<k>/eval/<variant>-<format>/tensorboard/` (HPARAMS tab); work set aside by "
+        f"a redo or a resume stays out of it in `{SET_ASIDE_DIR}/`.",
         "",
     ]
     for training in view.trainings:
@@ -384,16 +533,28 @@ def section_dataset(view: RunView) -> list[str]:
     provenance = load_file(root.dataset_provenance, view.problems, root.root)
     if not isinstance(provenance, Mapping):
         return []
-    splits = provenance.get("splits") or {}
-    rows = [[name, (info or {}).get("images"), (info or {}).get("annotations")] for name, info in splits.items()]
+    rows = []
+    for name, info in (provenance.get("splits") or {}).items():
+        counts = (info or {}).get("counts") or {}
+        annotations = (info or {}).get("annotations")
+        rows.append([name, counts.get("images"), counts.get("boxes_written"), annotations and Path(annotations).name])
+    source = provenance.get("source_root", provenance.get("source"))
     lines = [
         "## Dataset",
         "",
-        f"Source `{provenance.get('source_root', provenance.get('source'))}`; "
+        f"Source `{shown_path(source, root.root) if source else None}`; "
         f"details in `{rel_path(root.dataset_provenance, root.root)}`.",
         "",
     ]
-    return lines + _table(["split", "images", "annotations"], rows)
+    return lines + _table(["split", "images", "boxes", "annotations"], rows)
+
+
+def tensorboard_logdir(seeds: Sequence[int]) -> str:
+    """The ``--logdir`` (one seed) or ``--logdir_spec`` (several) of a run root's seed folders, relative to it."""
+    folders = [f"{SEED_DIR_PREFIX}{seed}" for seed in seeds]
+    if len(folders) == 1:
+        return f"--logdir {folders[0]}"
+    return "--logdir_spec " + ",".join(f"{folder}:{folder}" for folder in folders)
 
 
 def section_missing(missing: Sequence[str]) -> list[str]:

@@ -1,8 +1,9 @@
 """A run root loaded once for its summary (:class:`RunView`), and what the summary cannot show.
 
-Reads the run config, every training (``results.csv``, ``train_metadata.json``) and every ONNX cell the config
-expects (``metrics.json``, export metadata) through :class:`~auto_quantize_model.runs.run_root.RunRoot`; an
-unreadable file is noted in ``problems``, never fatal.
+Reads the run config, every training (``results.csv``, ``train_metadata.json``), every ONNX cell the config
+expects (``metrics.json``, export metadata) and each seed's ``latency.json`` through
+:class:`~auto_quantize_model.runs.run_root.RunRoot`; an unreadable file is noted in ``problems``, never fatal.
+A cell's latency comes from its seed's latency stage only (every file timed together), never from its evaluation.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from typing import Any
 
 from auto_quantize_model.evaluation.stats import read_eval_metrics
 from auto_quantize_model.onnx_io.verify import read_export_metadata
+from auto_quantize_model.runs import latency_keys as lk
 from auto_quantize_model.runs import metrics_keys as mk
 from auto_quantize_model.runs import summary_schema as ss
+from auto_quantize_model.runs.checkpoint_policy import BEST_ON_VAL, scored_checkpoint, scored_epoch
 from auto_quantize_model.runs.config import load_run_config
-from auto_quantize_model.runs.plan import SUMMARY_STAGE, model_name
-from auto_quantize_model.runs.run_root import RunRoot, SeedRoot, TrainRunPaths, export_metadata_path
-from auto_quantize_model.runs.variants import Variant, VariantError, eval_runtimes, parse_variants
+from auto_quantize_model.runs.plan import SUMMARY_STAGE, latency_stage_name, model_name
+from auto_quantize_model.runs.run_root import RunRoot, SeedRoot, TrainRunPaths, artifact_label, export_metadata_path
+from auto_quantize_model.runs.variants import Baseline, Variant, VariantError, eval_runtimes, parse_variants
 from auto_quantize_model.ultralytics_ext import loss_curves
 from auto_quantize_model.utils.io import read_json
 
@@ -40,10 +43,19 @@ class Cell:
     metrics: dict[str, Any] | None = None
     export: dict[str, Any] | None = None
     runtime: str = "onnxruntime"
+    latency: dict[str, Any] | None = None  # this file's entry in the seed's latency.json
 
     @property
     def map50_95(self) -> float | None:
         return finite_number((self.metrics or {}).get(mk.MAP50_95))
+
+    @property
+    def partial_note(self) -> str:
+        """`` (16 of 32 val images)`` when the evaluation skipped unreadable images, else ``""``."""
+        metrics = self.metrics or {}
+        if not metrics.get(mk.NUM_IMAGES_SKIPPED):
+            return ""
+        return f" ({metrics.get(mk.NUM_IMAGES)} of {metrics.get(mk.NUM_IMAGES_REQUESTED)} val images)"
 
     @property
     def onnx_bytes(self) -> int | None:
@@ -51,8 +63,13 @@ class Cell:
 
     @property
     def latency_p50(self) -> float | None:
-        latency = (self.metrics or {}).get(mk.LATENCY_MS) or {}
-        return finite_number((latency.get(mk.LATENCY_PER_IMAGE) or {}).get(mk.LATENCY_STAT_P50))
+        """Median ``session.run`` ms of the latency stage (batch 1: per image)."""
+        return finite_number((self.latency or {}).get(lk.MEDIAN_MS))
+
+    @property
+    def providers(self) -> list[str] | None:
+        """The providers that ran its evaluation (``metrics.json``)."""
+        return (self.metrics or {}).get(mk.PROVIDERS)
 
 
 @dataclass
@@ -83,6 +100,7 @@ class RunView:
     runtime_cells: list[Cell] = field(default_factory=list)  # the same files scored by another runtime (OpenVINO)
     trainings: list[Training] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    latency: dict[int, dict[str, Any]] = field(default_factory=dict)  # seed -> its latency.json
 
     def cell(self, seed: int, variant: str, weights_format: str) -> Cell | None:
         return next(
@@ -92,6 +110,19 @@ class RunView:
 
     def training(self, seed: int, variant: str) -> Training | None:
         return next((t for t in self.trainings if (t.seed, t.variant.name) == (seed, variant)), None)
+
+    @property
+    def policy(self) -> str:
+        """The run's checkpoint policy; a run root from before the key existed scored best.pt chosen on val."""
+        return (self.config or {}).get("checkpoint_policy") or BEST_ON_VAL
+
+    def baseline(self, variant: Variant) -> Baseline | None:
+        """The row ``variant`` is compared with (``fp16-ft`` for a quantized fine-tune when it ran)."""
+        return variant.baseline(v.name for v in self.variants)
+
+    def scored_epoch(self, seed: int, variant: Variant) -> int | None:
+        """Training epoch of the checkpoint that was exported and scored (PTQ: the fp16 one it quantized)."""
+        return scored_epoch(self.run_root.seed(seed), variant, self.policy)
 
 
 def finite_number(value: Any) -> float | None:
@@ -136,6 +167,13 @@ def best_epoch(results: Sequence[Mapping[str, Any]] | None) -> dict[str, Any] | 
     }
 
 
+def shown_path(path: str | Path, root: Path) -> str:
+    """``path`` relative to the run root when it lies inside it (no machine's absolute run-root path in a
+    report), else as given."""
+    inside = Path(path) == root or root in Path(path).parents
+    return rel_path(Path(path), root) if inside else str(path)
+
+
 def rel_path(path: Path, root: Path) -> str:
     """Path relative to the run root, with forward slashes (markdown links)."""
     return Path(os.path.relpath(path, root)).as_posix()
@@ -154,11 +192,16 @@ def load_view(run_root: RunRoot) -> RunView:
     view = RunView(run_root, config, variants, seeds, model, problems=problems)
     for seed in seeds:
         seed_root = run_root.seed(seed)
+        latency = load_file(seed_root.latency_json, problems, run_root.root, seed_root.read_latency)
+        if latency is not None:
+            view.latency[seed] = latency
         for variant in variants:
             if not variant.needs_fp_onnx:  # the ortq/nncf baselines have no checkpoint of their own
                 view.trainings.append(_load_training(seed_root, variant, problems, run_root.root))
             for weights_format in variant.weight_formats:
-                view.cells.append(_load_cell(seed_root, variant, weights_format, model, problems, run_root.root))
+                cell = _load_cell(seed_root, variant, weights_format, model, problems, run_root.root)
+                cell.latency = ((latency or {}).get(lk.FILES) or {}).get(artifact_label(variant.name, weights_format))
+                view.cells.append(cell)
                 configured = (config or {}).get("eval_runtimes") or ()
                 for runtime in eval_runtimes(variant, weights_format, configured, variants)[1:]:
                     cell = _load_cell(seed_root, variant, weights_format, model, problems, run_root.root, runtime)
@@ -222,8 +265,9 @@ def missing_items(view: RunView, state: Mapping[str, Any]) -> list[str]:
     if not view.run_root.dataset_provenance.is_file():
         missing.append(f"dataset provenance missing: {rel_path(view.run_root.dataset_provenance, root)}")
     for training in view.trainings:
-        if not training.paths.best.is_file():
-            missing.append(f"seed {training.seed} {training.variant.name}: no {rel_path(training.paths.best, root)}")
+        checkpoint = scored_checkpoint(training.paths, view.policy)
+        if not checkpoint.is_file():
+            missing.append(f"seed {training.seed} {training.variant.name}: no {rel_path(checkpoint, root)}")
     for cell in view.cells:
         if not cell.onnx.is_file():
             missing.append(
@@ -235,6 +279,22 @@ def missing_items(view: RunView, state: Mapping[str, Any]) -> list[str]:
         if cell.metrics is None:
             what = f"seed {cell.seed} {cell.variant.name} {cell.weights_format}"
             missing.append(f"{what}: not evaluated by {cell.runtime}")
+    return missing + _missing_latency(view)
+
+
+def _missing_latency(view: RunView) -> list[str]:
+    """A seed without ``latency.json``, or a file its latency stage did not time."""
+    root, missing = view.run_root.root, []
+    for seed in view.seeds:
+        if seed not in view.latency:
+            path = rel_path(view.run_root.seed(seed).latency_json, root)
+            missing.append(f"seed {seed}: no {path} (stage {latency_stage_name(seed)})")
+            continue
+        missing += [
+            f"seed {seed} {cell.variant.name} {cell.weights_format}: not timed in its latency.json"
+            for cell in view.cells
+            if cell.seed == seed and cell.latency is None
+        ]
     return missing
 
 
@@ -259,6 +319,9 @@ def summary_rows(view: RunView) -> list[dict[str, Any]]:
                 ss.ONNX_BYTES: cell.onnx_bytes,
                 ss.LATENCY_MS_P50: cell.latency_p50,
                 ss.VAL_ANN_SHA256: annotations.get(mk.SHA256),
+                ss.BASELINE: baseline.name if (baseline := view.baseline(cell.variant)) else None,
+                ss.CHECKPOINT_POLICY: view.policy,
+                ss.CHECKPOINT_EPOCH: view.scored_epoch(cell.seed, cell.variant),
             }
         )
     return rows

@@ -1,5 +1,5 @@
 """Per (variant, weights format) statistics of a run root's ``summary.csv`` rows: mean ± sample std over seeds,
-ratio to the root's FP baseline, mean ONNX size and latency."""
+ratio to the root's FP baseline and to the variant's matched baseline, mean ONNX size and latency."""
 
 from __future__ import annotations
 
@@ -34,8 +34,10 @@ class VariantStats:
     map50: Spread | None
     val_map50_95_best: Spread | None
     ratio_to_fp: float | None  # mean mAP50-95 / mean FP mAP50-95 of the same run root
+    baseline: str | None  # the matched baseline (summary.csv "baseline"; fp16 in files older than the column)
+    ratio_to_baseline: float | None  # mean mAP50-95 / mean float32 mAP50-95 of that baseline
     onnx_mb: float | None  # mean over seeds, 1 MB = 1e6 bytes
-    latency_ms_p50: float | None  # mean over seeds of the per-image p50
+    latency_ms_p50: float | None  # mean over seeds of the latency stage's median (ms)
     val_ann_sha256: str | None
 
 
@@ -57,15 +59,33 @@ def variant_stats(run: RunSummary) -> list[VariantStats]:
     groups: dict[tuple[str, str], list[SummaryRow]] = {}
     for row in run.rows:
         groups.setdefault((row.variant, row.weights_format), []).append(row)
-    fp_rows = groups.get((S.FP_VARIANT, S.FP_WEIGHTS_FORMAT), [])
-    fp = spread([r.map50_95 for r in fp_rows if r.map50_95 is not None])
+    float32 = {
+        variant: spread([r.map50_95 for r in rows if r.map50_95 is not None])
+        for (variant, fmt), rows in groups.items()
+        if fmt == S.FP_WEIGHTS_FORMAT
+    }
     ordered = sorted(groups, key=lambda key: key != (S.FP_VARIANT, S.FP_WEIGHTS_FORMAT))
-    return [_one_variant(run, key, groups[key], fp) for key in ordered]
+    return [_one_variant(run, key, groups[key], float32) for key in ordered]
 
 
-def _one_variant(run: RunSummary, key: tuple[str, str], rows: list[SummaryRow], fp: Spread | None) -> VariantStats:
+def _baseline_of(variant: str, rows: list[SummaryRow]) -> str | None:
+    """The rows' baseline column; a summary.csv from before that column compared everything with fp16."""
+    named = next((r.baseline for r in rows if r.baseline), None)
+    if named or any(r.checkpoint_policy for r in rows):  # a current file: an empty cell means "the baseline itself"
+        return named
+    return None if variant == S.FP_VARIANT else S.FP_VARIANT
+
+
+def _ratio(accuracy: Spread | None, reference: Spread | None) -> float | None:
+    return accuracy.mean / reference.mean if accuracy and reference and reference.mean > 0 else None
+
+
+def _one_variant(
+    run: RunSummary, key: tuple[str, str], rows: list[SummaryRow], float32: dict[str, Spread | None]
+) -> VariantStats:
     evaluated = [r for r in rows if r.map50_95 is not None]
     accuracy = spread([r.map50_95 for r in evaluated])  # type: ignore[misc]
+    baseline = _baseline_of(key[0], rows)
     onnx_bytes = _mean_or_none([r.onnx_bytes for r in evaluated] or [r.onnx_bytes for r in rows])
     shas = sorted({r.val_ann_sha256 for r in rows if r.val_ann_sha256})
     return VariantStats(
@@ -77,7 +97,9 @@ def _one_variant(run: RunSummary, key: tuple[str, str], rows: list[SummaryRow], 
         map50_95=accuracy,
         map50=spread([r.map50 for r in evaluated if r.map50 is not None]),
         val_map50_95_best=spread([r.val_map50_95_best for r in rows if r.val_map50_95_best is not None]),
-        ratio_to_fp=accuracy.mean / fp.mean if accuracy and fp and fp.mean > 0 else None,
+        ratio_to_fp=_ratio(accuracy, float32.get(S.FP_VARIANT)),
+        baseline=baseline,
+        ratio_to_baseline=_ratio(accuracy, float32.get(baseline)) if baseline else None,
         onnx_mb=onnx_bytes / 1e6 if onnx_bytes is not None else None,
         latency_ms_p50=_mean_or_none([r.latency_ms_p50 for r in evaluated]),
         val_ann_sha256=";".join(shas) or None,

@@ -13,7 +13,7 @@ leaves a truncated file under the final name. The two hooks here make every such
   calls for one that writes through a temp file.
 
 :func:`inspect_checkpoint` tells an intact checkpoint (with its epoch and whether it can resume)
-from a torn one; :func:`set_aside` renames a torn one out of the way (kept, never deleted).
+from a torn one; :func:`set_aside` moves a torn one out of the way (kept, never deleted).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from auto_quantize_model.runs.run_root import BEST_PT, LAST_PT
 from auto_quantize_model.utils.errors import first_line
 
 STAGING_DIR_NAME = ".saving"  # inside weights/: same filesystem, so the final rename is atomic
-CORRUPT_SUFFIX = ".corrupt"
 
 
 def publish_file(tmp: Path, final: Path) -> Path:
@@ -118,6 +117,7 @@ class CheckpointInfo:
     epoch: int | None = None  # last completed epoch (0-based); -1 once strip_optimizer ran
     epochs: int | None = None  # the run's target epochs (train_args)
     has_optimizer: bool = False
+    quant_scheme: str | None = None  # the scheme name of a QAT/PTQ checkpoint, None for a float one
 
     @property
     def stripped(self) -> bool:
@@ -141,7 +141,7 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
     """Load ``path`` fully (a torn zip or pickle fails here) and read epoch, target epochs and optimizer state."""
     from ultralytics.utils.patches import torch_load
 
-    import auto_quantize_model.quant.yolov10  # noqa: F401  (QAT layers must be importable to unpickle)
+    from auto_quantize_model.quant.yolov10 import quant_scheme_of  # QAT layers must be importable to unpickle
 
     path = Path(path)
     if not path.is_file():
@@ -155,17 +155,19 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
     if not isinstance(ckpt, dict) or not (ckpt.get("ema") or ckpt.get("model")):
         return CheckpointInfo(path, intact=False, error="not an Ultralytics checkpoint (no 'ema' or 'model')")
     epochs = (ckpt.get("train_args") or {}).get("epochs")
+    scheme = quant_scheme_of(ckpt.get("ema") or ckpt.get("model"))
     return CheckpointInfo(
         path,
         intact=True,
         epoch=int(ckpt.get("epoch", -1)),
         epochs=int(epochs) if epochs is not None else None,
         has_optimizer=ckpt.get("optimizer") is not None,
+        quant_scheme=scheme.name if scheme is not None else None,
     )
 
 
-def set_aside(path: Path, stamp: str) -> Path:
-    """Rename a torn checkpoint to ``<name>.corrupt-<stamp>`` beside it (kept for inspection, never deleted)."""
-    target = path.with_name(f"{path.name}{CORRUPT_SUFFIX}-{stamp}")
+def set_aside(path: Path, target: Path) -> Path:
+    """Move a torn checkpoint to ``target`` (the run root's set-aside folder; kept for inspection, never deleted)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(path, target)
     return target

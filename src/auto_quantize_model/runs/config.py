@@ -8,9 +8,11 @@ Two layers use it, each with its defaults in one place:
 * **Run profiles** (``conf/cv-models/yolov10m/profiles/<name>.yaml``): every setting of a runner
   run, no hidden defaults. :func:`resolve_run_config` applies the runner's ``--set KEY=VALUE``
   (and its named flags), checks every key, value and referenced file, and names the key, the
-  value, what is allowed and the file on error, before any stage runs.
+  value, what is allowed and the file on error, before any stage runs; ``train_overrides``
+  (``--train-arg``) are checked against Ultralytics' own argument list, with a did-you-mean.
   :func:`save_or_check_run_config` saves the result in the run root, with the sha256 of every
-  referenced recipe, under a lock; a rerun whose config (or recipe content) differs is refused.
+  referenced recipe, under a lock; a rerun whose config (or recipe content) differs is refused
+  once a training has started or any stage is done (before that, nothing was built from it).
 
 Nothing here imports torch or Ultralytics: a bad config is refused within a second.
 """
@@ -18,6 +20,7 @@ Nothing here imports torch or Ultralytics: a bad config is refused within a seco
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import hashlib
 import importlib.util
@@ -30,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from auto_quantize_model.runs.checkpoint_policy import BEST_ON_SELECTION, POLICIES
 from auto_quantize_model.runs.run_root import RunRoot
 from auto_quantize_model.runs.variants import VariantError, parse_variants
 from auto_quantize_model.utils.io import write_text_atomic
@@ -37,7 +41,21 @@ from auto_quantize_model.utils.ultralytics_env import project_root
 
 PROFILES_DIR = project_root() / "conf" / "cv-models" / "yolov10m" / "profiles"
 EVAL_RUNTIMES = ("onnxruntime", "openvino")  # evaluation.runtime.RUNTIMES, named here without importing it
+# Ultralytics arguments the train CLI sets from its flags or the run root; a recipe or --train-arg must not.
+CLI_OWNED_TRAIN_ARGS = (
+    "model",
+    "data",
+    "project",
+    "name",
+    "exist_ok",
+    "resume",
+    "pretrained",
+    "save_dir",
+    "mode",
+    "task",
+)
 MIN_OPSET = 13  # the oldest opset with per-axis DequantizeLinear (QCDQ weights)
+MIN_LATENCY_ROUNDS = 20  # the latency stage's floor: fewer and one disturbed round moves the median
 DEVICE_PATTERN = r"cpu|mps|\d+(,\d+)*"
 
 
@@ -225,10 +243,50 @@ def _runtime_list(key: str, value: Any) -> list[str]:
 
 
 def _key_value_list(key: str, value: Any) -> list[str]:
-    # Ultralytics arguments for every training, passed on as `--train-arg KEY=VALUE`; the trainer checks the keys.
+    # Ultralytics arguments for every training, passed on as `--train-arg KEY=VALUE`.
     if not isinstance(value, list) or not all(isinstance(i, str) and re.fullmatch(r"\w+=\S.*", i) for i in value):
         raise ConfigError(f"{key}: expected a list of 'KEY=VALUE' strings (may be empty), got {value!r}")
+    for item in value:
+        check_ultralytics_arg(item.split("=", 1)[0], f"{key}: {item!r} (--train-arg)")
     return list(value)
+
+
+def ultralytics_arg_names() -> frozenset[str]:
+    """Ultralytics' own argument list (``ultralytics/cfg/default.yaml``), read without importing Ultralytics."""
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("ultralytics is not installed in this environment; run scripts/setup_venv.sh")
+    return frozenset(load_yaml_mapping(Path(next(iter(spec.submodule_search_locations))) / "cfg" / "default.yaml"))
+
+
+def check_ultralytics_arg(name: str, where: str) -> None:
+    """Refuse a name outside Ultralytics' arguments (with a did-you-mean) or one the train CLI sets itself."""
+    if name in CLI_OWNED_TRAIN_ARGS:
+        raise ConfigError(f"{where}: {name} is set by the train CLI from the run root and its flags; remove it")
+    known = ultralytics_arg_names()
+    if name not in known:
+        guesses = difflib.get_close_matches(name, sorted(known), n=2, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(guesses)}?" if guesses else ""
+        raise ConfigError(f"{where}: {name} is not an Ultralytics argument (ultralytics/cfg/default.yaml){hint}")
+
+
+def _positive_number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{key}: expected a number > 0, got {value!r}")
+    return value
+
+
+def _resource_map(key: str, value: Any) -> dict[str, float]:
+    """Ray custom resources, e.g. ``{trainer: 1}``; CPU and GPU have their own keys."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping of resource name to amount, e.g. {{trainer: 1}}; got {value!r}")
+    for name, amount in value.items():
+        if not isinstance(name, str) or name.upper() in ("CPU", "GPU"):
+            raise ConfigError(f"{key}: {name!r} is not a custom resource name (CPUs and GPUs have their own keys)")
+        _positive_number(f"{key}.{name}", amount)
+    return dict(value)
 
 
 def _opset(key: str, value: Any) -> int | None:
@@ -263,6 +321,9 @@ PROFILE_SCHEMA: dict[str, Callable[[str, Any], Any]] = {
     "ptq_calib_images": _int(0),
     "ptq_bias_correction": _bool,
     "train_overrides": _key_value_list,
+    "ft_train_overrides": _key_value_list,
+    "checkpoint_policy": _choice(*POLICIES),
+    "selection_images": _int(1, optional=True),
     "data_source": _choice("coco", "synthetic"),
     "source_root": _str(optional=True),
     "max_train_images": _int(1, optional=True),
@@ -279,13 +340,35 @@ PROFILE_SCHEMA: dict[str, Callable[[str, Any], Any]] = {
     "eval_max_images": _int(1, optional=True),
     "eval_fold_weights": _bool,
     "eval_runtimes": _runtime_list,
+    "latency_rounds": _int(MIN_LATENCY_ROUNDS),
+    "latency_threads": _int(0),
+    "executor": _choice("local", "ray"),
+    "ray_address": _str(optional=True),
+    "stage_threads": _int(1, optional=True),
+    "ray_train_cpus": _positive_number,
+    "ray_train_resources": _resource_map,
 }
+# Keys that say where and how stages run, not what they compute: a rerun may change them (e.g. resume a local run
+# on a Ray cluster); they are saved with the rest.
+EXECUTION_KEYS = ("executor", "ray_address", "ray_train_cpus", "ray_train_resources")
 # Keys the resolver adds; they are saved and compared but never come from a profile file.
 DERIVED_KEYS = ("profile", "recipe_sha256")
 # Profile keys that name recipe files whose content is part of the experiment.
 RECIPE_KEYS = ("hyp", "ft_hyp")
 # The runner's named flags (the rest go through --set KEY=VALUE).
-CLI_OVERRIDE_KEYS = ("model", "epochs", "imgsz", "batch", "device", "workers", "seeds", "fraction", "variants")
+CLI_OVERRIDE_KEYS = (
+    "model",
+    "epochs",
+    "imgsz",
+    "batch",
+    "device",
+    "workers",
+    "seeds",
+    "fraction",
+    "variants",
+    "executor",
+    "ray_address",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,7 +404,13 @@ def validate_run_config(config: Mapping[str, Any], origin: str) -> dict[str, Any
             resolved[key] = check(key, config[key])
         except ConfigError as error:
             raise ConfigError(f"{origin}: {error}") from None
-    for check in (_check_data_settings, _check_eval_settings, _check_activation_settings, _check_files):
+    for check in (
+        _check_data_settings,
+        _check_selection_settings,
+        _check_eval_settings,
+        _check_activation_settings,
+        _check_files,
+    ):
         problem = check(resolved)
         if problem:
             raise ConfigError(f"{origin}: {problem}")
@@ -343,6 +432,25 @@ def _check_data_settings(config: Mapping[str, Any]) -> str | None:
         absent = [k for k in ("synthetic_train", "synthetic_val", "synthetic_imgsz") if config[k] is None]
         if absent:
             return f"data_source synthetic needs {', '.join(absent)}"
+    return None
+
+
+def _check_selection_settings(config: Mapping[str, Any]) -> str | None:
+    """A selection split exists only for the policy that selects on it, and must leave train images."""
+    count, policy = config["selection_images"], config["checkpoint_policy"]
+    if policy == BEST_ON_SELECTION and count is None:
+        return (
+            f"checkpoint_policy {BEST_ON_SELECTION} needs selection_images (how many train images to carve out "
+            "for choosing best.pt), e.g. --set selection_images=32"
+        )
+    if policy != BEST_ON_SELECTION and count is not None:
+        return (
+            f"selection_images {count}: only checkpoint_policy {BEST_ON_SELECTION} uses a selection split "
+            f"(the policy is {policy}); set selection_images to null"
+        )
+    train = config["synthetic_train"] if config["data_source"] == "synthetic" else config["max_train_images"]
+    if count is not None and train is not None and count >= train:
+        return f"selection_images {count}: carved out of {train} train images, it must leave some; lower it"
     return None
 
 
@@ -454,24 +562,29 @@ def _run_config_lock(run_root: RunRoot) -> Iterator[None]:
         yield
 
 
-def save_or_check_run_config(run_root: RunRoot, config: Mapping[str, Any]) -> RunConfigCheck:
+def save_or_check_run_config(
+    run_root: RunRoot, config: Mapping[str, Any], *, nothing_built: Callable[[], bool] = lambda: False
+) -> RunConfigCheck:
     """Save ``config`` as the run config, or refuse (:class:`RunConfigMismatch`) if a different one exists.
 
-    A changed seed list is the one allowed difference when it only adds seeds: finished seeds are
-    kept and the new ones run (the saved list grows).
+    Allowed differences: a seed list that only adds seeds (finished seeds are kept, the new ones run; the saved
+    list grows), and the execution keys (:data:`EXECUTION_KEYS`: where stages run, not what they compute). Any
+    change is accepted (and saved) when ``nothing_built()`` says no stage was built from the saved config yet
+    (asked under the lock).
     """
     with _run_config_lock(run_root):
         saved = load_run_config(run_root)
-        if saved is not None:
-            differences = config_differences(saved, config)
-            if set(differences) == {"seeds"} and set(saved["seeds"]) <= set(config["seeds"]):
-                _write_run_config(run_root, config)
-                return RunConfigCheck(run_root.run_config, created=False)
-            if differences:
-                raise RunConfigMismatch(run_root.run_config, differences)
-            return RunConfigCheck(run_root.run_config, created=False)
-        _write_run_config(run_root, config)
-        return RunConfigCheck(run_root.run_config, created=True)
+        if saved is None:
+            _write_run_config(run_root, config)
+            return RunConfigCheck(run_root.run_config, created=True)
+        differences = config_differences(saved, config)
+        experiment = {key: value for key, value in differences.items() if key not in EXECUTION_KEYS}
+        adds_seeds = set(experiment) == {"seeds"} and set(saved["seeds"]) <= set(config["seeds"])
+        if experiment and not adds_seeds and not nothing_built():
+            raise RunConfigMismatch(run_root.run_config, experiment)
+        if differences:
+            _write_run_config(run_root, config)
+        return RunConfigCheck(run_root.run_config, created=False)
 
 
 def _write_run_config(run_root: RunRoot, config: Mapping[str, Any]) -> None:

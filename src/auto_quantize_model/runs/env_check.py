@@ -302,7 +302,7 @@ def _check_onnxruntime_providers(request: PreflightRequest) -> Check:
     )
 
 
-def _train_batch(batch: int, imgsz: int, device, nc: int = 80) -> dict:
+def synthetic_train_batch(batch: int, imgsz: int, device, nc: int = 80) -> dict:
     """A detection batch in Ultralytics' collate layout (normalized xywh), a few centred boxes per image."""
     import torch
 
@@ -338,7 +338,7 @@ def _check_amp_train_step(request: PreflightRequest) -> Check:
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-    batch = _train_batch(request.batch, request.imgsz, device)
+    batch = synthetic_train_batch(request.batch, request.imgsz, device)
     start = time.perf_counter()
     with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
         loss, _ = model.loss(batch)

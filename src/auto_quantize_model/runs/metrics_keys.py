@@ -65,12 +65,17 @@ LATENCY_STAT_P50 = "p50"
 LATENCY_STAT_P95 = "p95"
 LATENCY_STAT_P99 = "p99"
 LATENCY_STAT_COUNT = "count"
+LATENCY_FIRST_BATCHES_EXCLUDED = "first_batches_excluded"  # each run slot's first batch: no warm-up, not a sample
 IMAGES_PER_S = "images_per_s"  # over the whole inference loop (decode, letterbox, inference, output decoding)
 TIMING_S = "timing_s"  # {setup, inference_loop, cocoeval}
 SESSION = "session"  # onnxruntime options used: threads, optimization level, fold_weights, parallel_runs
 
 # Provenance.
-ONNX = "onnx"  # {path, sha256}
+ONNX = "onnx"  # {path, sha256, quant_scheme, package_version, git_commit, provenance_source}
+ONNX_QUANT_SCHEME = "quant_scheme"  # the full scheme dict of a quantized file, null for a float one
+ONNX_PACKAGE_VERSION = "package_version"  # auto_quantize_model version that exported the file
+ONNX_GIT_COMMIT = "git_commit"  # commit of the exporting code
+ONNX_PROVENANCE_SOURCE = "provenance_source"  # where those came from: the .json sidecar or the file's metadata_props
 ANNOTATIONS = "annotations"  # {path, sha256}
 PATH = "path"
 SHA256 = "sha256"
@@ -78,6 +83,7 @@ IMAGES_DIR = "images_dir"
 PROVIDERS_REQUESTED = "providers_requested"
 PROVIDERS = "providers"  # session.get_providers(): what really ran
 RUNTIME = "runtime"  # {name: onnxruntime | openvino, version, device}
+ALLOW_PROVIDER_FALLBACK = "allow_provider_fallback"  # true: a requested provider that did not start was replaced
 OUTPUT_FORMAT = "output_format"
 NMS = "nms"
 IMGSZ = "imgsz"

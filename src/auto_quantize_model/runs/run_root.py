@@ -6,13 +6,16 @@ int4, qdq)::
 
     R/run.json, R/run_config.yaml, R/logs/<stage>.log
     R/summary.md, R/summary.csv, R/summary.json, R/*.png       (the summary stage)
-    R/dataset/{dataset.yaml, provenance.json, instances_val.json, images/, labels/}
-    R/seed-k/V/             Ultralytics save_dir of a training (PTQ: weights/best.pt + ptq_metadata.json)
+    R/dataset/{dataset.yaml, provenance.json, fingerprint.json, instances_val.json, images/, labels/}
+        [dataset-selection.yaml, images/selection/, labels/selection/]  (checkpoint_policy best-on-selection)
+    R/seed-k/V/             Ultralytics save_dir of a training (PTQ: weights/<last|best>.pt + .json beside it)
         args.yaml results.csv weights/{best,last}.pt tensorboard/ loss_curves.{csv,png}
-        train_metadata.json train_config.yaml [quant_scheme.json]
+        train_metadata.json train_config.yaml checkpoint_epochs.json [quant_scheme.json]
     R/seed-k/onnx/<model>-V-F.onnx (+ <model>-V-F.json export metadata)
-    R/seed-k/eval/V-F/{metrics.json, detections.json}          (ONNX Runtime)
-    R/seed-k/eval/V-F-openvino/{metrics.json, detections.json} (the same file in OpenVINO)
+    R/seed-k/eval/V-F/{metrics.json, detections.json, tensorboard/ (written by the summary)}   (ONNX Runtime)
+    R/seed-k/eval/V-F-openvino/{metrics.json, detections.json}   (the same file scored by OpenVINO)
+    R/seed-k/latency.json   every ONNX file of the seed timed together (the latency stage)
+    R/set-aside/...         work set aside by a redo or a resume, at its old relative path + .<reason>-<time>
 
 No other module builds these paths or spells these file names.
 """
@@ -29,8 +32,15 @@ from auto_quantize_model.runs.summary_schema import SUMMARY_CSV
 DEFAULT_RUNTIME = "onnxruntime"  # the evaluator's default runtime: its results keep the plain eval folder names
 
 FP16_STAGE = "fp16"
+FINE_TUNE_SUFFIX = "-ft"
 DEFAULT_RUN_PARENT = Path("tmp") / "yolov10m_scratch_fp16_vs_w4a16_qat"
 SEED_DIR_PREFIX = "seed-"
+LATENCY_JSON = "latency.json"  # per seed: every ONNX file timed together (keys: runs.latency_keys)
+
+# Work moved out of the way (a --redo's old outputs, an attempt without a checkpoint, a torn checkpoint) goes under
+# this one folder of the run root, at its old relative path: kept, never deleted, and out of a TensorBoard logdir
+# that names the seed folders.
+SET_ASIDE_DIR = "set-aside"
 
 # File names, as plain constants: the path objects below build every path from them, and a module that needs only a
 # name (a published report mirrors the run root's names) imports the constant instead of building a dummy path.
@@ -48,11 +58,29 @@ TRAIN_METADATA_JSON = "train_metadata.json"
 TRAIN_CONFIG_YAML = "train_config.yaml"
 QUANT_SCHEME_JSON = "quant_scheme.json"
 NONFINITE_LOSSES_JSONL = "nonfinite_losses.jsonl"
+CHECKPOINT_EPOCHS_JSON = "checkpoint_epochs.json"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def qat_stage_name(scheme_name: str, fine_tune: bool = False) -> str:
     """Folder name of a QAT run: ``qat-<scheme>``, ``qat-<scheme>-ft`` when initialised from FP weights."""
-    return f"qat-{scheme_name}" + ("-ft" if fine_tune else "")
+    return f"qat-{scheme_name}" + (FINE_TUNE_SUFFIX if fine_tune else "")
+
+
+def fp_stage_name(fine_tune: bool = False) -> str:
+    """Folder name of a float run: ``fp16``, ``fp16-ft`` when fine-tuned from the seed's ``fp16`` checkpoint."""
+    return FP16_STAGE + (FINE_TUNE_SUFFIX if fine_tune else "")
+
+
+def set_aside_path(base: Path, path: Path, label: str) -> Path:
+    """Where ``path`` (inside ``base``) is set aside: ``<base>/set-aside/<its path relative to base>.<label>``."""
+    relative = Path(path).relative_to(base)
+    return base / SET_ASIDE_DIR / relative.parent / f"{relative.name}.{label}"
+
+
+def artifact_label(variant: str, weights_format: str) -> str:
+    """``<variant>-<format>``, e.g. ``qat-w4a16-int4``: names an evaluation folder and a file in ``latency.json``."""
+    return f"{variant}-{weights_format}"
 
 
 def export_metadata_path(onnx_path: str | os.PathLike) -> Path:
@@ -92,7 +120,7 @@ class TrainRunPaths:
 
     @property
     def tensorboard_dir(self) -> Path:
-        return self.dir / "tensorboard"
+        return self.dir / TENSORBOARD_DIR
 
     @property
     def loss_curves_csv(self) -> Path:
@@ -112,12 +140,29 @@ class TrainRunPaths:
         return self.dir / TRAIN_CONFIG_YAML
 
     @property
+    def checkpoint_epochs_json(self) -> Path:
+        """The epoch each checkpoint holds, written on every save (``strip_optimizer`` erases it from the .pt)."""
+        return self.dir / CHECKPOINT_EPOCHS_JSON
+
+    @property
     def quant_scheme_json(self) -> Path:
         return self.dir / QUANT_SCHEME_JSON
 
+    @property
+    def set_aside_base(self) -> Path:
+        """Whose ``set-aside/`` folder takes this training's set-aside work: the run root of ``R/seed-k/V``, else
+        (a training outside a run root) the training's parent folder."""
+        seed_dir = self.dir.parent
+        in_run_root = seed_dir.name.startswith(SEED_DIR_PREFIX) and seed_dir.name[len(SEED_DIR_PREFIX) :].isdigit()
+        return seed_dir.parent if in_run_root else seed_dir
+
     def incomplete_dir(self, stamp: str) -> Path:
         """Where an attempt that died before its first checkpoint is set aside."""
-        return self.dir.with_name(f"{self.dir.name}.incomplete-{stamp}")
+        return set_aside_path(self.set_aside_base, self.dir, f"incomplete-{stamp}")
+
+    def corrupt_checkpoint(self, checkpoint: Path, stamp: str) -> Path:
+        """Where a checkpoint of this training that does not load is set aside."""
+        return set_aside_path(self.set_aside_base, checkpoint, f"corrupt-{stamp}")
 
     @property
     def nonfinite_log(self) -> Path:
@@ -129,6 +174,12 @@ class TrainRunPaths:
         from auto_quantize_model.utils.io import read_json
 
         return read_json(self.metadata_json) if self.metadata_json.is_file() else {}
+
+    def read_checkpoint_epochs(self) -> dict:
+        """``checkpoint_epochs.json`` (the one reader of that file): ``{"last": E, "best": E}``, ``{}`` before."""
+        from auto_quantize_model.utils.io import read_json
+
+        return read_json(self.checkpoint_epochs_json) if self.checkpoint_epochs_json.is_file() else {}
 
     def is_finished(self) -> bool:
         """A stage is finished once its metadata records completion and ``best.pt`` exists."""
@@ -178,6 +229,15 @@ class RunRoot:
         return self.root / MAP_COMPARISON_PNG
 
     @property
+    def set_aside_dir(self) -> Path:
+        """Everything set aside in this run root (see :data:`SET_ASIDE_DIR`)."""
+        return self.root / SET_ASIDE_DIR
+
+    def set_aside_path(self, path: Path, label: str) -> Path:
+        """Where ``path`` of this run root is set aside, e.g. ``set-aside/seed-0/fp16.stale-<time>``."""
+        return set_aside_path(self.root, path, label)
+
+    @property
     def logs_dir(self) -> Path:
         return self.root / "logs"
 
@@ -203,8 +263,20 @@ class RunRoot:
         return self.dataset_dir / "images" / "val"
 
     @property
+    def selection_dataset_yaml(self) -> Path:
+        """Data YAML whose ``val:`` is the selection split carved from train (training validates there)."""
+        return self.dataset_dir / "dataset-selection.yaml"  # spelled like dataset.yaml by the dataset writer
+
+    @property
     def dataset_provenance(self) -> Path:
         return self.dataset_dir / "provenance.json"
+
+    @property
+    def dataset_fingerprint(self) -> Path:
+        """Names, sizes and mtimes of the prepared images and hashes of the small files (prepare-data writes it)."""
+        from auto_quantize_model.data.fingerprint import FINGERPRINT_FILE  # the dataset writer (data/) names it
+
+        return self.dataset_dir / FINGERPRINT_FILE
 
     @property
     def synthetic_source_dir(self) -> Path:
@@ -244,10 +316,25 @@ class SeedRoot:
     def eval_dir(self, variant: str, weights_format: str, runtime: str = DEFAULT_RUNTIME) -> Path:
         """``eval/<variant>-<format>`` (ONNX Runtime), ``eval/<variant>-<format>-<runtime>`` for another runtime."""
         suffix = "" if runtime == DEFAULT_RUNTIME else f"-{runtime}"
-        return self.dir / "eval" / f"{variant}-{weights_format}{suffix}"
+        return self.dir / "eval" / f"{artifact_label(variant, weights_format)}{suffix}"
 
     def eval_metrics(self, variant: str, weights_format: str, runtime: str = DEFAULT_RUNTIME) -> Path:
         return self.eval_dir(variant, weights_format, runtime) / METRICS_FILE
 
     def eval_detections(self, variant: str, weights_format: str, runtime: str = DEFAULT_RUNTIME) -> Path:
         return self.eval_dir(variant, weights_format, runtime) / DETECTIONS_FILE
+
+    @property
+    def latency_json(self) -> Path:
+        """Latency of every ONNX file of this seed, timed in one process (keys: ``runs.latency_keys``)."""
+        return self.dir / LATENCY_JSON
+
+    def read_latency(self) -> dict | None:
+        """``latency.json`` (the one reader of that file), ``None`` before the latency stage wrote it."""
+        from auto_quantize_model.utils.io import read_json
+
+        return read_json(self.latency_json) if self.latency_json.is_file() else None
+
+    def eval_tensorboard_dir(self, variant: str, weights_format: str) -> Path:
+        """The summary's TensorBoard record of this file's ONNX mAP, size and latency (an hparams session)."""
+        return self.eval_dir(variant, weights_format) / TENSORBOARD_DIR

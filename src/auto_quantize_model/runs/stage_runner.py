@@ -1,8 +1,10 @@
 """Stage tracking in ``run.json``: run one stage's command, tee its output to its log, record the outcome.
 
 :func:`run_stage` runs one command with its output teed to ``RunRoot.stage_log(stage)``, records
-status, times, exit code and command in ``RunRoot.run_json``, skips a stage that is already ``done``
-and propagates a failing exit code.
+status, times, exit code, command, the sha256 of the inputs it was started on and of the outputs it
+left, skips a stage that is already ``done`` and propagates a failing exit code. The runner
+(:mod:`auto_quantize_model.pipeline`) takes the stage's lock itself (:func:`stage_lock`), decides
+under it whether the stage is redone, and then calls :func:`run_locked_stage`.
 
 ``run.json`` schema (``schema_version`` 1)::
 
@@ -11,13 +13,22 @@ and propagates a failing exit code.
                             "started_at": ISO, "ended_at": ISO|null, "duration_s": float|null,
                             "exit_code": int|null, "command": [argv...],
                             "log": "logs/<stage>.log", "pid": int, "host": str,
+                            "inputs_sha256": {input: sha256} (what the attempt was started on),
+                            "outputs_sha256": {path: sha256} (files; a folder: its names/sizes/mtimes),
                             "error": str|null (set when it exited 0 without its outputs)}}}
+
+Each attempt also writes its record to its log, as one ``##### record {json}`` line at the start and
+one at the end (not shown on the terminal), so ``run.json`` can be rebuilt from the logs
+(:mod:`auto_quantize_model.runs.repair`). The log keeps the last state of each progress bar, not
+every redraw (the terminal gets them all).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
+import json
 import os
 import re
 import shlex
@@ -31,17 +42,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from auto_quantize_model.runs.provenance import utc_now
+from auto_quantize_model.runs.provenance import output_hashes, utc_now
 from auto_quantize_model.runs.run_root import RunRoot
 from auto_quantize_model.utils.io import read_json, write_json_atomic
 
 RUN_JSON_SCHEMA_VERSION = 1
 STAGE_STATUSES = ("running", "done", "failed")
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+REBUILD_HINT = "rebuild it from the stage logs and outputs with the same runner command plus --repair"
+LOG_RECORD_PREFIX = "##### record "  # a log line holding an attempt's record as JSON (see repair.py)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class StageBusy(RuntimeError):
     """Another process is running the same stage of the same run root."""
+
+
+class RunStateError(ValueError):
+    """``run.json`` cannot be read; the message names the file and how to rebuild it."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -63,9 +81,13 @@ def load_run_state(run_root: RunRoot) -> dict[str, Any]:
     """``run.json`` as a dict; an empty state when the run root has none yet."""
     if not run_root.run_json.is_file():
         return {"schema_version": RUN_JSON_SCHEMA_VERSION, "run_root": str(run_root.root), "stages": {}}
-    state = read_json(run_root.run_json)
+    try:
+        state = read_json(run_root.run_json)
+    except ValueError as error:  # invalid JSON or UTF-8: a torn or hand-edited file
+        cause = error.__cause__ or error
+        raise RunStateError(f"{run_root.run_json}: not valid JSON ({cause}); {REBUILD_HINT}") from None
     if not isinstance(state, dict) or not isinstance(state.get("stages"), dict):
-        raise ValueError(f"{run_root.run_json}: expected an object with a 'stages' object; repair or delete it")
+        raise RunStateError(f"{run_root.run_json}: expected an object with a 'stages' object; {REBUILD_HINT}")
     return state
 
 
@@ -124,8 +146,13 @@ def _relative(path: Path, root: Path) -> str:
 
 
 @contextlib.contextmanager
-def _locked_log(log_path: Path, stage: str) -> Iterator[BinaryIO]:
-    """Open the stage log for appending and hold an exclusive lock on it for the stage's lifetime."""
+def stage_lock(run_root: RunRoot, stage: str) -> Iterator[BinaryIO]:
+    """Hold the stage's exclusive lock (on its log, opened for appending) for the block; :class:`StageBusy` if held.
+
+    Whoever holds it owns the stage's folder and record: a redo sets the old work aside only under it.
+    """
+    _check_stage_name(stage)
+    log_path = run_root.stage_log(stage)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115  (closed below, where a failing final flush must not raise)
     try:
@@ -133,12 +160,45 @@ def _locked_log(log_path: Path, stage: str) -> Iterator[BinaryIO]:
             fcntl.flock(log.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StageBusy(
-                f"stage {stage} is already running for this run root (its log {log_path} is locked)"
+                f"stage {stage} is already running for this run root (its log {log_path} is locked); "
+                "nothing was changed: wait for it to end, then rerun"
             ) from None
         yield log
     finally:
         with contextlib.suppress(OSError):  # bytes a full disk refused are already reported by _tee
             log.close()
+
+
+class _LogLines:
+    """Writes a child's output to the log, keeping only the last redraw of each ``\\r``-redrawn line.
+
+    Progress bars redraw one line with ``\\r`` on every step; the log gets the line's final state
+    once it ends (``\\n``), or whatever is pending when the stage ends.
+    """
+
+    def __init__(self, log: BinaryIO) -> None:
+        self.log = log
+        self.pending = b""
+
+    def write(self, chunk: bytes) -> None:
+        *lines, self.pending = (self.pending + chunk).split(b"\n")
+        self.pending = _last_redraw(self.pending, keep_cr=True)
+        if lines:
+            self.log.write(b"".join(_last_redraw(line) + b"\n" for line in lines))
+            self.log.flush()
+
+    def close(self) -> None:
+        if self.pending:
+            self.log.write(_last_redraw(self.pending) + b"\n")
+            self.log.flush()
+            self.pending = b""
+
+
+def _last_redraw(line: bytes, keep_cr: bool = False) -> bytes:
+    """The text after the last ``\\r`` that is followed by something (``a\\rb\\r`` -> ``b``)."""
+    parts = [part for part in line.split(b"\r") if part]
+    last = parts[-1] if parts else b""
+    return b"\r" + last if keep_cr and line.startswith(b"\r") and last else last
 
 
 def _tee(source: BinaryIO, log: BinaryIO | None, out: BinaryIO | None) -> str | None:
@@ -151,24 +211,43 @@ def _tee(source: BinaryIO, log: BinaryIO | None, out: BinaryIO | None) -> str | 
     recorded failed rather than done with an incomplete log.
     """
     log_error = None
+    lines = _LogLines(log) if log is not None else None
     while chunk := source.read1(65536):
-        if log is not None:
+        if lines is not None:
             try:
-                log.write(chunk)
-                log.flush()
+                lines.write(chunk)
             except OSError as error:
-                log_error = (
-                    f"could not write its log {getattr(log, 'name', '?')} ({error.strerror or error}); "
-                    "output after that is not in the log"
-                )
-                log = None
+                log_error = _log_error(log, error)
+                lines = None
         if out is not None:
             try:
                 out.write(chunk)
                 out.flush()
             except OSError:
                 out = None
+    if lines is not None:
+        try:
+            lines.close()
+        except OSError as error:
+            log_error = _log_error(log, error)
     return log_error
+
+
+def _die_with_parent() -> None:
+    """In the stage process (Linux): get SIGTERM when the process that started it dies.
+
+    A killed runner or Ray worker releases the stage's log lock; without this its stage process would go on
+    training, orphaned, beside the rerun that takes the lock next. Elsewhere this does nothing.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _log_error(log: BinaryIO, error: OSError) -> str:
+    return (
+        f"could not write its log {getattr(log, 'name', '?')} ({error.strerror or error}); "
+        "output after that is not in the log"
+    )
 
 
 def _exit_code(returncode: int) -> int:
@@ -186,7 +265,9 @@ def _execute(
     child_env = dict(os.environ if env is None else env)
     child_env.setdefault("PYTHONUNBUFFERED", "1")  # so the log follows the child in real time
     try:
-        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env)
+        proc = subprocess.Popen(
+            list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=child_env, preexec_fn=_die_with_parent
+        )
     except OSError as error:
         _emit(f"cannot start {argv[0]!r}: {error}\n", log, out)
         return 127, None
@@ -205,10 +286,11 @@ def _execute(
         proc.stdout.close()
 
 
-def _skip(
-    run_root: RunRoot, stage: str, record: Mapping[str, Any], outputs: Sequence[Path], out: BinaryIO
+def report_skip(
+    run_root: RunRoot, stage: str, record: Mapping[str, Any], outputs: Sequence[Path], out: BinaryIO | None = None
 ) -> StageResult:
-    """A ``done`` stage is never rerun (its artifacts are final); say so, and warn about lost outputs."""
+    """A ``done`` stage is not rerun (its artifacts are final); say so, and warn about lost outputs."""
+    out = out if out is not None else sys.stdout.buffer
     missing = [str(path) for path in outputs if not Path(path).exists()]
     message = f"skip: stage {stage} already done (finished {record.get('ended_at')})"
     if missing:
@@ -225,6 +307,7 @@ def run_stage(
     argv: Sequence[str],
     *,
     outputs: Sequence[Path] = (),
+    inputs: Mapping[str, str] | None = None,
     stream: BinaryIO | None = None,
     env: Mapping[str, str] | None = None,
 ) -> StageResult:
@@ -232,43 +315,66 @@ def run_stage(
 
     Output goes to ``stream`` (default: our stdout) and is appended to ``RunRoot.stage_log(stage)``
     under a header per attempt. ``outputs`` are files the stage must leave behind: a zero exit
-    without them counts as a failure. Raises :class:`StageBusy` if the stage runs elsewhere.
+    without them counts as a failure. ``inputs`` (``{input: sha256}``) is recorded as what the
+    attempt started from. Raises :class:`StageBusy` if the stage runs elsewhere.
     """
     _check_stage_name(stage)
+    record = stage_record(run_root, stage) or {}
+    if record.get("status") == "done":
+        return report_skip(run_root, stage, record, outputs, stream)
+    with stage_lock(run_root, stage) as log:
+        previous = stage_record(run_root, stage) or {}
+        if previous.get("status") == "done":  # finished by another process meanwhile
+            return report_skip(run_root, stage, previous, outputs, stream)
+        return run_locked_stage(run_root, stage, argv, log, outputs=outputs, inputs=inputs, stream=stream, env=env)
+
+
+def run_locked_stage(
+    run_root: RunRoot,
+    stage: str,
+    argv: Sequence[str],
+    log: BinaryIO,
+    *,
+    outputs: Sequence[Path] = (),
+    inputs: Mapping[str, str] | None = None,
+    stream: BinaryIO | None = None,
+    env: Mapping[str, str] | None = None,
+) -> StageResult:
+    """Run one attempt of ``stage`` whatever its record says; the caller holds :func:`stage_lock` (``log``)."""
     if not argv:
         raise ValueError(f"stage {stage}: no command given")
     out = stream if stream is not None else sys.stdout.buffer
-    log_path = run_root.stage_log(stage)
-    record = stage_record(run_root, stage) or {}
-    if record.get("status") == "done":
-        return _skip(run_root, stage, record, outputs, out)
-    with _locked_log(log_path, stage) as log:
-        return _run_locked(run_root, stage, list(map(str, argv)), outputs, out, log, env)
-
-
-def _emit(text: str, log: BinaryIO, out: BinaryIO) -> None:
-    """Write our own line (header, footer, error) to the log and the terminal."""
-    for sink in (log, out):
-        with contextlib.suppress(OSError):  # see _tee: a closed terminal is not the stage's failure
-            sink.write(text.encode())
-            sink.flush()
-
-
-def _run_locked(
-    run_root: RunRoot, stage: str, argv: list[str], outputs: Sequence[Path], out: BinaryIO, log: BinaryIO, env
-) -> StageResult:
-    """Body of :func:`run_stage` once the stage's log lock is held."""
+    argv = list(map(str, argv))
     previous = stage_record(run_root, stage) or {}
-    if previous.get("status") == "done":  # finished by another process meanwhile
-        return _skip(run_root, stage, previous, outputs, out)
-    attempt = _begin_attempt(run_root, stage, argv, previous, log, out)
+    attempt = _begin_attempt(run_root, stage, argv, previous, dict(inputs or {}), log, out)
     start = time.monotonic()
     exit_code, log_error = _execute(argv, log, out, env)
     duration = round(time.monotonic() - start, 3)
     return _finish_attempt(run_root, stage, attempt, exit_code, duration, outputs, log, out, log_error)
 
 
-def _begin_attempt(run_root: RunRoot, stage: str, argv: list[str], previous: Mapping[str, Any], log, out) -> int:
+def _emit(text: str, log: BinaryIO, out: BinaryIO | None) -> None:
+    """Write our own line (header, footer, error) to the log and the terminal (``None``: the log only)."""
+    for sink in (log, out) if out is not None else (log,):
+        with contextlib.suppress(OSError):  # see _tee: a closed terminal is not the stage's failure
+            sink.write(text.encode())
+            sink.flush()
+
+
+def _log_record(log: BinaryIO, fields: Mapping[str, Any]) -> None:
+    """The attempt's record as one log line, for rebuilding ``run.json`` from the logs (repair.py)."""
+    _emit(LOG_RECORD_PREFIX + json.dumps(fields, default=str) + "\n", log, None)
+
+
+def _begin_attempt(
+    run_root: RunRoot,
+    stage: str,
+    argv: list[str],
+    previous: Mapping[str, Any],
+    inputs: dict[str, str],
+    log: BinaryIO,
+    out: BinaryIO,
+) -> int:
     """Write the attempt header and mark the stage ``running``; return the attempt number."""
     attempt = int(previous.get("attempts", 0)) + 1
     started_at = utc_now()
@@ -276,21 +382,23 @@ def _begin_attempt(run_root: RunRoot, stage: str, argv: list[str], previous: Map
     state = {"running": "interrupted"}.get(previous.get("status"), previous.get("status"))
     note = f" (previous attempt {state})" if previous else ""
     _emit(f"===== [{started_at}] stage {stage}, attempt {attempt}{note} =====\n$ {shlex.join(argv)}\n", log, out)
-    update_stage_record(
-        run_root,
-        stage,
-        status="running",
-        attempts=attempt,
-        started_at=started_at,
-        ended_at=None,
-        duration_s=None,
-        exit_code=None,
-        command=argv,
-        log=_relative(run_root.stage_log(stage), run_root.root),
-        pid=os.getpid(),
-        host=socket.gethostname(),
-        error=None,
-    )
+    fields = {
+        "status": "running",
+        "attempts": attempt,
+        "started_at": started_at,
+        "ended_at": None,
+        "duration_s": None,
+        "exit_code": None,
+        "command": argv,
+        "log": _relative(run_root.stage_log(stage), run_root.root),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "inputs_sha256": inputs,
+        "outputs_sha256": {},
+        "error": None,
+    }
+    _log_record(log, {"stage": stage, **fields})
+    update_stage_record(run_root, stage, **fields)
     return attempt
 
 
@@ -305,14 +413,21 @@ def _finish_attempt(
     out,
     log_error: str | None = None,
 ) -> StageResult:
-    """Check the declared outputs, record done/failed, write the footer; return the result."""
+    """Check the declared outputs, record done/failed with the outputs' sha256, write the footer; return the result."""
     missing = [str(p) for p in outputs if not Path(p).exists()] if exit_code == 0 else []
     error = log_error or (f"exited 0 but did not write: {', '.join(missing)}" if missing else None)
     status = "done" if exit_code == 0 and not error else "failed"
+    fields = {
+        "status": status,
+        "ended_at": utc_now(),
+        "duration_s": duration,
+        "exit_code": exit_code,
+        "error": error,
+        "outputs_sha256": output_hashes(outputs) if status == "done" else {},
+    }
     try:
-        update_stage_record(
-            run_root, stage, status=status, ended_at=utc_now(), duration_s=duration, exit_code=exit_code, error=error
-        )
+        _log_record(log, {"stage": stage, "attempts": attempt, **fields})
+        update_stage_record(run_root, stage, **fields)
     except OSError as record_error:  # e.g. the same full disk: run.json keeps "running", read later as interrupted
         status = "failed"
         error = f"{error + '; ' if error else ''}run.json not updated ({record_error.strerror or record_error})"

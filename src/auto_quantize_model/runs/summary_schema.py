@@ -17,8 +17,11 @@ MAP50 = "mAP50"  # ONNX evaluator, COCO mAP@.50
 VAL_MAP50_95_BEST = "val_mAP50_95_best"  # Ultralytics validator, best epoch (in-training PyTorch model)
 ONNX = "onnx"  # path of the evaluated ONNX, relative to the run root
 ONNX_BYTES = "onnx_bytes"  # its file size in bytes
-LATENCY_MS_P50 = "latency_ms_p50"  # evaluator's per-image session.run latency, median, ms
+LATENCY_MS_P50 = "latency_ms_p50"  # median session.run ms at batch 1 from the seed's latency.json (latency stage)
 VAL_ANN_SHA256 = "val_ann_sha256"  # sha256 of the val annotation file the evaluator scored against
+BASELINE = "baseline"  # the matched baseline variant the headline compares this row with (empty for fp16)
+CHECKPOINT_POLICY = "checkpoint_policy"  # last | best-on-selection | best-on-val: which checkpoint was exported
+CHECKPOINT_EPOCH = "checkpoint_epoch"  # training epoch (1-based) of the scored checkpoint (PTQ: fp16's)
 
 SUMMARY_COLUMNS = (
     VARIANT,
@@ -31,6 +34,9 @@ SUMMARY_COLUMNS = (
     ONNX_BYTES,
     LATENCY_MS_P50,
     VAL_ANN_SHA256,
+    BASELINE,
+    CHECKPOINT_POLICY,
+    CHECKPOINT_EPOCH,
 )
 
 WEIGHTS_FORMATS = ("float32", "float16", "qcdq", "int4")

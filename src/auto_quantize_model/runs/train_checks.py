@@ -107,8 +107,8 @@ def check_model(model: str) -> None:
     )
 
 
-def check_init_from(init_from: Path | None) -> None:
-    """``--init-from`` must be a loadable Ultralytics checkpoint; checked before the stage folder exists."""
+def check_init_from(init_from: Path | None, float_stage: bool = False) -> None:
+    """``--init-from`` must be a loadable Ultralytics checkpoint, a float one for ``fp16-ft``; checked early."""
     from auto_quantize_model.runs.checkpoints import inspect_checkpoint
 
     if init_from is None:
@@ -117,5 +117,10 @@ def check_init_from(init_from: Path | None) -> None:
     if not info.intact:
         raise ConfigError(
             f"--init-from {init_from}: not a loadable checkpoint ({info.error}); "
-            "pass the weights/best.pt of a finished FP training"
+            "pass the weights/last.pt or best.pt of a finished FP training"
+        )
+    if float_stage and info.quant_scheme is not None:
+        raise ConfigError(
+            f"--init-from {init_from}: is quantized (scheme {info.quant_scheme}); fp16-ft fine-tunes a float "
+            "model: pass the fp16 stage's weights/last.pt or best.pt"
         )

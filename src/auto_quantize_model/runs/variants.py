@@ -3,12 +3,18 @@
 A variant name says how a model is obtained; the run config lists them (``variants``):
 
 * ``fp16`` - the float baseline, trained from scratch (FP16/AMP on CUDA, FP32 on CPU);
+* ``fp16-ft`` - the same seed's ``fp16`` checkpoint fine-tuned with the fine-tune recipe, not quantized:
+  the matched control of ``qat-<scheme>-ft`` (same start, same extra epochs, same recipe);
 * ``qat-<scheme>`` - quantization-aware training from scratch with a scheme;
-* ``qat-<scheme>-ft`` - QAT initialised from the same seed's ``fp16`` ``best.pt`` (fine-tuning);
-* ``ptq-<scheme>`` - post-training quantization of the same seed's ``fp16`` ``best.pt`` (a scheme that
+* ``qat-<scheme>-ft`` - QAT initialised from the same seed's ``fp16`` checkpoint (fine-tuning);
+* ``ptq-<scheme>`` - post-training quantization of the same seed's ``fp16`` checkpoint (a scheme that
   quantizes activations, e.g. ``w8a8``, calibrates them on train images);
 * ``ortq-w8a8`` / ``nncf-w8a8`` - the int8 tools users pick (ONNX Runtime's ``quantize_static``, NNCF's PTQ)
   applied to the same seed's ``fp16`` float32 ONNX, calibrated on the same train images.
+
+Which ``fp16`` checkpoint (``last.pt`` or ``best.pt``) the run's ``checkpoint_policy`` decides
+(:mod:`auto_quantize_model.runs.checkpoint_policy`). Each variant is compared with its matched
+baseline (:meth:`Variant.baseline`): a fine-tune with ``fp16-ft``, everything else with ``fp16``.
 
 ``<scheme>`` is a named scheme (``w4a16``, ``w4a16-fl8``, ``w8a8``, ...) or a path to a scheme JSON file;
 the folder and row name use the scheme's own ``name`` (``qat-<scheme.name>``). Each variant is
@@ -21,13 +27,17 @@ calibrated activation ranges), so that variant must be listed too.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from auto_quantize_model.quant.scheme import QuantScheme, resolve_scheme
 
 FP_VARIANT = "fp16"
+FP_FT_VARIANT = "fp16-ft"
 BASELINE_TOOLS = ("ortq", "nncf")  # the int8 tools users pick, applied to the FP ONNX (onnx_io.baselines)
-KINDS = ("fp", "qat", "qat-ft", "ptq", *BASELINE_TOOLS)
+KINDS = ("fp", "fp-ft", "qat", "qat-ft", "ptq", *BASELINE_TOOLS)
+FLOAT_KINDS = ("fp", "fp-ft")
+FINE_TUNE_KINDS = ("fp-ft", "qat-ft")
 FT_SUFFIX = "-ft"
 BASELINE_SCHEME = "w8a8"  # what the baseline tools make: int8 weights and activations
 FP_FORMATS = ("float32", "float16")
@@ -35,12 +45,20 @@ QUANT_FORMATS = ("qcdq", "int4")
 ACTIVATION_FORMATS = ("qdq",)
 WEIGHT_FORMATS = FP_FORMATS + QUANT_FORMATS + ACTIVATION_FORMATS
 # The format whose evaluation is the variant's headline number (weight-only schemes; activation schemes: qdq).
-HEADLINE_FORMAT = {"fp": "float32", "qat": "qcdq", "qat-ft": "qcdq", "ptq": "qcdq"}
-GRAMMAR = "fp16 | qat-<scheme> | qat-<scheme>-ft | ptq-<scheme> | ortq-w8a8 | nncf-w8a8"
+HEADLINE_FORMAT = {"fp": "float32", "fp-ft": "float32", "qat": "qcdq", "qat-ft": "qcdq", "ptq": "qcdq"}
+GRAMMAR = "fp16 | fp16-ft | qat-<scheme> | qat-<scheme>-ft | ptq-<scheme> | ortq-w8a8 | nncf-w8a8"
 
 
 class VariantError(ValueError):
     """A variant name is not of the grammar, or names an unknown scheme; the message says which."""
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The row a variant is compared with, and whether it is the matched one (see :meth:`Variant.baseline`)."""
+
+    name: str
+    matched: bool
 
 
 @dataclass(frozen=True)
@@ -53,9 +71,9 @@ class Variant:
 
     @property
     def name(self) -> str:
-        """Folder, stage and row name: ``fp16``, ``qat-w4a16``, ``qat-w4a16-ft``, ``ptq-w4a16``."""
-        if self.kind == "fp":
-            return FP_VARIANT
+        """Folder, stage and row name: ``fp16``, ``fp16-ft``, ``qat-w4a16``, ``qat-w4a16-ft``, ``ptq-w4a16``."""
+        if self.kind in FLOAT_KINDS:
+            return FP_FT_VARIANT if self.fine_tunes else FP_VARIANT
         if self.kind in BASELINE_TOOLS:
             return f"{self.kind}-{BASELINE_SCHEME}"
         prefix = "ptq" if self.kind == "ptq" else "qat"
@@ -63,12 +81,17 @@ class Variant:
 
     @property
     def quantized(self) -> bool:
-        return self.kind != "fp"
+        return self.kind not in FLOAT_KINDS
+
+    @property
+    def fine_tunes(self) -> bool:
+        """Trained from the seed's ``fp16`` checkpoint with the fine-tune recipe (``ft_hyp``, ``ft_epochs``)."""
+        return self.kind in FINE_TUNE_KINDS
 
     @property
     def needs_fp_checkpoint(self) -> bool:
-        """PTQ and fine-tuning start from the same seed's ``fp16`` ``best.pt``."""
-        return self.kind in ("qat-ft", "ptq")
+        """PTQ and fine-tuning start from the same seed's ``fp16`` checkpoint."""
+        return self.fine_tunes or self.kind == "ptq"
 
     @property
     def needs_fp_onnx(self) -> bool:
@@ -77,7 +100,7 @@ class Variant:
 
     @property
     def trains(self) -> bool:
-        return self.kind in ("fp", "qat", "qat-ft")
+        return self.kind in ("fp", "fp-ft", "qat", "qat-ft")
 
     @property
     def quantizes_activations(self) -> bool:
@@ -107,6 +130,19 @@ class Variant:
         """The ``ptq-<scheme>`` whose calibrated checkpoint a ``qat-<scheme>-ft`` with activations starts from."""
         return f"ptq-{self.scheme.name}" if self.kind == "qat-ft" and self.quantizes_activations else None
 
+    def baseline(self, names_in_run: Iterable[str]) -> Baseline | None:
+        """``fp16-ft`` for a quantized fine-tune, ``fp16`` for everything else; ``None`` for ``fp16`` itself.
+
+        A quantized fine-tune trained more epochs than ``fp16``, in a phase (low lr, mosaic off) ``fp16`` never
+        had; only ``fp16-ft`` had the same. Without ``fp16-ft`` in the run it falls back to ``fp16``, unmatched.
+        """
+        if self.kind == "fp":
+            return None
+        if self.kind == "qat-ft":
+            matched = FP_FT_VARIANT in set(names_in_run)
+            return Baseline(FP_FT_VARIANT if matched else FP_VARIANT, matched)
+        return Baseline(FP_VARIANT, True)
+
 
 def eval_runtimes(
     variant: Variant, weights_format: str, configured: list[str] | tuple[str, ...], variants: list[Variant]
@@ -125,12 +161,13 @@ def parse_variant(text: str) -> Variant:
     text = str(text).strip()
     if text == FP_VARIANT:
         return Variant("fp")
+    if text == FP_FT_VARIANT:
+        return Variant("fp-ft")
     prefix, sep, rest = text.partition("-")
     if prefix in BASELINE_TOOLS:
         if rest != BASELINE_SCHEME:
-            raise VariantError(
-                f"variant {text!r}: the {prefix} baseline is {prefix}-{BASELINE_SCHEME} (grammar: {GRAMMAR})"
-            )
+            baseline = f"{prefix}-{BASELINE_SCHEME}"
+            raise VariantError(f"variant {text!r}: the {prefix} baseline is {baseline} (grammar: {GRAMMAR})")
         return Variant(prefix)
     if not sep or prefix not in ("qat", "ptq") or not rest:
         raise VariantError(f"variant {text!r} is not one of {GRAMMAR}")
@@ -163,7 +200,7 @@ def parse_variants(texts: list[str]) -> list[Variant]:
     needing = [variant.name for variant in variants if variant.needs_fp_checkpoint or variant.needs_fp_onnx]
     if needing and FP_VARIANT not in names:
         raise VariantError(
-            f"variants {needing} start from the same seed's {FP_VARIANT} best.pt, but {FP_VARIANT} is not among "
+            f"variants {needing} start from the same seed's {FP_VARIANT} checkpoint, but {FP_VARIANT} is not among "
             f"the variants {names}; add {FP_VARIANT}"
         )
     for variant in variants:
@@ -172,9 +209,9 @@ def parse_variants(texts: list[str]) -> list[Variant]:
                 f"variant {variant.name} starts from the calibrated {variant.calibration_variant} checkpoint; "
                 f"add {variant.calibration_variant} to the variants"
             )
-    # The baseline trains first (PTQ and fine-tuning need its checkpoint), then activation calibrations
-    # (fine-tuning with activations starts from them); otherwise the listed order.
-    return sorted(variants, key=lambda variant: 0 if variant.kind == "fp" else 1 if _calibrates(variant) else 2)
+    # The baseline trains first (PTQ and fine-tuning need its checkpoint), then its fine-tuned control, then the
+    # activation calibrations (fine-tuning with activations starts from them); otherwise the listed order.
+    return sorted(variants, key=lambda v: (v.kind != "fp", v.kind != "fp-ft", not _calibrates(v)))
 
 
 def _calibrates(variant: Variant) -> bool:

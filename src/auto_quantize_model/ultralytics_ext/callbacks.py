@@ -1,8 +1,8 @@
 """Ultralytics trainer callbacks shared by the FP16 and QAT runs.
 
 They add what the plan asks of every training run without touching Ultralytics' loop:
-TensorBoard event files, loss curves (CSV + PNG) refreshed every epoch, and a guard that
-reports any non-finite loss with its epoch and batch. Callbacks are module-level
+TensorBoard event files, loss curves (CSV + PNG) refreshed every epoch, a guard that
+reports any non-finite loss with its epoch and batch, and the epoch each checkpoint holds. Callbacks are module-level
 functions so Ultralytics' DDP launcher can pickle them by reference.
 """
 
@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from ultralytics.utils import LOGGER, RANK
 
+from auto_quantize_model.runs.executors import STAGE_THREADS_ENV
 from auto_quantize_model.runs.run_root import TrainRunPaths
 from auto_quantize_model.ultralytics_ext.loss_curves import write_loss_curves
+from auto_quantize_model.utils.io import write_json_atomic
 
 # Per-iteration scalars are written every this many batches (epoch scalars always).
 ITERATION_LOG_INTERVAL = 10
+# Set on the trainer while Ultralytics' final validation of best.pt runs (ScratchDetectionTrainer.final_eval).
+FINAL_EVAL_FLAG = "aqm_final_eval"
+FINAL_VAL_PREFIX = "final_val"  # TensorBoard tags of that validation: final_val/metrics/mAP50-95(B), ...
 
 
 def _paths(trainer) -> TrainRunPaths:
@@ -31,6 +37,19 @@ def _is_main_process() -> bool:
 
 def _scalar(value) -> float:
     return float(value.item() if hasattr(value, "item") else value)
+
+
+def on_pretrain_routine_start(trainer) -> None:
+    """Give torch the stage's explicit thread count, when the runner set one (profile key ``stage_threads``).
+
+    Ultralytics' ``select_device`` sets torch's threads to ``min(8, cpus - 1)`` on CPU whatever the executor gave
+    the stage; this runs after it, so a stage's numbers do not depend on the executor or the machine's size.
+    """
+    threads = os.environ.get(STAGE_THREADS_ENV)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
 
 
 def on_pretrain_routine_end(trainer) -> None:
@@ -80,11 +99,19 @@ def _report_nonfinite_loss(trainer, batch_index: int, loss: float) -> None:
 
 
 def on_fit_epoch_end(trainer) -> None:
-    """Write epoch scalars to TensorBoard and refresh the loss curves from ``results.csv``."""
+    """Write epoch scalars to TensorBoard and refresh the loss curves from ``results.csv``.
+
+    Ultralytics also calls this after its final validation of best.pt, with ``epoch`` raised by one; those metrics
+    go under ``final_val/`` at the last epoch's step, so no curve gets a fake extra epoch (loss and lr repeated).
+    """
     if not _is_main_process():
         return
     writer = getattr(trainer, "aqm_tb_writer", None)
-    if writer is not None:
+    if writer is not None and getattr(trainer, FINAL_EVAL_FLAG, False):
+        for name, value in trainer.metrics.items():
+            writer.add_scalar(f"{FINAL_VAL_PREFIX}/{name}", _scalar(value), trainer.epoch)
+        writer.flush()
+    elif writer is not None:
         scalars = {**trainer.label_loss_items(trainer.tloss, prefix="train"), **trainer.metrics, **trainer.lr}
         for name, value in scalars.items():
             writer.add_scalar(name, _scalar(value), trainer.epoch + 1)
@@ -92,6 +119,23 @@ def on_fit_epoch_end(trainer) -> None:
     paths = _paths(trainer)
     if paths.results_csv.is_file():
         write_loss_curves(paths.results_csv, paths.loss_curves_csv, paths.loss_curves_png, title=paths.name)
+
+
+def on_model_save(trainer) -> None:
+    """Record the epoch (1-based) last.pt and best.pt now hold in ``checkpoint_epochs.json``.
+
+    ``strip_optimizer`` sets a finished checkpoint's own ``epoch`` to -1 and overwrites best.pt's results with
+    last.pt's, so the scored checkpoint's epoch is only known here. ``save_model`` has just written best.pt
+    exactly when ``best_fitness == fitness``; the file survives a resume.
+    """
+    if not _is_main_process():
+        return
+    paths = _paths(trainer)
+    epochs = paths.read_checkpoint_epochs()
+    epochs["last"] = trainer.epoch + 1
+    if trainer.best_fitness == trainer.fitness:
+        epochs["best"] = trainer.epoch + 1
+    write_json_atomic(paths.checkpoint_epochs_json, epochs)
 
 
 def on_train_end(trainer) -> None:
@@ -103,10 +147,12 @@ def on_train_end(trainer) -> None:
 
 
 RUN_CALLBACKS = {
+    "on_pretrain_routine_start": on_pretrain_routine_start,
     "on_pretrain_routine_end": on_pretrain_routine_end,
     "on_train_epoch_start": on_train_epoch_start,
     "on_train_batch_end": on_train_batch_end,
     "on_fit_epoch_end": on_fit_epoch_end,
+    "on_model_save": on_model_save,
     "on_train_end": on_train_end,
 }
 

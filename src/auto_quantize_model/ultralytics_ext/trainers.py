@@ -47,7 +47,7 @@ from auto_quantize_model.runs.checkpoints import (
     atomic_strip_optimizer,
     staged_checkpoint_writes,
 )
-from auto_quantize_model.ultralytics_ext.callbacks import attach_run_callbacks
+from auto_quantize_model.ultralytics_ext.callbacks import FINAL_EVAL_FLAG, attach_run_callbacks
 
 # Ultralytics rejects unknown keys in its args, and its DDP launcher rebuilds the trainer in a
 # new process from those args alone. The scheme therefore travels in the environment, which
@@ -81,9 +81,14 @@ class ScratchDetectionTrainer(DetectionTrainer):
             return super().save_model()
 
     def final_eval(self):
-        """Ultralytics' final validation, with ``strip_optimizer``'s rewrite of last.pt/best.pt made atomic."""
-        with atomic_strip_optimizer():
-            return super().final_eval()
+        """Ultralytics' final validation, with ``strip_optimizer``'s rewrite of last.pt/best.pt made atomic and the
+        trainer marked, so the callbacks log that validation under its own tags instead of as one more epoch."""
+        setattr(self, FINAL_EVAL_FLAG, True)
+        try:
+            with atomic_strip_optimizer():
+                return super().final_eval()
+        finally:
+            setattr(self, FINAL_EVAL_FLAG, False)
 
 
 class QATDetectionTrainer(ScratchDetectionTrainer):

@@ -91,9 +91,14 @@ def cli_main(main: Callable[[], int | None]) -> NoReturn:
     sys.exit(status)
 
 
+def say(line: str, *, err: bool = False) -> None:
+    """Print one line; a closed terminal is no reason to stop the work (a long run piped into ``head``)."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
+
 def _say(line: str) -> None:
-    with contextlib.suppress(OSError):  # stderr may be a closed pipe as well
-        print(line, file=sys.stderr, flush=True)
+    say(line, err=True)  # stderr may be a closed pipe as well
 
 
 def _discard_stdout() -> None:

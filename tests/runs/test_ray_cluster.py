@@ -1,0 +1,86 @@
+"""A real two-node Ray cluster on this machine: a head and a second node started with ``ray start``.
+
+The second node alone has the custom resource ``trainer``; a profile that asks trainings for it
+(``ray_train_resources: {trainer: 1}``) must run every training there and may run the rest anywhere.
+Stage commands are the stand-ins of tests/runs/test_executors.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from runner_stand_ins import stand_in  # tests/ is on sys.path (pytest rootdir conftest)
+
+from auto_quantize_model.pipeline import run_pipeline
+from auto_quantize_model.runs.config import resolve_run_config
+from auto_quantize_model.runs.executors import RAY_AGENT_TIMEOUT_ENV
+from auto_quantize_model.runs.plan import plan_stages, uses_device
+from auto_quantize_model.runs.run_root import RunRoot
+from auto_quantize_model.runs.stage_runner import load_run_state
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+RAY_CLI = str(Path(sys.executable).with_name("ray"))
+# A cluster on one machine needs no token (Ray's token auth is for clusters across machines; see README).
+CLUSTER_ENV = {**os.environ, **RAY_AGENT_TIMEOUT_ENV, "RAY_AUTH_MODE": "disabled"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ray_start(*args: str) -> None:
+    done = subprocess.run([RAY_CLI, "start", "--disable-usage-stats", *args], env=CLUSTER_ENV, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+@pytest.fixture()
+def two_node_cluster(monkeypatch):
+    """``ray start --head`` (1 CPU) plus ``ray start --address`` (1 CPU, resource ``trainer``); stopped after."""
+    ray.shutdown()  # this process must connect to the cluster, not reuse another test's local instance
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    try:
+        _ray_start("--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false")
+        _ray_start(f"--address={address}", "--num-cpus=1", '--resources={"trainer": 1}')
+        for name, value in CLUSTER_ENV.items():
+            if name.startswith("RAY_"):
+                monkeypatch.setenv(name, value)
+        yield address
+    finally:
+        ray.shutdown()
+        subprocess.run([RAY_CLI, "stop", "--force"], env=CLUSTER_ENV, capture_output=True)
+
+
+def test_trainings_run_on_the_node_with_the_trainer_resource(two_node_cluster, tmp_path) -> None:
+    run_root, calls = RunRoot(tmp_path / "run"), tmp_path / "calls.txt"
+    calls.with_suffix(".json").write_text(json.dumps({}))
+    config = resolve_run_config(
+        "demo",
+        {
+            "variants": "fp16,ptq-w8a16",
+            "seeds": "0,1",
+            "executor": "ray",
+            "ray_address": two_node_cluster,
+            "ray_train_resources": {"trainer": 1},
+        },
+    )
+    stages = stand_in(plan_stages(run_root, config), calls)
+    run_pipeline(run_root, stages, config=config)
+
+    ray.init(address=two_node_cluster, log_to_driver=False, configure_logging=False)
+    trainer_node = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("trainer"))
+    records = load_run_state(run_root)["stages"]
+    assert all(records[stage.name]["status"] == "done" for stage in stages)
+    device_stages = [stage.name for stage in stages if uses_device(stage)]
+    assert len(device_stages) == 4  # two FP trainings, two PTQ stages
+    assert {records[name]["ray_node"] for name in device_stages} == {trainer_node}
