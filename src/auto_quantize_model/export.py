@@ -141,7 +141,7 @@ def export_onnx(
         if kind == KIND_FP:
             _export_fp(weights, staged, settings)
         elif settings.weights_format == WEIGHTS_INT4:
-            int4 = _export_int4(model, staged, settings, ckpt)
+            int4 = _export_int4(model, staged, settings, props)
         elif settings.weights_format == WEIGHTS_QDQ:
             qdq = _export_qdq(model, staged, settings, props)
         else:
