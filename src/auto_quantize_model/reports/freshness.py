@@ -22,6 +22,7 @@ from auto_quantize_model.runs.checkpoint_policy import fp_checkpoint, scored_che
 from auto_quantize_model.runs.plan import PUBLISH_STAGE, SUMMARY_STAGE, plan_stages
 from auto_quantize_model.runs.provenance import stale_stages
 from auto_quantize_model.runs.run_root import TrainRunPaths
+from auto_quantize_model.runs.variants import FP_VARIANT
 from auto_quantize_model.utils.io import sha256_file
 
 
@@ -35,7 +36,13 @@ def stale_items(view: RunView, state: Mapping[str, Any]) -> list[str]:
     for training in view.trainings:
         if training.variant.kind == "qat-ft":
             recorded = (training.metadata or {}).get("init_from_sha256")
-            start = fp_checkpoint(view.run_root.seed(training.seed), view.policy)
+            seed_root, calibrated = view.run_root.seed(training.seed), training.variant.calibration_variant
+            # a fine-tune with quantized activations starts from its ptq-<scheme> calibration, others from fp16
+            start = (
+                scored_checkpoint(seed_root.train_run(calibrated), view.policy)
+                if calibrated
+                else fp_checkpoint(seed_root, view.policy)
+            )
             items += _differs(recorded, start, sha, f"seed {training.seed} {training.variant.name}: fine-tuned from")
     for cell in view.cells:
         items += _stale_cell(view, cell, sha)
@@ -47,6 +54,9 @@ def _stale_cell(view: RunView, cell: Cell, sha: Callable[[Path], str | None]) ->
     what = f"seed {cell.seed} {cell.variant.name} {cell.weights_format}"
     source = (cell.export or {}).get("source") or {}
     checkpoint = _exported_checkpoint(view.run_root.seed(cell.seed).train_run(cell.variant.name), source, view.policy)
+    if cell.variant.needs_fp_onnx:  # ortq/nncf: made from the fp16 float32 ONNX, not from a checkpoint
+        fp32 = view.cell(cell.seed, FP_VARIANT, "float32")
+        checkpoint = fp32.onnx if fp32 else Path(source.get("fp_onnx", ""))
     metrics = cell.metrics or {}
     items = _differs(source.get("sha256"), checkpoint, sha, f"{what}: exported from")
     items += _differs((metrics.get(mk.ONNX) or {}).get(mk.SHA256), cell.onnx, sha, f"{what}: evaluated")
