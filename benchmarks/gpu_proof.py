@@ -18,8 +18,8 @@ part failed (skips are not failures), 1 otherwise, 2 for bad flags.
 On the GPU test machine (Python 3.12, its own torch and CPU onnxruntime, no network), two steps from the
 repository root, with tmp/gpu-wheels made here by scripts/gpu_wheels.sh and carried along:
 
-  python3 -m pip install --no-index --no-deps --target /tmp/aqm-site tmp/gpu-wheels/*.whl
-  PYTHONPATH=src:/tmp/aqm-site python3 benchmarks/gpu_proof.py --device 0 --out tmp/gpu-proof/h100
+  python3 -m pip install --no-index --no-deps --target tmp/aqm-site tmp/gpu-wheels/*.whl
+  PYTHONPATH=src:tmp/aqm-site python3 benchmarks/gpu_proof.py --device 0 --out tmp/gpu-proof/h100
 
 The default budgets (env 15 s, amp 45 s, steps 150 s, epoch 250 s) keep it under 8 minutes on one H100;
 --budget-scale 0.8 leaves more margin, --parts steps reruns one part. CPU mode for the tests:

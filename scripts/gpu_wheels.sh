@@ -42,6 +42,6 @@ mv "$STAGING" "$OUT"
 echo "[gpu-wheels] $OUT: $(ls "$OUT"/*.whl | wc -l) wheels, $(du -sh "$OUT" | cut -f1) (limit ${LIMIT_MIB} MiB)"
 cat <<EOF
 On the GPU test machine, from the repository root (carry $OUT along with the working tree):
-  python3 -m pip install --no-index --no-deps --target /tmp/aqm-site $OUT/*.whl
-  PYTHONPATH=src:/tmp/aqm-site python3 benchmarks/gpu_proof.py --device 0 --out tmp/gpu-proof/h100
+  python3 -m pip install --no-index --no-deps --target tmp/aqm-site $OUT/*.whl
+  PYTHONPATH=src:tmp/aqm-site python3 benchmarks/gpu_proof.py --device 0 --out tmp/gpu-proof/h100
 EOF
