@@ -39,6 +39,8 @@ EXPECTED_COUNTS = {
     "w4a16-lsq": {"4": 107, "float": 1},
     "w4a16-fl8-mse": {"4": 94, "8": 13, "float": 1},
     "w4a16-fl8-lsq": {"4": 94, "8": 13, "float": 1},
+    "w8a8": {"8": 107, "float": 1},  # weights; the conv inputs are tests/quant/test_activations.py's
+    "w4a8": {"4": 107, "float": 1},
 }
 PER_TENSOR = QuantScheme("w4a16-per-tensor", granularity="per_tensor")
 
@@ -244,7 +246,8 @@ def test_quantize_model_counts_and_layers(name: str) -> None:
             weight = layer.fake_quant_weight().detach()
             codes = (weight / scale).round()
             assert torch.equal(codes * scale, weight) and codes.abs().max() <= 2 ** (bits - 1) - 1
-    # Checkpoints keep the float layout; stored (mse/lsq) scales add one Brevitas key per quantized conv.
+    # Checkpoints keep the float layout; stored (mse/lsq) scales add one Brevitas key per quantized conv (activation
+    # thresholds add theirs once calibrated: Brevitas leaves an uncalibrated one out of the state_dict).
     extra = [key for key in model.state_dict() if key not in float_keys]
     assert [key for key in model.state_dict() if key in float_keys] == float_keys
     stored = named_scheme(name).scaling != "absmax"
