@@ -71,7 +71,6 @@ def test_int8_files_and_fp32_are_scored_by_both_runtimes(stages) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"variants": "fp16,ptq-w4a8"}, r"eval_runtimes: openvino scores W8A8 files .*\['ptq-w4a8'\] hold sub-8-bit"),
         ({"variants": "fp16,ptq-w8a8", "ptq_calib_images": 0}, r"ptq_calib_images: variants \['ptq-w8a8'\] calibrate"),
         ({"variants": "fp16,qat-w8a8-ft"}, r"qat-w8a8-ft starts from the calibrated ptq-w8a8 checkpoint; add ptq-w8a8"),
         ({"variants": "fp16,ortq-w4a8"}, r"the ortq baseline is ortq-w8a8"),
