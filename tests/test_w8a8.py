@@ -166,3 +166,27 @@ def test_qat_w8a8_from_scratch_sets_ranges_before_the_first_step(prepared_datase
     assert all(0 < t < float("inf") for t in thresholds), [t for t in thresholds if not 0 < t < float("inf")]
     assert sum(t == 1.0 for t in thresholds) <= 1, "still Brevitas' placeholder threshold 1.0"
     assert len(set(thresholds)) > len(thresholds) // 2  # each tensor's own range
+
+
+@pytest.mark.parametrize(("scheme", "refused"), [("w4a8", True), ("w8a8", False), ("w4a16", False)])
+def test_openvino_is_refused_a_file_with_sub_8_bit_weights_and_quantized_activations(scheme, refused, tmp_path):
+    """The check reads the file's embedded scheme before any session starts (an Identity graph carries it)."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from auto_quantize_model.evaluate import EvaluationInputError, evaluate_onnx_coco
+    from auto_quantize_model.onnx_io.embedded import QUANT_SCHEME_KEY
+    from auto_quantize_model.quant.scheme import named_scheme
+
+    value = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])
+    output = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 32, 32])
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["out"])], "g", [value], [output])
+    model = helper.make_model(graph)
+    onnx.helper.set_model_props(model, {QUANT_SCHEME_KEY: json.dumps(named_scheme(scheme).to_dict())})
+    onnx.save(model, tmp_path / "m.onnx")
+    (tmp_path / "images").mkdir()
+    with pytest.raises(EvaluationInputError) as caught:
+        evaluate_onnx_coco(tmp_path / "m.onnx", tmp_path / "no.json", tmp_path / "images", tmp_path, runtime="openvino")
+    assert ("--runtime onnxruntime" in str(caught.value)) is refused  # else it got past the check, to the annotations

@@ -102,11 +102,12 @@ from auto_quantize_model.evaluation.runtime import (
     runtime_record,
 )
 from auto_quantize_model.onnx_io.contract import OUTPUT_FORMATS
-from auto_quantize_model.onnx_io.embedded import commit_label, parse_provenance
+from auto_quantize_model.onnx_io.embedded import commit_label, parse_provenance, read_provenance
 from auto_quantize_model.onnx_io.preprocess import (
     LETTERBOX_MODE,
 )
 from auto_quantize_model.onnx_io.verify import read_export_metadata
+from auto_quantize_model.quant.scheme import QuantScheme
 from auto_quantize_model.runs import metrics_keys as K
 from auto_quantize_model.runs.run_root import export_metadata_path
 from auto_quantize_model.utils.io import sha256_file_cached, write_json_atomic, write_text_atomic
@@ -164,6 +165,20 @@ def _check_arguments(
     coco_class(coco_backend)  # an uninstalled backend fails here, before the model runs
 
 
+def _check_runtime_runs_file(runtime: str, onnx_path: Path) -> None:
+    """OpenVINO scores a file with quantized activations as the int8 model it executes; a file with sub-8-bit
+    weights or activations (W4A8) has no integer kernel there, so asking OpenVINO for it is refused."""
+    if runtime != "openvino":
+        return
+    embedded = read_provenance(onnx_path)
+    scheme = QuantScheme.from_dict(embedded.quant_scheme) if embedded and embedded.quant_scheme else None
+    if scheme is not None and scheme.quantizes_activations and not scheme.runs_as_int8:
+        raise EvaluationInputError(
+            f"{onnx_path}: scheme {scheme.name!r} holds sub-8-bit weights or activations, which OpenVINO does not "
+            "execute as integer kernels; score it with --runtime onnxruntime"
+        )
+
+
 def evaluate_onnx_coco(
     onnx_path: str | Path,
     ann_file: str | Path,
@@ -201,6 +216,7 @@ def evaluate_onnx_coco(
     onnx_path, ann_file, images_dir, out_dir = Path(onnx_path), Path(ann_file), Path(images_dir), Path(out_dir)
     if not onnx_path.is_file():
         raise EvaluationInputError(f"{onnx_path}: ONNX model not found; pass --onnx with an exported model")
+    _check_runtime_runs_file(runtime, onnx_path)
     if not images_dir.is_dir():
         raise EvaluationInputError(f"{images_dir}: images directory not found; pass --images-dir with the image folder")
     coco_gt = load_coco_annotations(ann_file)

@@ -109,6 +109,14 @@ class QuantScheme:
         """True when some conv input is quantized (``act_bit_width`` set, or an override gives some layer bits)."""
         return self.act_bit_width is not None or any(bits is not None for _, bits in self.act_overrides)
 
+    @property
+    def runs_as_int8(self) -> bool:
+        """Activations quantized and every quantized weight and activation 8-bit: what int8 kernels execute as such
+        (a W4A8 model holds 4-bit weights that no OpenVINO/TensorRT int8 conv takes)."""
+        weights = [self.weight_bit_width, *(bits for _, bits in self.layer_overrides)]
+        activations = [self.act_bit_width, *(bits for _, bits in self.act_overrides)]
+        return self.quantizes_activations and all(bits in (8, None) for bits in weights + activations)
+
     def _validate(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name: the scheme name must be a non-empty string, got {self.name!r}")

@@ -111,9 +111,7 @@ class Variant:
         """8-bit weights and activations everywhere quantized: what an int8 runtime executes as such."""
         if self.kind in BASELINE_TOOLS:
             return True
-        scheme = self.scheme
-        bits = [scheme.weight_bit_width, *(b for _, b in scheme.layer_overrides)] if scheme else []
-        return self.quantizes_activations and all(b in (8, None) for b in bits)
+        return self.scheme is not None and self.scheme.runs_as_int8
 
     @property
     def weight_formats(self) -> tuple[str, ...]:
