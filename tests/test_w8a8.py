@@ -70,12 +70,39 @@ def test_ptq_w8a8_calibrates_on_train_images_and_records_it(ptq_w8a8):
     assert metadata["quant_scheme"]["act_bit_width"] == 8
 
 
-def test_activation_schemes_refuse_ptq_without_calibration_images(fp16_run, tmp_path):
+def test_activation_schemes_refuse_ptq_without_calibration_images(fp16_run, prepared_dataset, tmp_path):
     request = PTQRequest(fp16_run.paths.best, tmp_path / "x.pt", "w8a8")
     with pytest.raises(PTQInputError, match="--calib-images"):
         quantize_checkpoint(request)
     with pytest.raises(PTQInputError, match="--bias-correction"):
         quantize_checkpoint(PTQRequest(fp16_run.paths.best, tmp_path / "y.pt", "w8a16", bias_correction=True))
+    with pytest.raises(PTQInputError, match="scheme w8a16 is weight-only.*drop --calib-images"):
+        data = prepared_dataset.dataset_yaml
+        quantize_checkpoint(PTQRequest(fp16_run.paths.best, tmp_path / "z.pt", "w8a16", data=data, calib_images=4))
+
+
+@pytest.mark.slow
+def test_bn_re_estimation_sees_float_activations_not_uncalibrated_quantizers(fp16_run, prepared_dataset, tmp_path):
+    """The same BN batches give w8a8 the statistics w8a16 gets (same 8-bit weights, no activation quantizers):
+    uncalibrated activation quantizers (placeholder range 1.0) would have clipped BN's inputs."""
+    import random
+
+    import numpy as np
+    import torch
+    from ultralytics.nn.tasks import load_checkpoint
+
+    def running_means(scheme, **extra):
+        random.seed(0), np.random.seed(0), torch.manual_seed(0)  # the same augmented BN batches for both
+        request = PTQRequest(
+            fp16_run.paths.best, tmp_path / scheme / "best.pt", scheme, data=prepared_dataset.dataset_yaml,
+            bn_recalib_batches=1, batch=4, **extra,
+        )  # fmt: skip
+        model = load_checkpoint(str(quantize_checkpoint(request).checkpoint))[0]
+        return [m.running_mean.float() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    with_activations, weight_only = running_means("w8a8", calib_images=4), running_means("w8a16")
+    assert len(with_activations) == len(weight_only) > 50
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(with_activations, weight_only, strict=True))
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ fp16 values either way.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -169,14 +170,35 @@ def _check_request(request: PTQRequest) -> None:
 
 
 def _check_activation_request(request: PTQRequest, scheme: Any) -> None:
-    """Activation schemes need calibration images; weight-only schemes must not silently ignore them."""
-    if scheme is not None and scheme.quantizes_activations and request.calib_images < 1:
+    """Activation schemes need calibration images; weight-only schemes (and BN re-estimation of a QAT checkpoint,
+    ``scheme`` None) must not silently ignore them."""
+    activations = scheme is not None and scheme.quantizes_activations
+    if activations and request.calib_images < 1:
         raise PTQInputError(
             f"scheme {scheme.name} quantizes activations: pass --calib-images N (train images that set the "
             "activation ranges, profile key ptq_calib_images)"
         )
-    if request.bias_correction and not (scheme is not None and scheme.quantizes_activations):
+    if request.calib_images and not activations:
+        what = f"scheme {scheme.name} is weight-only" if scheme is not None else "without --quant-scheme"
+        raise PTQInputError(
+            f"--calib-images sets activation ranges; {what}, so there are none: drop --calib-images or pass an "
+            "activation scheme such as w8a8"
+        )
+    if request.bias_correction and not activations:
         raise PTQInputError("--bias-correction runs after activation calibration; it needs a scheme such as w8a8")
+
+
+def _float_activations(model: Any) -> Any:
+    """BN re-estimation runs before the activation ranges are calibrated: an uncalibrated activation quantizer
+    clips to Brevitas' placeholder range (1.0), so the BN statistics would be learned from clipped inputs. Brevitas'
+    own switch turns those quantizers off for that pass (weights stay quantized)."""
+    from brevitas.graph.calibrate import quantization_status_manager
+
+    from auto_quantize_model.quant.activations import has_activation_quantizers
+
+    if not has_activation_quantizers(model):
+        return contextlib.nullcontext()
+    return quantization_status_manager(model, disable_act_quant=True, is_training=False)
 
 
 def _load(weights: Path) -> tuple[Any, dict[str, Any]]:
@@ -215,7 +237,8 @@ def quantize_checkpoint(request: PTQRequest) -> PTQResult:
     recalib = None
     if request.bn_recalib_batches:
         images = train_loader_images(request.data, imgsz, request.batch, request.device, request.workers, train_args)
-        recalib = recalibrate_batchnorm(model.to(_device(request.device)), images, request.bn_recalib_batches)
+        with _float_activations(model):
+            recalib = recalibrate_batchnorm(model.to(_device(request.device)), images, request.bn_recalib_batches)
         model.cpu()
     calibration = _calibrate_activations(model, request, imgsz) if request.calib_images else None
     if calibration is not None:

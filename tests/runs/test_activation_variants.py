@@ -72,6 +72,10 @@ def test_int8_files_and_fp32_are_scored_by_both_runtimes(stages) -> None:
     ("overrides", "message"),
     [
         ({"variants": "fp16,ptq-w8a8", "ptq_calib_images": 0}, r"ptq_calib_images: variants \['ptq-w8a8'\] calibrate"),
+        (
+            {"variants": "fp16,ptq-w8a8,qat-w8a8-ft", "ptq_bias_correction": True},
+            r"ptq_bias_correction: \['qat-w8a8-ft'\] start from the PTQ calibration",
+        ),
         ({"variants": "fp16,qat-w8a8-ft"}, r"qat-w8a8-ft starts from the calibrated ptq-w8a8 checkpoint; add ptq-w8a8"),
         ({"variants": "fp16,ortq-w4a8"}, r"the ortq baseline is ortq-w8a8"),
         ({"eval_runtimes": "openvino"}, r"eval_runtimes: expected onnxruntime and optionally openvino"),

@@ -7,11 +7,14 @@ Stage commands are the stand-ins of tests/runs/test_executors.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,7 +61,33 @@ def two_node_cluster(monkeypatch):
         yield address
     finally:
         ray.shutdown()
-        subprocess.run([RAY_CLI, "stop", "--force"], env=CLUSTER_ENV, capture_output=True)
+        _stop_cluster(port)
+
+
+def _cluster_pids(port: int) -> list[int]:
+    """Processes of the cluster whose GCS listens on ``port``: every Ray process of both nodes names that address."""
+    marks = (f"127.0.0.1:{port}".encode(), f"--gcs_server_port={port}".encode())
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
+        except OSError:
+            continue
+        if any(mark in argv for mark in marks):
+            pids.append(int(proc.name))
+    return pids
+
+
+def _stop_cluster(port: int) -> None:
+    """Stop this test's cluster only: ``ray stop --force`` would kill every Ray instance on the machine, a
+    researcher's running job included."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _cluster_pids(port):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 10
+        while _cluster_pids(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 def test_trainings_run_on_the_node_with_the_trainer_resource(two_node_cluster, tmp_path) -> None:

@@ -77,6 +77,7 @@ def open_runtime_session(
 
 def runtime_record(runtime: str, session: RuntimeSession) -> dict[str, str]:
     """``metrics.json``'s ``runtime``: which runtime ran the file, its version and the device it ran on."""
-    from importlib import metadata
-
-    return {"name": runtime, "version": metadata.version(runtime), "device": session.devices()[0]}
+    # The imported module's version (runtime names are their modules): the GPU environments install the wheel
+    # "onnxruntime-gpu", so importlib.metadata.version("onnxruntime") would fail there after the whole run.
+    module = importlib.import_module(runtime)
+    return {"name": runtime, "version": module.__version__, "device": session.devices()[0]}

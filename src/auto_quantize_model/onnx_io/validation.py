@@ -81,10 +81,17 @@ MIN_COMPARED = 10  # detections compared per image at least, when a ``min_score`
 NON_CPU_TOLERANCE_FACTOR = 10.0
 
 
+# The QDQ tolerance already holds the code flips of rounding-order differences; 10x of it (score 1.0) would
+# accept any score, so off the CPU only its box tolerance widens (unmeasured on a GPU so far).
+NON_CPU_TOLERANCES = {(KIND_QDQ, False): Tolerance(box_rel=2e-2, score_abs=1e-1, min_score=0.25)}
+
+
 def tolerance_for(kind: str, half: bool, provider: str) -> Tolerance:
     """The documented tolerance of one export kind on one onnxruntime provider."""
     base = TOLERANCES[(kind, half)]
-    return base if provider == "CPUExecutionProvider" else base.scaled(NON_CPU_TOLERANCE_FACTOR)
+    if provider == "CPUExecutionProvider":
+        return base
+    return NON_CPU_TOLERANCES.get((kind, half)) or base.scaled(NON_CPU_TOLERANCE_FACTOR)
 
 
 def resolve_val_images(

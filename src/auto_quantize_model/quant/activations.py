@@ -288,7 +288,9 @@ def _plan_sppf(block: SPPF, plan: _Planner) -> None:
 
 
 def _plan_psa(block: PSA, plan: _Planner) -> None:
-    # a, b = split(cv1(x)); b = b + attn(b); b = b + ffn(b); cv2(cat(a, b)): every Add and the Concat on one scale.
+    # a, b = split(cv1(x)); b = b + attn(b); b = b + ffn(b); cv2(cat(a, b)): one shared scale for cv1's output, the
+    # attn and ffn outputs, ffn's input (the first sum) and cv2's input (the concat). The second residual Add reads
+    # the first sum unquantized (only the copy ffn receives is), so that Add stays float; what cv2 reads is int8.
     join = plan.point(block, "join_quant", "PSA: cv1 output, attn and ffn outputs, both residual sums, the concat")
     join.sites += [(block.cv1, "output"), (block.attn, "output"), (block.ffn, "input")]
     join.sites += [(block.ffn[-1], "output"), (block.cv2, "input")]

@@ -58,6 +58,17 @@ def _hooks_by_quantizer(model: nn.Module) -> dict[int, list[QuantizeOutput | Qua
     return hooks
 
 
+def _check_every_site_observed(model: nn.Module, originals: list, seen: dict[int, int]) -> None:
+    """A site the forward pass never reached would keep Brevitas' placeholder range (1.0): refuse that."""
+    names = {id(q): name for name, q in activation_quantizers(model)}
+    unseen = sorted({names.get(id(quantizer), "?") for _, quantizer, copy in originals if not seen[id(copy)]})
+    if unseen:
+        raise ValueError(
+            f"activation calibration: the forward pass never reached the sites of {unseen}; their ranges would stay "
+            "at the placeholder 1.0 (is that branch only run in training mode?)"
+        )
+
+
 @torch.no_grad()
 def calibrate_activations(
     model: nn.Module, images: Iterable[torch.Tensor], bias_correction: bool = False, bn_batch_statistics: bool = False
@@ -95,6 +106,12 @@ def calibrate_activations(
     weights_float = quantization_status_manager(
         model, disable_weight_quant=True, disable_bias_quant=True, is_training=False
     )
+    seen = {id(copy): 0 for copy in copies}
+
+    def count(module: nn.Module, args: Any, output: Any) -> None:
+        seen[id(module)] += 1
+
+    counters = [copy.register_forward_hook(count) for copy in copies]
     try:
         with weights_float, calibration_mode(copies), _batch_norm_statistics(model, bn_batch_statistics):
             for batch in images:
@@ -102,6 +119,9 @@ def calibrate_activations(
     finally:
         for hook, quantizer, _ in originals:
             hook.quantizer = quantizer
+        for counter in counters:
+            counter.remove()
+    _check_every_site_observed(model, originals, seen)
     for quantizer in shared.values():
         quantizer.set_threshold(max(copy.threshold() for _, q, copy in originals if q is quantizer))
     if bias_correction:

@@ -44,7 +44,7 @@ def stale_items(view: RunView, state: Mapping[str, Any]) -> list[str]:
                 else fp_checkpoint(seed_root, view.policy)
             )
             items += _differs(recorded, start, sha, f"seed {training.seed} {training.variant.name}: fine-tuned from")
-    for cell in view.cells:
+    for cell in [*view.cells, *view.runtime_cells]:  # OpenVINO's scores of a file go stale with the file too
         items += _stale_cell(view, cell, sha)
     return items
 
@@ -52,6 +52,7 @@ def stale_items(view: RunView, state: Mapping[str, Any]) -> list[str]:
 def _stale_cell(view: RunView, cell: Cell, sha: Callable[[Path], str | None]) -> list[str]:
     """The export against its checkpoint, the evaluation against its ONNX and annotations, skipped images."""
     what = f"seed {cell.seed} {cell.variant.name} {cell.weights_format}"
+    what += f" ({cell.runtime})" if cell in view.runtime_cells else ""
     source = (cell.export or {}).get("source") or {}
     checkpoint = _exported_checkpoint(view.run_root.seed(cell.seed).train_run(cell.variant.name), source, view.policy)
     if cell.variant.needs_fp_onnx:  # ortq/nncf: made from the fp16 float32 ONNX, not from a checkpoint

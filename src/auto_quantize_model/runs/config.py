@@ -469,6 +469,14 @@ def _check_activation_settings(config: Mapping[str, Any]) -> str | None:
     alone; asking OpenVINO for one directly is refused by the evaluator (``evaluate.py --runtime openvino``).
     """
     variants = parse_variants(list(config["variants"]))
+    starting_from_ptq = [v.name for v in variants if v.calibration_variant]
+    if config["ptq_bias_correction"] and starting_from_ptq:
+        # Bias correction adds a bias to bias-less convs; the fine-tune builds float convs without one and loads
+        # only the keys both models have, so it would start from the ranges but not from the corrected biases.
+        return (
+            f"ptq_bias_correction: {starting_from_ptq} start from the PTQ calibration and would lose its corrected "
+            "biases; set ptq_bias_correction false or drop those variants"
+        )
     calibrating = [v.name for v in variants if v.quantizes_activations and v.kind in ("ptq", "ortq", "nncf")]
     if calibrating and config["ptq_calib_images"] < 1:
         return (

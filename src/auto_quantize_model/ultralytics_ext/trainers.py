@@ -29,6 +29,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER
 from ultralytics.utils.torch_utils import unwrap_model
 
 from auto_quantize_model.quant.activations import (
+    activation_quantizers,
     activation_thresholds,
     copy_activation_scales,
     has_activation_quantizers,
@@ -143,6 +144,7 @@ class QATDetectionTrainer(ScratchDetectionTrainer):
         if uninitialized_quantizers(model):
             batches = _train_batches(self, ACTIVATION_INIT_BATCHES)
             calibrate_activations(model, batches, bn_batch_statistics=True)
+            _broadcast_activation_ranges(model)
             copy_activation_scales(self.ema.ema, model)
             LOGGER.info(f"QAT: activation ranges set on {len(batches)} train batches before the first step")
 
@@ -179,6 +181,18 @@ LEARNED_SCALE_GROUP = "learned_scale"
 ACTIVATION_INIT_BATCHES = 8  # train batches that set the activation ranges of a QAT from scratch
 
 
+def _broadcast_activation_ranges(model) -> None:
+    """Under DDP every rank calibrated on its own batches, after DDP's one broadcast of the parameters at wrap
+    time: rank 0's ranges go to every rank, or each GPU would train a model with ranges of its own."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for _, quantizer in activation_quantizers(model):
+        for tensor in quantizer.state_dict().values():  # parameters and buffers, sharing the modules' storage
+            dist.broadcast(tensor, src=0)
+
+
 def _train_batches(trainer, count: int) -> list:
     """The first ``count`` image batches of the trainer's own train loader, as float tensors on its device."""
     batches = []
@@ -199,7 +213,9 @@ def separate_activation_thresholds(optimizer, model):
     for index, params in moved.items():
         if params:
             settings = {key: value for key, value in optimizer.param_groups[index].items() if key != "params"}
-            settings.update(weight_decay=0.0, **({"use_muon": False} if "use_muon" in settings else {}))
+            # tagged as the LSQ scales: Ultralytics re-sets weight_decay on "weight" groups when it rebuilds
+            settings.update(weight_decay=0.0, param_group=LEARNED_SCALE_GROUP)
+            settings.update({"use_muon": False} if "use_muon" in settings else {})
             optimizer.add_param_group({**settings, "params": params})
     if thresholds:
         LOGGER.info(f"optimizer: {len(thresholds)} activation thresholds with weight_decay=0.0")
