@@ -25,7 +25,12 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from gpu_proof_parts import wheels  # noqa: E402  (the benchmarks folder is not a package)
 from gpu_proof_parts.budget import Part, run_part  # noqa: E402
 from gpu_proof_parts.epoch_run import run_stage_within_budget  # noqa: E402
-from gpu_proof_parts.settings import GPU_BUDGETS_S, WHOLE_PROOF_TARGET_S, timing_scheme_names  # noqa: E402
+from gpu_proof_parts.settings import (  # noqa: E402
+    GPU_BUDGETS_S,
+    WHOLE_PROOF_TARGET_S,
+    activation_bit_width,
+    timing_scheme_names,
+)
 
 from auto_quantize_model.quant.scheme import SCHEME_NAMES, named_scheme  # noqa: E402
 from auto_quantize_model.runs.plan import StageSpec  # noqa: E402
@@ -80,11 +85,14 @@ def test_default_budgets_keep_the_gpu_proof_under_eight_minutes():
     assert sum(GPU_BUDGETS_S.values()) <= WHOLE_PROOF_TARGET_S - 15  # imports and the report need a few seconds
 
 
-def test_auto_timing_picks_one_scheme_per_scale_method_from_the_registry():
+def test_auto_timing_picks_one_scheme_per_training_cost_from_the_registry():
+    """One scheme per (scale method, activation bits): weight-only abs-max/MSE/LSQ, plus the W8A8 step."""
     chosen = timing_scheme_names("auto")
-    scalings = [named_scheme(name).scaling for name in chosen]
-    assert set(chosen) <= set(SCHEME_NAMES) and "w4a16" in chosen
-    assert sorted(scalings) == sorted(set(scalings)) == sorted({named_scheme(n).scaling for n in SCHEME_NAMES})
+    costs = [(named_scheme(name).scaling, activation_bit_width(named_scheme(name))) for name in chosen]
+    assert set(chosen) <= set(SCHEME_NAMES) and {"w4a16", "w8a8"} <= set(chosen) and "w4a8" not in chosen
+    every_cost = {(named_scheme(n).scaling, activation_bit_width(named_scheme(n))) for n in SCHEME_NAMES}
+    assert len(costs) == len(set(costs)) and set(costs) == every_cost
+    assert activation_bit_width(named_scheme("w4a16")) is None and activation_bit_width(named_scheme("w4a8")) == 8
 
 
 def test_wheel_pins_take_requirements_txt_versions_and_the_venv_for_the_rest():

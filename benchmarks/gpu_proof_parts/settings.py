@@ -182,17 +182,9 @@ def _out_dir(out: str | None, tiny: bool, device: str) -> Path:
 # Which quantized schemes the timing runs
 # ----------------------------------------------------------------------------------------------
 def activation_bit_width(scheme: QuantScheme) -> int | None:
-    """Activation bits of ``scheme``: ``None`` for weight-only (A16) schemes.
-
-    The registry holds weight-only schemes today; a field naming activation (or input) bits, should one be added,
-    makes its schemes show up here, in the AMP check and in the timing without a change to this proof.
-    """
-    for f in fields(QuantScheme):
-        if f.name.startswith(("activation", "act_", "input_bit")):
-            value = getattr(scheme, f.name)
-            if value is not None:
-                return int(value)
-    return None
+    """Activation bits of ``scheme``: ``None`` for weight-only (A16) schemes; the widest where overrides differ."""
+    bits = [b for b in (scheme.act_bit_width, *(b for _, b in scheme.act_overrides)) if b is not None]
+    return max(bits) if bits else None
 
 
 def scheme_label(scheme: QuantScheme) -> str:

@@ -39,6 +39,10 @@ MISSING_ON_MACHINE = (
     # Brevitas' requirements the machine lacks.
     "dependencies",
     "unfoldNd",
+    # Imported by Brevitas' graph calibration (activation calibration) when present; the package's nncf pin
+    # requires both, so installing the package pulls them in. Pure Python (pydot's pyparsing is on the machine).
+    "tabulate",
+    "pydot",
 )
 # A machine package that provides the same modules as the one this venv has.
 SAME_MODULES = {"opencv-python-headless": "opencv-python"}
