@@ -87,8 +87,16 @@ def _duration(seconds: Any) -> str:
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
 
 
-def precision_label(training: Training | None) -> str:
+BASELINE_LABELS = {  # what a baseline tool variant ran (runs/variants.BASELINE_TOOLS)
+    "ortq": "ONNX Runtime quantize_static on the fp16 float32 ONNX (no training)",
+    "nncf": "NNCF post-training quantization of the fp16 float32 ONNX (no training)",
+}
+
+
+def precision_label(training: Training | None, variant: Variant | None = None) -> str:
     """What actually trained, from ``train_metadata.json``: e.g. "FP32 (AMP off: cpu)" or "FP16/AMP (cuda:0)"."""
+    if variant is not None and variant.kind in BASELINE_LABELS:
+        return BASELINE_LABELS[variant.kind]
     if training is not None and training.variant.kind == "ptq":
         return "post-training quantization of the fp16 model (no training)"
     precision = ((training.metadata if training else None) or {}).get("precision") or {}
@@ -280,7 +288,8 @@ def section_precision(view: RunView) -> list[str]:
         formats = "; ".join(
             f"{fmt}: {_weights_description(view.cell(seed, variant.name, fmt))}" for fmt in variant.weight_formats
         )
-        rows.append([variant.name, precision_label(training), recipe_label(training), formats])
+        recipe = "—" if variant.kind in BASELINE_LABELS else recipe_label(training)
+        rows.append([variant.name, precision_label(training, variant), recipe, formats])
     lines = ["## What ran", ""]
     lines += [
         "The folder and stage names follow the spec (`fp16`, `qat-w4a16`); this table says what really ran "
@@ -308,6 +317,9 @@ def _weights_description(cell: Cell | None) -> str:
     """How the file stores its weights, from its export metadata (e.g. "float16 weights, float32 input/output")."""
     export = (cell.export if cell else None) or {}
     described = (export.get("onnx") or {}).get("precision") or export.get("weights_format")
+    tool_settings = (export.get("quantization") or {}).get("settings")  # a baseline tool's file (onnx_ptq.py)
+    if not described and tool_settings:
+        described = "QDQ by the tool: " + ", ".join(f"{key} {value}" for key, value in tool_settings.items())
     return str(described) if described else "not exported"
 
 
