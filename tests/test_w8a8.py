@@ -17,29 +17,12 @@ CALIB_IMAGES = 8
 
 @pytest.fixture(scope="module")
 def ptq_w8a8(fp16_run, prepared_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ptq") / "ptq-w8a8" / "best.pt"
-    # BN re-estimation first: after 2 epochs the BN running variances are still near their initial 1.0, so every
-    # activation is ~1e-3 and OpenVINO leaves convs reading such tiny joins in float (a trained model's are O(1)).
-    request = PTQRequest(
-        fp16_run.paths.best,
-        out,
-        "w8a8",
-        data=prepared_dataset.dataset_yaml,
-        calib_images=CALIB_IMAGES,
-        bn_recalib_batches=2,
-        batch=4,
-    )
-    return quantize_checkpoint(request)
+    """ptq-w8a8 as the runner makes it (no BN re-estimation): what the export tests and qat-w8a8-ft start from.
 
-
-@pytest.fixture(scope="module")
-def ptq_w8a8_plain(fp16_run, prepared_dataset, tmp_path_factory):
-    """ptq-w8a8 as the runner makes it (no BN re-estimation): what qat-w8a8-ft starts from.
-
-    (BN re-estimation on this 2-epoch model blows the head's class-branch activations up to ~1e10, which no
-    training survives; a trained model's are O(1).)
+    (BN re-estimation of this 2-epoch model in float blows the head's class-branch activations up to ~1e10, which
+    neither the export check nor a training survives; a trained model's are O(1).)
     """
-    out = tmp_path_factory.mktemp("ptq-plain") / "ptq-w8a8" / "best.pt"
+    out = tmp_path_factory.mktemp("ptq") / "ptq-w8a8" / "best.pt"
     request = PTQRequest(
         fp16_run.paths.best, out, "w8a8", data=prepared_dataset.dataset_yaml, calib_images=CALIB_IMAGES, batch=4
     )
@@ -151,7 +134,7 @@ def _quantizers(checkpoint):
 
 
 @pytest.mark.slow
-def test_qat_w8a8_ft_starts_from_the_ptq_ranges_and_trains_them(ptq_w8a8_plain, prepared_dataset, tmp_path):
+def test_qat_w8a8_ft_starts_from_the_ptq_ranges_and_trains_them(ptq_w8a8, prepared_dataset, tmp_path):
     """Fine-tuning copies the calibrated thresholds (learned from there); the saved EMA holds real ranges."""
     from conftest import tiny_train_request
 
@@ -162,12 +145,12 @@ def test_qat_w8a8_ft_starts_from_the_ptq_ranges_and_trains_them(ptq_w8a8_plain, 
         prepared_dataset.dataset_yaml,
         quantized=True,
         quant_scheme="w8a8",
-        init_from=ptq_w8a8_plain.checkpoint,
+        init_from=ptq_w8a8.checkpoint,
     )
     result = train_stage(request)
     assert result.stage == "qat-w8a8-ft"
     assert not result.paths.dir.joinpath("nonfinite_losses.jsonl").exists()
-    calibrated, tuned = _quantizers(ptq_w8a8_plain.checkpoint), _quantizers(result.paths.best)
+    calibrated, tuned = _quantizers(ptq_w8a8.checkpoint), _quantizers(result.paths.best)
     assert set(calibrated) == set(tuned)
     assert all(q.is_initialized for q in tuned.values())
     moved = [name for name, q in tuned.items() if q.kind != "image" and q.threshold() != calibrated[name].threshold()]
