@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -137,3 +141,24 @@ def test_the_lock_probe_tells_a_shared_lock_from_a_per_host_one_and_a_missing_ro
         assert _try_lock(str(probe)) == "held elsewhere"  # what every node of a safe cluster must answer
     assert _try_lock(str(probe)).startswith("not held")  # what a node answers when locks do not cross hosts
     assert "not on a filesystem this node shares" in _try_lock(str(tmp_path / "absent" / ".lock-probe"))
+
+
+def test_without_an_address_the_runner_starts_its_own_ray_not_the_last_ray_start(tmp_path) -> None:
+    """A recorded `ray start` cluster (here a dead one) is not joined: ray.init(address=None) would wait on it."""
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    if current.exists():
+        pytest.skip(f"{current} records a `ray start` cluster on this machine; the test leaves it alone")
+    with socket.socket() as sock:  # a port nothing listens on once the socket is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    current.parent.mkdir(exist_ok=True)
+    current.write_text(f"127.0.0.1:{port}")
+    code = "from auto_quantize_model.runs.executors import ray_session\n"
+    code += "with ray_session(None) as ray: print(ray.nodes())"
+    env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
+    try:
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    finally:
+        current.unlink(missing_ok=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "'Alive': True" in done.stdout and f":{port}" not in done.stdout

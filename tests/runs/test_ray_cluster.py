@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,18 +65,24 @@ def two_node_cluster(monkeypatch):
         _stop_cluster(port)
 
 
-def _cluster_pids(port: int) -> list[int]:
-    """Processes of the cluster whose GCS listens on ``port``: every Ray process of both nodes names that address."""
-    marks = (f"127.0.0.1:{port}".encode(), f"--gcs_server_port={port}".encode())
-    pids = []
+def _cluster_pids(port: int) -> set[int]:
+    """Processes of the cluster whose GCS listens on ``port``: every Ray process started with that address
+    (``--gcs-address=<node ip>:<port>``; the GCS server ``--gcs_server_port=<port>``) and their children (the
+    agents rename themselves, ``ray::DashboardAgent``, so only their parent tells whose they are)."""
+    suffix, server = f":{port}".encode(), f"--gcs_server_port={port}".encode()
+    matched, parents = set(), {}
     for proc in Path("/proc").iterdir():
         try:
-            argv = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
-        except OSError:
+            argv = (proc / "cmdline").read_bytes().split(b"\0") if proc.name.isdigit() else []
+            parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) if argv else 0
+        except (OSError, ValueError, IndexError):
             continue
-        if any(mark in argv for mark in marks):
-            pids.append(int(proc.name))
-    return pids
+        addresses = [a for a in argv if a.startswith((b"--gcs-address=", b"--gcs_address=", b"--address="))]
+        if server in argv or any(a.endswith(suffix) for a in addresses):
+            matched.add(int(proc.name))
+    while children := {pid for pid, parent in parents.items() if parent in matched} - matched:
+        matched |= children
+    return matched
 
 
 def _stop_cluster(port: int) -> None:
@@ -88,6 +95,12 @@ def _stop_cluster(port: int) -> None:
         deadline = time.monotonic() + 10
         while _cluster_pids(port) and time.monotonic() < deadline:
             time.sleep(0.2)
+    assert not _cluster_pids(port), "the test's Ray cluster left processes behind"
+    # what `ray stop` also removes: the record of the last `ray start`, which ray.init() without an address reads
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    with contextlib.suppress(FileNotFoundError):
+        if current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
 
 
 def test_trainings_run_on_the_node_with_the_trainer_resource(two_node_cluster, tmp_path) -> None:

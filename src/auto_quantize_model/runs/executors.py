@@ -161,7 +161,7 @@ def _ray_task(task: StageTask, stage: StageSpec, *upstream: StageReport) -> Stag
 
 @contextlib.contextmanager
 def ray_session(address: str | None) -> Iterator[Any]:
-    """Connect to the Ray cluster at ``address`` (or ``RAY_ADDRESS``), or start a local instance."""
+    """Connect to the Ray cluster at ``address`` (or ``RAY_ADDRESS``), else start a local instance of our own."""
     try:
         import ray
     except ImportError as error:
@@ -173,16 +173,18 @@ def ray_session(address: str | None) -> Iterator[Any]:
     if started_here:
         for name, value in RAY_AGENT_TIMEOUT_ENV.items():
             os.environ.setdefault(name, value)
+        # ray.init(address=None) would attach to whatever cluster `ray start` last recorded on this machine (even a
+        # dead one, and then wait for it); null means a local instance of the runner's own.
+        target = address or os.environ.get("RAY_ADDRESS") or "local"
         try:
             ray.init(
-                address=address,
+                address=target,
                 namespace=RAY_NAMESPACE,
                 include_dashboard=False,
                 log_to_driver=False,  # each stage's output is in its own log; the runner prints one line per stage
                 configure_logging=False,
             )
         except ConnectionError as error:
-            target = address or os.environ.get("RAY_ADDRESS")
             raise ExecutorError(f"cannot connect to the Ray cluster at {target!r} ({error}); start it first") from error
         except Exception as error:  # Ray raises a bare Exception when its node does not come up in 30 s
             ray.shutdown()
