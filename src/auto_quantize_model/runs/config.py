@@ -462,17 +462,12 @@ def _check_eval_settings(config: Mapping[str, Any]) -> str | None:
 
 
 def _check_activation_settings(config: Mapping[str, Any]) -> str | None:
-    """Activation calibration needs train images.
-
-    A W4A8 variant beside ``eval_runtimes: [.., openvino]`` is accepted: OpenVINO scores only the files whose
-    weights and activations are all int8 (``variants.eval_runtimes``), so a W4A8 file is scored by ONNX Runtime
-    alone; asking OpenVINO for one directly is refused by the evaluator (``evaluate.py --runtime openvino``).
-    """
+    """Activation calibration needs train images. (W4A8 beside openvino is fine: OpenVINO scores only all-int8
+    files, ``variants.eval_runtimes``; ``evaluate.py --runtime openvino`` refuses a W4A8 file.)"""
     variants = parse_variants(list(config["variants"]))
     starting_from_ptq = [v.name for v in variants if v.calibration_variant]
     if config["ptq_bias_correction"] and starting_from_ptq:
-        # Bias correction adds a bias to bias-less convs; the fine-tune builds float convs without one and loads
-        # only the keys both models have, so it would start from the ranges but not from the corrected biases.
+        # Bias correction adds biases to bias-less convs; the fine-tune's float-built convs have none to load them.
         return (
             f"ptq_bias_correction: {starting_from_ptq} start from the PTQ calibration and would lose its corrected "
             "biases; set ptq_bias_correction false or drop those variants"
