@@ -46,7 +46,17 @@ from auto_quantize_model.quant.calibration import calibrate_activations
 from auto_quantize_model.quant.yolov10 import quantize_model
 
 FILES = ("fp32", "ours-w8a8", "ortq-w8a8", "nncf-w8a8")
-DEFAULT_CASES = ("fp32:onnxruntime", "fp32:openvino", "ours-w8a8:openvino", "ortq-w8a8:openvino", "nncf-w8a8:openvino")
+# "openvino-f32": OpenVINO with INFERENCE_PRECISION_HINT f32 (true FP32 compute; OpenVINO's default runs a float
+# model in bf16 on CPUs with AVX512-BF16/AMX). Ratios are to that FP32 run when it is among the cases.
+DEFAULT_CASES = (
+    "fp32:onnxruntime",
+    "fp32:openvino-f32",
+    "fp32:openvino",
+    "ours-w8a8:openvino",
+    "ortq-w8a8:openvino",
+    "nncf-w8a8:openvino",
+)
+FP32_BASELINES = ("fp32:openvino-f32", "fp32:openvino")
 
 
 def calibration_images(imgsz: int, count: int) -> list[np.ndarray]:
@@ -95,10 +105,11 @@ def build_files(cfg: str, imgsz: int, images: list[np.ndarray], folder: Path) ->
 
 def runner(path: Path, runtime: str, threads: int):
     """A callable running one image through ``path`` on ``runtime`` with ``threads`` threads."""
-    if runtime == "openvino":
+    if runtime.startswith("openvino"):
         from auto_quantize_model.evaluation.openvino_session import compile_model
 
-        request = compile_model(path, "CPU", threads, 1).create_infer_request()
+        precision = runtime.partition("-")[2] or "default"
+        request = compile_model(path, "CPU", threads, 1, precision).create_infer_request()
         return lambda x: request.infer({0: x})
     import onnxruntime as ort
 
@@ -145,7 +156,8 @@ def report(args, files, shares, timings, load_before, load_after) -> str:
         cells = []
         for threads in args.threads:
             t = timings[threads][case]
-            base = timings[threads].get("fp32:openvino", {}).get("median_ms")
+            base_case = next((c for c in FP32_BASELINES if c in timings[threads]), None)
+            base = timings[threads][base_case]["median_ms"] if base_case else None
             ratio = f", {t['median_ms'] / base:.2f}x" if base else ""
             cells.append(f"{runtime} {t['median_ms']:.1f} ({t['min_ms']:.1f}-{t['max_ms']:.1f}){ratio}")
         lines.append(f"| {name} | {shares[name]:.1%} | " + " | ".join(cells) + " |")

@@ -425,3 +425,18 @@ def test_cli_publishes_then_refuses_a_conflicting_name(tmp_path):
     renamed = run(second, "--name", "same-name-b")
     assert renamed.returncode == 0, renamed.stderr
     assert len(_index_rows(dest)) == 2
+
+
+def test_paths_of_another_checkout_that_ran_stages_become_repository_relative(tmp_path):
+    """A run made in one checkout (a worktree) and published from another names neither checkout's absolute path."""
+    repo, worktree = tmp_path / "repo", tmp_path / "wt" / "bench"
+    run_root = make_run_root(repo / "tmp" / "demo-run", per_seed=True)
+    script = f"{worktree}/scripts/cv-models/train.py"
+    state = {"stages": {"s0-train-fp16": {"status": "done", "command": [f"{worktree}/.venv/bin/python", script]}}}
+    _write(run_root.run_json, json.dumps(state))
+    command = [f"{worktree}/.venv/bin/python", script, f"{worktree}/conf/hyp.yaml"]
+    _write(run_root.seed(0).train_run("fp16").metadata_json, json.dumps({"command": command}))
+    report = publish_run_report(run_root, repo / "reports", repository=repo).report_dir
+    metadata = json.loads((report / "seed-0" / "fp16" / "train_metadata.json").read_text())
+    assert metadata["command"] == [".venv/bin/python", "scripts/cv-models/train.py", "conf/hyp.yaml"]
+    assert not [p for p in report.rglob("*.json") if str(worktree) in p.read_text()]

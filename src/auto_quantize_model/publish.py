@@ -39,10 +39,11 @@ from auto_quantize_model.reports.publish_files import (
 )
 from auto_quantize_model.reports.publish_index import INDEX_NAME, write_index
 from auto_quantize_model.reports.publish_links import render_summary
-from auto_quantize_model.reports.publish_paths import PathRewrite
+from auto_quantize_model.reports.publish_paths import PathRewrite, stage_checkouts
 from auto_quantize_model.reports.summary_json import read_summary_json
 from auto_quantize_model.runs import summary_schema as ss
 from auto_quantize_model.runs.run_root import SUMMARY_MD, RunRoot
+from auto_quantize_model.runs.stage_runner import load_run_state
 
 # Relative to the repository root. Reports sit with the model's other documents (ONNX contract, README);
 # models/cv-models/yolov10m/README.md says why this and not the plan's models/yolo10/reports/.
@@ -171,7 +172,7 @@ def publish_run_report(
         raise PublishError(f"destination {dest} lies inside the run root {run_root.root}; pick a --dest outside it")
     plan = plan_publish(run_root)
 
-    rewrite = PathRewrite.for_report(run_root, run_id, repository)
+    rewrite = PathRewrite.for_report(run_root, run_id, repository, stage_checkouts(load_run_state(run_root)))
     report_files: dict[str, bytes | Path] = {rel: run_root.root / rel for rel in plan.copied}
     report_files[SUMMARY_MD] = render_summary(plan, run_id, partial=not status.complete).encode("utf-8")
     report_files = rewrite.files(report_files)

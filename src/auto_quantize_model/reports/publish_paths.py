@@ -8,14 +8,28 @@ published ``summary.md`` and ``MANIFEST.json`` go through :meth:`PathRewrite.app
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from auto_quantize_model.runs.run_root import RunRoot
 
 TEXT_SUFFIXES = frozenset({".md", ".csv", ".yaml", ".json"})
 NOT_A_PATH_END = r"(?![\w.+-])"  # /x/run-1 must not match inside /x/run-10
+
+
+def stage_checkouts(run_state: Mapping[str, Any]) -> set[Path]:
+    """The project checkouts whose scripts ran the stages of ``run.json`` (a run resumed from a second checkout,
+    or one made in a worktree and published from another): ``<checkout>/scripts/<dir>/<cli>.py`` in a command."""
+    checkouts = set()
+    for record in (run_state.get("stages") or {}).values():
+        for arg in (record or {}).get("command") or ():
+            path = Path(str(arg))
+            is_cli = path.is_absolute() and path.suffix == ".py" and len(path.parents) > 3
+            if is_cli and path.parents[1].name == "scripts":
+                checkouts.add(path.parents[2])
+    return checkouts
 
 
 def run_root_name(run_root: RunRoot, run_id: str, repository: Path | None) -> str:
@@ -32,11 +46,17 @@ class PathRewrite:
     pairs: tuple[tuple[re.Pattern[str], str], ...]
 
     @classmethod
-    def for_report(cls, run_root: RunRoot, run_id: str, repository: Path | None) -> PathRewrite:
+    def for_report(
+        cls, run_root: RunRoot, run_id: str, repository: Path | None, checkouts: Iterable[Path] = ()
+    ) -> PathRewrite:
+        """``checkouts``: other checkouts of this project whose code ran stages (see :func:`stage_checkouts`);
+        their paths become repository-relative like the repository's own."""
         pairs = [(re.escape(str(run_root.root)) + NOT_A_PATH_END, run_root_name(run_root, run_id, repository))]
-        if repository is not None:
-            repo = re.escape(str(repository.resolve()))
-            pairs += [(repo + "/", ""), (repo + NOT_A_PATH_END, ".")]
+        roots = [repository.resolve()] if repository is not None else []
+        roots += sorted({Path(c) for c in checkouts} - set(roots), key=lambda c: -len(str(c)))
+        for root in roots:
+            escaped = re.escape(str(root))
+            pairs += [(escaped + "/", ""), (escaped + NOT_A_PATH_END, ".")]
         return cls(tuple((re.compile(pattern), replacement) for pattern, replacement in pairs))
 
     def apply(self, text: str) -> str:
