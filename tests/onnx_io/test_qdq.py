@@ -100,3 +100,22 @@ def test_the_qdq_tolerance_checks_confident_detections_only(change, passes):
     actual[..., :4] += 30.0 * (actual[..., 4:5] < 0.0087)  # rows below the best 10 churn freely
     result = compare_outputs(expected, actual, "e2e", TOLERANCES[("qat-qdq", False)])
     assert result["passed"] is passes, result
+
+
+FALLBACK = np.linspace(0.009, 0.001, 297) >= 0.0087  # the filler rows among the image's best 10 (scores as _detections)
+
+
+@pytest.mark.parametrize(
+    ("confident_shift", "fallback_shift", "passes"),
+    [(0, 2.0, True), (0, 4.0, False), (2.0, 0, False)],  # box limit 1.5 px here (1% of 150), fallback rows 3.0 px
+)
+def test_rows_compared_only_to_reach_ten_get_twice_the_box_limit(confident_shift, fallback_shift, passes):
+    """The 3 rows scoring >= 0.25 keep the QDQ box limit; the 7 low-score rows added to reach 10 get twice it."""
+    from auto_quantize_model.onnx_io.validation import TOLERANCES, compare_outputs
+
+    expected = _detections(CONFIDENT)
+    actual = expected.copy()
+    actual[0, : len(CONFIDENT), :4] += confident_shift
+    actual[0, len(CONFIDENT) :, :4] += np.where(FALLBACK, fallback_shift, 30.0)[:, None]  # the rest churn freely
+    result = compare_outputs(expected, actual, "e2e", TOLERANCES[("qat-qdq", False)])
+    assert result["passed"] is passes, result

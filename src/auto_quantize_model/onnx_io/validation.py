@@ -80,7 +80,7 @@ MIN_COMPARED = 10  # detections compared per image at least, when a ``min_score`
 # Rows below ``min_score`` compared only to reach MIN_COMPARED are the model's least sure boxes: a rounding flip
 # moves a flat box distribution more. Measured on the bench (yolov10n, 160 px, seed 2 qat-w8a8-ft): rows scoring
 # 0.001 with boxes reaching 100-170 px outside the image differed by 5.8 px on a 4.5 px limit, while every row
-# scoring >= 0.25 differed by <= 0.31 px. Such images get twice the box limit.
+# scoring >= 0.25 differed by <= 0.31 px. Those fallback rows get twice the box limit; rows >= min_score keep it.
 FALLBACK_BOX_FACTOR = 2.0
 # GPU kernels (cuDNN algorithms, TF32 where the provider enables it) round differently from the CPU reference.
 NON_CPU_TOLERANCE_FACTOR = 10.0
@@ -303,13 +303,11 @@ def _compare_confident(expected: np.ndarray, actual: np.ndarray, tolerance: Tole
     the other scoring ``>= min_score - score_abs`` (a score drifting across the threshold within tolerance)."""
     box_limit = tolerance.box_limit(expected[:, :4])
     low = tolerance.score_floor(expected[:, 4])
-    if tolerance.min_score is not None and low < tolerance.min_score:
-        box_limit *= FALLBACK_BOX_FACTOR  # the image's best rows include low-score ones, whose boxes are the least sure
     slack = low - tolerance.score_abs
     unpaired, box_diff, score_diff, paired = 0, 0.0, 0.0, 0
     for sure, other in ((expected, actual), (actual, expected)):
         confident, candidates = sure[sure[:, 4] >= low], other[other[:, 4] >= slack]
-        pairs = pair_detections(confident, candidates, box_limit, tolerance.score_abs)
+        pairs = _pair_in_bands(confident, candidates, box_limit, tolerance)
         unpaired += len(confident) - len(pairs)
         paired = max(paired, len(pairs))
         for i, j in pairs:
@@ -326,6 +324,26 @@ def _compare_confident(expected: np.ndarray, actual: np.ndarray, tolerance: Tole
         "unpaired_rows": unpaired,
         "unpaired_not_at_cutoff": unpaired,
     }
+
+
+def _pair_in_bands(
+    confident: np.ndarray, candidates: np.ndarray, box_limit: float, tolerance: Tolerance
+) -> list[tuple[int, int]]:
+    """:func:`pair_detections` of the rows scoring ``>= min_score`` at ``box_limit``, then of the rows below it
+    (compared only to reach MIN_COMPARED) at FALLBACK_BOX_FACTOR times it, with the candidates left over."""
+    floor = tolerance.min_score if tolerance.min_score is not None else -np.inf
+    sure = confident[:, 4] >= floor
+    pairs: list[tuple[int, int]] = []
+    free = np.arange(len(candidates))
+    for band, limit in ((sure, box_limit), (~sure, box_limit * FALLBACK_BOX_FACTOR)):
+        rows = np.flatnonzero(band)
+        found = [
+            (int(rows[i]), int(free[j]))
+            for i, j in pair_detections(confident[rows], candidates[free], limit, tolerance.score_abs)
+        ]
+        pairs += found
+        free = np.setdiff1d(free, [j for _, j in found])
+    return pairs
 
 
 def _compare_raw(expected: np.ndarray, actual: np.ndarray, tolerance: Tolerance) -> dict[str, Any]:

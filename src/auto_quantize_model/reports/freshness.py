@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from auto_quantize_model.evaluation.runtime import DEFAULT_RUNTIME
 from auto_quantize_model.reports.summary_view import Cell, RunView
 from auto_quantize_model.runs import metrics_keys as mk
 from auto_quantize_model.runs.checkpoint_policy import fp_checkpoint, scored_checkpoint
@@ -52,7 +53,7 @@ def stale_items(view: RunView, state: Mapping[str, Any]) -> list[str]:
 def _stale_cell(view: RunView, cell: Cell, sha: Callable[[Path], str | None]) -> list[str]:
     """The export against its checkpoint, the evaluation against its ONNX and annotations, skipped images."""
     what = f"seed {cell.seed} {cell.variant.name} {cell.weights_format}"
-    what += f" ({cell.runtime})" if cell in view.runtime_cells else ""
+    what += f" ({cell.runtime})" if cell.runtime != DEFAULT_RUNTIME else ""
     source = (cell.export or {}).get("source") or {}
     checkpoint = _exported_checkpoint(view.run_root.seed(cell.seed).train_run(cell.variant.name), source, view.policy)
     if cell.variant.needs_fp_onnx:  # ortq/nncf: made from the fp16 float32 ONNX, not from a checkpoint

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from auto_quantize_model.evaluation.runtime import DEFAULT_RUNTIME
 from auto_quantize_model.evaluation.stats import read_eval_metrics
 from auto_quantize_model.onnx_io.verify import read_export_metadata
 from auto_quantize_model.runs import latency_keys as lk
@@ -42,7 +43,7 @@ class Cell:
     onnx: Path
     metrics: dict[str, Any] | None = None
     export: dict[str, Any] | None = None
-    runtime: str = "onnxruntime"
+    runtime: str = DEFAULT_RUNTIME
     latency: dict[str, Any] | None = None  # this file's entry in the seed's latency.json
 
     @property
@@ -243,7 +244,7 @@ def _load_cell(
     model: str | None,
     problems: list[str],
     root: Path,
-    runtime: str = "onnxruntime",
+    runtime: str = DEFAULT_RUNTIME,
 ) -> Cell:
     onnx = seed_root.onnx_model(model or "model", variant.name, fmt)
     cell = Cell(seed_root.seed, variant, fmt, onnx, runtime=runtime)
