@@ -125,6 +125,31 @@ def test_openvino_and_onnxruntime_score_the_same_qdq_file(w8a8_export, prepared_
     assert abs(ov["mAP50_95"] - ort["mAP50_95"]) <= 0.02  # int8 kernels in OpenVINO vs float math in ONNX Runtime
 
 
+@pytest.mark.slow
+def test_w4a8_qdq_export_packs_the_4_bit_weights_as_int4(fp16_run, prepared_dataset, tmp_path):
+    """W4A8 as QDQ with INT4 weights (opset 21): the same checked export, half the INT8-container file's weights."""
+    from auto_quantize_model.export import export_onnx
+
+    request = PTQRequest(
+        fp16_run.paths.best,
+        tmp_path / "ptq-w4a8" / "best.pt",
+        "w4a8",
+        data=prepared_dataset.dataset_yaml,
+        calib_images=CALIB_IMAGES,
+        batch=4,
+    )
+    checkpoint = quantize_checkpoint(request).checkpoint
+    val_images = prepared_dataset.out_dir / "images" / "val"
+    result = export_onnx(
+        checkpoint, tmp_path / "w4a8-qdq.onnx", imgsz=IMGSZ, weights_format="qdq", validate=True, val_images=val_images
+    )
+    metadata = read_json(result.metadata_path)
+    assert (metadata["kind"], metadata["weights_format"]) == ("qat-qdq", "qdq") and metadata["validation"]["passed"]
+    conversion = metadata["qdq_conversion"]
+    assert (conversion["int4_weights"], conversion["opset"], conversion["max_abs_output_diff"]) == (83, 21, 0.0)
+    assert metadata["graph"]["weight_dequantizers_by_storage"] == {"INT4": 83}
+
+
 def _quantizers(checkpoint):
     from ultralytics.nn.tasks import load_checkpoint
 

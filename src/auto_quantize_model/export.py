@@ -307,7 +307,8 @@ def _add_integer_runtime_metadata(metadata: dict[str, Any], staged: Path, qdq: A
     from auto_quantize_model.utils.errors import first_line
 
     if qdq is not None:
-        metadata["onnx"]["exporter"] += ", then onnx_io.qdq (weight Clips folded, activations as uint8)"
+        packed = f", {qdq.int4_weights} 4-bit weights packed as INT4" if qdq.int4_weights else ""
+        metadata["onnx"]["exporter"] += f", then onnx_io.qdq (weight Clips folded{packed}, activations as uint8)"
         metadata["qdq_conversion"] = {**asdict(qdq), "source": "Brevitas QCDQ export of source.checkpoint (staged)"}
     try:
         report = openvino_int8_report(staged).to_dict()

@@ -9,14 +9,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 from auto_quantize_model.onnx_io.int4 import onnxruntime_outputs
 from auto_quantize_model.onnx_io.qdq import QDQConversionError, integer_runtime_qdq, integer_runtime_qdq_file
+from auto_quantize_model.onnx_io.size import weight_storage
 
 
-def _qcdq_model(codes: np.ndarray) -> onnx.ModelProto:
-    """x -> Q/DQ -> Conv, weights: int8 codes -> Clip(-127, 127) -> DequantizeLinear (Brevitas' chain)."""
+def _qcdq_model(codes: np.ndarray, max_code: int = 127) -> onnx.ModelProto:
+    """x -> Q/DQ -> Conv, weights: int8 codes -> Clip(-max_code, max_code) -> DequantizeLinear (Brevitas' chain)."""
     inits = [
         numpy_helper.from_array(codes.astype(np.int8), "codes"),
-        numpy_helper.from_array(np.array(-127, np.int8), "low"),
-        numpy_helper.from_array(np.array(127, np.int8), "high"),
+        numpy_helper.from_array(np.array(-max_code, np.int8), "low"),
+        numpy_helper.from_array(np.array(max_code, np.int8), "high"),
         numpy_helper.from_array(np.full(codes.shape[0], 0.01, np.float32), "w_scale"),
         numpy_helper.from_array(np.zeros(codes.shape[0], np.int8), "w_zero"),
         numpy_helper.from_array(np.array(0.05, np.float32), "x_scale"),
@@ -54,6 +55,33 @@ def test_clips_fold_into_the_codes_exactly_including_codes_outside_the_range(tmp
     assert result.activations_to_uint8 == 2  # the Q and its DQ: int8 zero point 0 -> uint8 zero point 128
     assert result.max_abs_output_diff == 0.0
     np.testing.assert_array_equal(onnxruntime_outputs(src, x)[0], onnxruntime_outputs(tmp_path / "qdq.onnx", x)[0])
+
+
+def test_w4a8_weights_are_packed_int4_and_give_identical_outputs(tmp_path):
+    """4-bit codes (Clip(-7, 7)) leave the INT8 container for packed INT4 at opset 21; a code one step outside the
+    range is clamped first (as the Clip computes), so it is packed too; the activations stay uint8 Q/DQ."""
+    codes = np.random.default_rng(0).integers(-7, 8, (3, 2, 3, 3))
+    codes[2, 0, 1, 1] = -8  # outside Clip(-7, 7)
+    src = tmp_path / "qcdq.onnx"
+    onnx.save(_qcdq_model(codes, max_code=7), src)
+    x = np.random.default_rng(1).random((1, 2, 5, 5), dtype=np.float32)
+    result = integer_runtime_qdq_file(src, tmp_path / "qdq.onnx", x)
+    packed = onnx.load(tmp_path / "qdq.onnx")
+    stored = next(i for i in packed.graph.initializer if i.name == "codes")
+    assert stored.data_type == TensorProto.INT4 and len(stored.raw_data) == (codes.size + 1) // 2
+    assert "Clip" not in {node.op_type for node in packed.graph.node}
+    assert (result.int4_weights, result.opset, result.codes_clamped, result.clips_removed) == (1, 21, 1, 1)
+    assert result.activations_to_uint8 == 2 and result.max_abs_output_diff == 0.0
+    assert weight_storage(tmp_path / "qdq.onnx").weights_format == "qdq"  # what the export's request checks
+
+
+def test_w8a8_weights_stay_int8_at_their_opset(tmp_path):
+    src = tmp_path / "qcdq.onnx"
+    onnx.save(_qcdq_model(np.random.default_rng(0).integers(-120, 120, (3, 2, 3, 3))), src)
+    x = np.random.default_rng(1).random((1, 2, 5, 5), dtype=np.float32)
+    result = integer_runtime_qdq_file(src, tmp_path / "qdq.onnx", x)
+    stored = next(i for i in onnx.load(tmp_path / "qdq.onnx").graph.initializer if i.name == "codes")
+    assert stored.data_type == TensorProto.INT8 and (result.int4_weights, result.opset) == (0, 17)
 
 
 def test_a_graph_without_weight_chains_is_refused():

@@ -7,7 +7,10 @@ folds each weight Clip into its constant codes (a Clip of a constant is a consta
 inside the range it is the identity; a checkpoint saved in fp16 can hold a few codes one step outside, which
 the Clip clamps and the fold clamps the same way), keeping the opset and the activations' ``QuantizeLinear ->
 DequantizeLinear`` pairs, so the file has the ``DQ(x), DQ(w) -> Conv`` pattern integer runtimes execute; the codes
-every DequantizeLinear sees are checked equal and ONNX Runtime must give identical outputs.
+every DequantizeLinear sees are checked equal and ONNX Runtime must give identical outputs. Weights of at most 4
+bits (W4A8) are stored as packed INT4 at opset 21, by the same checked rewrite as the W4A16 INT4 files
+(:mod:`~auto_quantize_model.onnx_io.int4`); no runtime here runs INT4 x INT8 convolutions as such, so a W4A8 file
+gains size, not speed.
 
 :func:`integer_runtime_qdq` does that and also stores every signed activation pair (int8, zero point 0, what the
 Brevitas model and TensorRT use) as uint8 with zero point 128: the same integers shifted, so the same numbers
@@ -47,49 +50,102 @@ class QDQConversionResult:
     codes_clamped: int  # codes that lay outside their Clip range, now stored clamped (what the Clip computed)
     chains_left_as_qcdq: int  # codes or Clip shared with other nodes: left untouched
     activation_quantizers: int  # QuantizeLinear nodes (the quantized activations)
+    int4_weights: int = 0  # weights of at most 4 bits stored as packed INT4 (W4A8; the file is then opset 21)
     max_abs_output_diff: float | None = None  # ONNX Runtime CPU, QCDQ vs QDQ
     onnxruntime_version: str | None = None
 
 
 def integer_runtime_qdq(proto: Any, source: str = "model") -> tuple[Any, QDQConversionResult]:
-    """A copy of ``proto`` with every weight Clip folded into its codes (the codes each DQ sees are checked equal)
-    and the signed activation Q/DQ pairs stored as uint8 with zero point 128."""
+    """A copy of ``proto`` with every weight Clip folded into its codes (the codes each DQ sees are checked equal),
+    4-bit weight codes packed as INT4 (opset 21; W4A8) and the signed activation Q/DQ pairs stored as uint8 with
+    zero point 128."""
     import onnx
 
     from auto_quantize_model.onnx_io.int4 import (
         _check_same_codes,
-        _consumers,
         _drop_unused_initializers,
         _initializers,
         default_opset,
         find_qcdq_weight_chains,
     )
 
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    graph, inits = model.graph, _initializers(model.graph)
-    chains = find_qcdq_weight_chains(model)
+    chains = find_qcdq_weight_chains(proto)
     if not chains:
         raise QDQConversionError(f"{source}: no 'int8 initializer -> Clip -> DequantizeLinear' weight chains")
-    removed, clamped = [], 0
-    for chain in chains:
-        codes = onnx.numpy_helper.to_array(inits[chain.codes_name])
-        uses = _consumers(graph)
-        if uses[chain.clip.output[0]] == 1 and uses[chain.codes_name] == 1:
-            folded = np.clip(codes, chain.low, chain.high).astype(codes.dtype)
-            clamped += int((folded != codes).sum())
-            inits[chain.codes_name].CopyFrom(onnx.numpy_helper.from_array(folded, chain.codes_name))
-            chain.dequantize.input[0] = chain.codes_name
-            graph.node.remove(chain.clip)
-            removed.append(chain)
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    clamped = _clamp_codes_to_clips(model)
+    model, int4_weights = _pack_int4_weights(model, source)
+    removed = _drop_weight_clips(model)
+    graph, inits = model.graph, _initializers(model.graph)
     shifted, old_zero_points = _activations_to_uint8(graph, inits)
     _drop_unused_initializers(graph, {name for chain in removed for name in chain.clip.input[1:]} | old_zero_points)
     _check_same_codes(proto, model, source)
     onnx.checker.check_model(model, full_check=True)
     quantizers = sum(node.op_type == "QuantizeLinear" for node in graph.node)
-    kept = len(chains) - len(removed)
-    result = QDQConversionResult(source, default_opset(model), len(removed), shifted, clamped, kept, quantizers)
+    kept = len(find_qcdq_weight_chains(model))
+    result = QDQConversionResult(
+        source, default_opset(model), len(chains) - kept, shifted, clamped, kept, quantizers, int4_weights
+    )
     return model, result
+
+
+def _single_use_chains(model: Any) -> list[Any]:
+    """The weight chains whose codes and Clip output nothing else reads (folding them changes no other node)."""
+    from auto_quantize_model.onnx_io.int4 import _consumers, find_qcdq_weight_chains
+
+    uses = _consumers(model.graph)
+    return [
+        chain
+        for chain in find_qcdq_weight_chains(model)
+        if uses[chain.clip.output[0]] == 1 and uses[chain.codes_name] == 1
+    ]
+
+
+def _clamp_codes_to_clips(model: Any) -> int:
+    """Store each single-use chain's codes clamped to its Clip range (what the Clip computes); returns how many
+    codes changed. A checkpoint saved in fp16 can hold a few codes one step outside the range."""
+    import onnx
+
+    from auto_quantize_model.onnx_io.int4 import _initializers
+
+    inits, clamped = _initializers(model.graph), 0
+    for chain in _single_use_chains(model):
+        codes = onnx.numpy_helper.to_array(inits[chain.codes_name])
+        folded = np.clip(codes, chain.low, chain.high).astype(codes.dtype)
+        clamped += int((folded != codes).sum())
+        inits[chain.codes_name].CopyFrom(onnx.numpy_helper.from_array(folded, chain.codes_name))
+    return clamped
+
+
+def _pack_int4_weights(model: Any, source: str) -> tuple[Any, int]:
+    """Weights of at most 4 bits (W4A8) go to packed INT4 initializers at opset 21 via the checked W4A16 rewrite
+    (:func:`~auto_quantize_model.onnx_io.int4.convert_qcdq_to_int4`, which also drops their Clips); a file without
+    such weights keeps its opset and is returned as is. Returns the model and how many weights are INT4."""
+    from auto_quantize_model.onnx_io.int4 import (
+        INT4_OPSET,
+        Int4ConversionError,
+        convert_qcdq_to_int4,
+        default_opset,
+        find_qcdq_weight_chains,
+    )
+
+    if not any(chain.fits_int4 for chain in find_qcdq_weight_chains(model)):
+        return model, 0
+    try:
+        packed, result = convert_qcdq_to_int4(model, opset=max(INT4_OPSET, default_opset(model)), source=source)
+    except Int4ConversionError as error:
+        raise QDQConversionError(f"{error} (packing the 4-bit weights of a QDQ export)") from error
+    return packed, result.int4_weights
+
+
+def _drop_weight_clips(model: Any) -> list[Any]:
+    """Point each single-use chain's DequantizeLinear at its (already clamped) codes and remove the Clip."""
+    removed = _single_use_chains(model)
+    for chain in removed:
+        chain.dequantize.input[0] = chain.codes_name
+        model.graph.node.remove(chain.clip)
+    return removed
 
 
 def _activations_to_uint8(graph: Any, inits: dict[str, Any]) -> tuple[int, set[str]]:
@@ -111,7 +167,15 @@ def _activations_to_uint8(graph: Any, inits: dict[str, Any]) -> tuple[int, set[s
             shifted = (zero_point.astype(np.int16) + 128).astype(np.uint8)
             graph.initializer.append(onnx.numpy_helper.from_array(shifted, made[name]))
         node.input[2] = made[name]
+    _forget_value_types(graph, {node.output[0] for node in quantizers if node.input[2] in made.values()})
     return sum(node.input[2] in made.values() for node in pairs if len(node.input) > 2), set(made)
+
+
+def _forget_value_types(graph: Any, names: set[str]) -> None:
+    """Drop the recorded types of values that are now uint8 (the opset upgrade of a W4A8 file records them as int8;
+    shape inference re-derives them)."""
+    for info in [info for info in graph.value_info if info.name in names]:
+        graph.value_info.remove(info)
 
 
 def integer_runtime_qdq_file(

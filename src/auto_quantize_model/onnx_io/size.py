@@ -20,7 +20,8 @@ WEIGHTS_FORMAT_TEXT = {
     FLOAT16: "float16 weights, float32 input/output",
     QCDQ: "integer codes in INT8 containers -> Clip -> DequantizeLinear (Brevitas QCDQ)",
     INT4: "packed INT4 codes -> DequantizeLinear (8-bit layers as INT8)",
-    QDQ: "INT8 codes -> DequantizeLinear, activations QuantizeLinear -> DequantizeLinear (QDQ)",
+    QDQ: "INT8 (4-bit layers: packed INT4) codes -> DequantizeLinear, activations QuantizeLinear -> DequantizeLinear "
+    "(QDQ)",
 }
 
 
@@ -40,12 +41,13 @@ class WeightStorage:
     def weights_format(self) -> str:
         """``int4``, ``qdq``, ``qcdq``, ``float16`` or ``float32``: what dominates the file's weights.
 
-        ``qdq``: quantized activations and INT8 weights straight into DequantizeLinear (no Clip).
+        ``qdq``: quantized activations and INT8 (W8A8) or packed INT4 (W4A8) weights straight into
+        DequantizeLinear (no Clip).
         """
-        if self.weight_dequantizers.get("INT4"):
-            return INT4
         if self.activation_quantizers and self.weight_dequantizers and not self.weight_clips:
             return QDQ
+        if self.weight_dequantizers.get("INT4"):
+            return INT4
         if self.weight_dequantizers:
             return QCDQ
         floats = {k: v for k, v in self.initializer_bytes.items() if k in ("FLOAT", "FLOAT16")}
