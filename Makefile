@@ -17,7 +17,7 @@ format: venv
 
 # The linters, then the full test suite, CPU only (what CI runs).
 test: lint
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=25
 
 # Skip the tests that train or export real (tiny) models.
 test-fast: venv
