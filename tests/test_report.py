@@ -32,10 +32,11 @@ from auto_quantize_model.utils.io import sha256_file, write_json_atomic
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_CLI = REPO / "scripts" / "cv-models" / "write_yolov10m_scratch_train_summary.py"
 RESULTS_HEADER = "epoch,time,metrics/mAP50(B),metrics/mAP50-95(B),train/box_loss"
-NOISE = {"fp16": 1.0, "fp16-ft": 0.5, "qat-w4a16": 4.0, "qat-w4a16-ft": 2.0, "ptq-w4a16": 3.0}  # box jitter, px
-FORMATS = {"fp16": ("float32", "float16"), "fp16-ft": ("float32", "float16")}  # the rest: qcdq, int4
-SIZES = {"float32": 9_000_000, "float16": 4_500_000, "qcdq": 2_400_000, "int4": 1_300_000}
-LATENCY_MS = {"float32": 20.0, "float16": 24.0, "qcdq": 19.0, "int4": 18.0}  # latency stage medians, seed 0
+# box jitter, px
+NOISE = {"fp16": 1.0, "fp16-ft": 0.5, "qat-w4a16": 4.0, "qat-w4a16-ft": 2.0, "ptq-w4a16": 3.0, "ptq-w8a8": 2.5}
+FORMATS = {"fp16": ("float32", "float16"), "fp16-ft": ("float32", "float16"), "ptq-w8a8": ("qdq",)}  # else qcdq, int4
+SIZES = {"float32": 9_000_000, "float16": 4_500_000, "qcdq": 2_400_000, "int4": 1_300_000, "qdq": 2_300_000}
+LATENCY_MS = {"float32": 20.0, "float16": 24.0, "qcdq": 19.0, "int4": 18.0, "qdq": 12.0}  # latency medians, seed 0
 EVAL_LATENCY_MS = 999.25  # what metrics.json says: must never reach the summary
 
 
