@@ -33,8 +33,23 @@ REPO = Path(__file__).resolve().parents[1]
 SUMMARY_CLI = REPO / "scripts" / "cv-models" / "write_yolov10m_scratch_train_summary.py"
 RESULTS_HEADER = "epoch,time,metrics/mAP50(B),metrics/mAP50-95(B),train/box_loss"
 # box jitter, px
-NOISE = {"fp16": 1.0, "fp16-ft": 0.5, "qat-w4a16": 4.0, "qat-w4a16-ft": 2.0, "ptq-w4a16": 3.0, "ptq-w8a8": 2.5}
-FORMATS = {"fp16": ("float32", "float16"), "fp16-ft": ("float32", "float16"), "ptq-w8a8": ("qdq",)}  # else qcdq, int4
+# ptq-w8a8-ft: fp16's jitter (the same rng stream, so fp16's very detections): compared with fp16 by mistake it would
+# read ratio 1 and a CI of exactly 0.
+NOISE = {
+    "fp16": 1.0,
+    "fp16-ft": 0.5,
+    "qat-w4a16": 4.0,
+    "qat-w4a16-ft": 2.0,
+    "ptq-w4a16": 3.0,
+    "ptq-w8a8": 2.5,
+    "ptq-w8a8-ft": 1.0,
+}
+FORMATS = {  # else qcdq, int4
+    "fp16": ("float32", "float16"),
+    "fp16-ft": ("float32", "float16"),
+    "ptq-w8a8": ("qdq",),
+    "ptq-w8a8-ft": ("qdq",),
+}
 SIZES = {"float32": 9_000_000, "float16": 4_500_000, "qcdq": 2_400_000, "int4": 1_300_000, "qdq": 2_300_000}
 LATENCY_MS = {"float32": 20.0, "float16": 24.0, "qcdq": 19.0, "int4": 18.0, "qdq": 12.0}  # latency medians, seed 0
 EVAL_LATENCY_MS = 999.25  # what metrics.json says: must never reach the summary
@@ -220,6 +235,37 @@ def test_fine_tunes_are_compared_with_fp16_ft_and_every_row_names_its_baseline(t
     assert {r[ss.CHECKPOINT_POLICY] for r in rows.values()} == {"last"}
     # A PTQ checkpoint is the fp16 last.pt quantized: it carries fp16's epoch.
     assert rows[(1, "ptq-w4a16", "qcdq")][ss.CHECKPOINT_EPOCH] == "3"
+
+
+def test_ptq_of_fp16_ft_is_compared_with_fp16_ft_at_its_epoch_and_has_no_training(tmp_path, val_annotations) -> None:
+    variants = ("fp16", "fp16-ft", "ptq-w8a8-ft")
+    run_root, values = make_run_root(tmp_path, val_annotations, variants=variants, eval_runtimes="onnxruntime")
+    for seed in (0, 1):  # fp16-ft's last.pt is from its epoch 2 (fp16's from epoch 3): PTQ of it carries epoch 2
+        paths = run_root.seed(seed).train_run("fp16-ft")
+        metadata = json.loads(paths.metadata_json.read_text())
+        metadata["checkpoints"]["last"]["epoch"] = 2
+        write_json_atomic(paths.metadata_json, metadata)
+    result = write_summary(run_root)
+    assert result.complete, result.missing
+    text = run_root.summary_md.read_text()
+    ptq = [values[(s, "ptq-w8a8-ft", "qdq")] for s in (0, 1)]
+    ft = [values[(s, "fp16-ft", "float32")] for s in (0, 1)]
+    cells = row(text, "ptq-w8a8-ft (qdq)")
+    assert cells[1] == "fp16-ft" and cells[5] == f"{np.mean(ptq) / np.mean(ft):.3f}" != "1.000"
+    assert cells[2:4] == [f"{ptq[0]:.4f} (epoch 2)", f"{ptq[1]:.4f} (epoch 2)"]
+    low, high = (float(x) for x in cells[6].strip("[]").split(","))
+    assert low < high < 0  # paired with fp16-ft's detections (against fp16's own it would be [0, 0])
+    assert "**ptq-w8a8-ft vs fp16-ft:** ptq-w8a8-ft mAP50-95 is" in text and "Warning" not in text
+    what_ran = dict(zip(["variant", "precision", "recipe"], row(section(text, "## What ran"), "ptq-w8a8-ft")))
+    assert what_ran["precision"] == "post-training quantization of the fp16-ft checkpoint (no training)"
+    assert what_ran["recipe"] == "—"
+    assert "| ptq-w8a8-ft |" not in section(text, "## In-training validation")
+    with run_root.summary_csv.open() as handle:
+        rows = {(int(r[ss.SEED]), r[ss.VARIANT], r[ss.WEIGHTS_FORMAT]): r for r in csv.DictReader(handle)}
+    assert (rows[(1, "ptq-w8a8-ft", "qdq")][ss.BASELINE], rows[(1, "ptq-w8a8-ft", "qdq")][ss.CHECKPOINT_EPOCH]) == (
+        "fp16-ft",
+        "2",
+    )
 
 
 def test_a_fine_tune_without_fp16_ft_gets_a_warning_not_a_silent_comparison(tmp_path, val_annotations) -> None:

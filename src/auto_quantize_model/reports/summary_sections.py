@@ -97,8 +97,9 @@ def precision_label(training: Training | None, variant: Variant | None = None) -
     """What actually trained, from ``train_metadata.json``: e.g. "FP32 (AMP off: cpu)" or "FP16/AMP (cuda:0)"."""
     if variant is not None and variant.kind in BASELINE_LABELS:
         return BASELINE_LABELS[variant.kind]
-    if training is not None and training.variant.kind == "ptq":
-        return "post-training quantization of the fp16 model (no training)"
+    variant = variant if variant is not None else (training.variant if training is not None else None)
+    if variant is not None and variant.post_training:
+        return f"post-training quantization of the {variant.ptq_source} checkpoint (no training)"
     precision = ((training.metadata if training else None) or {}).get("precision") or {}
     if precision.get("amp") is None:
         return "unknown (no effective AMP recorded)"
@@ -166,7 +167,8 @@ def policy_line(view: RunView) -> str:
     if view.policy == LAST:
         return (
             f"**Checkpoint policy: {LAST}.** Every number is from `{LAST_PT}` (the final epoch of each training; "
-            f"PTQ quantizes the fp16 `{LAST_PT}`, fine-tunes start from it): no checkpoint was selected."
+            f"PTQ quantizes the fp16 (or fp16-ft) `{LAST_PT}`, fine-tunes start from fp16's): no checkpoint was "
+            "selected."
         )
     if view.policy == BEST_ON_SELECTION:
         return (
@@ -261,11 +263,12 @@ def section_headline(view: RunView) -> tuple[list[str], dict[str, Any]]:
     lines += [
         "Every model is scored by the same ONNX evaluator (onnxruntime + COCOeval) on the same val images. "
         f"Each row is compared with its matched baseline's float32 ONNX: a quantized fine-tune with {FP_FT_VARIANT} "
-        f"(the same extra epochs with the same recipe, not quantized), everything else with {FP_VARIANT}. CIs "
+        f"(the same extra epochs with the same recipe, not quantized), PTQ of {FP_FT_VARIANT} (ptq-<scheme>-ft) with "
+        f"the {FP_FT_VARIANT} it quantized, everything else with {FP_VARIANT}. CIs "
         "resample val images with the same resample for both models "
         f"({BOOTSTRAP_RESAMPLES} resamples, from the saved detections); they do not include the spread between "
         "training seeds, which the ± std shows. Each seed's number names the training epoch of the scored "
-        "checkpoint (PTQ: the fp16 checkpoint it quantized). "
+        "checkpoint (PTQ: the fp16 or fp16-ft checkpoint it quantized). "
         + (
             "The latency ratio compares medians of each seed's latency stage (every file timed together; "
             "spread and load in the ONNX artifacts section)."
@@ -303,7 +306,7 @@ def recipe_label(training: Training | None) -> str:
     """The recipe arguments the trainer ran with, e.g. "SGD lr0 0.001 lrf 0.1, warm-up 0 epochs, mosaic 0"."""
     recipe = ((training.metadata if training else None) or {}).get("recipe")
     if not recipe:
-        return "—" if training is not None and training.variant.kind == "ptq" else "not recorded"
+        return "—" if training is not None and training.variant.post_training else "not recorded"
     warmup = f"warm-up {_fmt(recipe.get('warmup_epochs'))} epochs"
     if recipe.get("warmup_iterations") is not None:
         warmup += f" ({recipe['warmup_iterations']} iterations)"
@@ -419,8 +422,8 @@ def section_validator(view: RunView) -> list[str]:
     """Ultralytics' in-training validation, per seed and variant, kept apart from the ONNX numbers."""
     rows = []
     for training in view.trainings:
-        if training.variant.kind == "ptq":
-            continue  # no training: its checkpoint and epoch are fp16's (headline)
+        if training.variant.post_training:
+            continue  # no training: its checkpoint and epoch are those of the fp16 (fp16-ft) it quantized (headline)
         info, split = training.best or {}, _validated_on(training)
         cell = view.cell(training.seed, training.variant.name, training.variant.headline_format)
         onnx_map = cell.map50_95 if cell else None

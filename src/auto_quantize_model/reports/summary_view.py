@@ -118,11 +118,12 @@ class RunView:
         return (self.config or {}).get("checkpoint_policy") or BEST_ON_VAL
 
     def baseline(self, variant: Variant) -> Baseline | None:
-        """The row ``variant`` is compared with (``fp16-ft`` for a quantized fine-tune when it ran)."""
+        """The row ``variant`` is compared with (``fp16-ft`` for a quantized fine-tune when it ran, and for PTQ of
+        ``fp16-ft``): :meth:`Variant.baseline`, which the headline, its paired bootstrap and summary.csv all use."""
         return variant.baseline(v.name for v in self.variants)
 
     def scored_epoch(self, seed: int, variant: Variant) -> int | None:
-        """Training epoch of the checkpoint that was exported and scored (PTQ: the fp16 one it quantized)."""
+        """Training epoch of the checkpoint that was exported and scored (PTQ: the fp16 / fp16-ft one it quantized)."""
         return scored_epoch(self.run_root.seed(seed), variant, self.policy)
 
 

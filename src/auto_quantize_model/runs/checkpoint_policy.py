@@ -10,9 +10,9 @@ training curve, so the policies are:
 * ``best-on-val``: ``best.pt`` chosen on the scored val images; only when asked for, and the summary
   says so beside every number.
 
-Every variant follows the same policy: PTQ quantizes the ``fp16`` checkpoint the policy picks and writes
-its result under the same file name, fine-tunes start from it. The producers (the stage plan) and the
-reader (the summary) both ask :func:`scored_checkpoint` and :func:`scored_epoch`.
+Every variant follows the same policy: PTQ quantizes the ``fp16`` checkpoint the policy picks (``ptq-<scheme>-ft``:
+the ``fp16-ft`` one) and writes its result under the same file name, fine-tunes start from the ``fp16`` one. The
+producers (the stage plan) and the reader (the summary) both ask :func:`scored_checkpoint` and :func:`scored_epoch`.
 """
 
 from __future__ import annotations
@@ -49,13 +49,21 @@ def fp_checkpoint(seed_root: SeedRoot, policy: str) -> Path:
     return scored_checkpoint(seed_root.train_run(FP_VARIANT), policy)
 
 
+def ptq_input_checkpoint(seed_root: SeedRoot, variant: Variant, policy: str) -> Path:
+    """The float checkpoint a PTQ variant quantizes: its :attr:`~Variant.ptq_source`'s (``fp16`` or ``fp16-ft``)."""
+    if variant.ptq_source is None:
+        raise ValueError(f"variant {variant.name} is not post-training quantized")
+    return scored_checkpoint(seed_root.train_run(variant.ptq_source), policy)
+
+
 def scored_epoch(seed_root: SeedRoot, variant: Variant, policy: str) -> int | None:
     """The training epoch (1-based, of the variant's own training) the scored checkpoint was saved at.
 
-    A PTQ variant has no training: its checkpoint is the ``fp16`` one of the same policy, so it has that epoch.
-    ``None`` when the training did not record it (still running, or an older run root).
+    A PTQ variant has no training: its checkpoint is the one of the same policy of the float variant it quantizes
+    (``fp16``, or ``fp16-ft`` for ``ptq-<scheme>-ft``), so it has that epoch. ``None`` when the training did not
+    record it (still running, or an older run root).
     """
-    trained = FP_VARIANT if variant.kind == "ptq" else variant.name
+    trained = variant.ptq_source or variant.name
     record = checkpoint_record(seed_root.train_run(trained), policy)
     epoch = record.get("epoch") if record else None
     return int(epoch) if epoch is not None else None

@@ -472,7 +472,7 @@ def _check_activation_settings(config: Mapping[str, Any]) -> str | None:
             f"ptq_bias_correction: {starting_from_ptq} start from the PTQ calibration and would lose its corrected "
             "biases; set ptq_bias_correction false or drop those variants"
         )
-    calibrating = [v.name for v in variants if v.quantizes_activations and v.kind in ("ptq", "ortq", "nncf")]
+    calibrating = [v.name for v in variants if v.quantizes_activations and (v.post_training or v.needs_fp_onnx)]
     if calibrating and config["ptq_calib_images"] < 1:
         return (
             f"ptq_calib_images: variants {calibrating} calibrate activation ranges on train images; "

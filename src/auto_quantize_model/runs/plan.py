@@ -5,7 +5,8 @@ and the stages it depends on (their ``needs`` form a DAG):
 
     [check-env] [make-synthetic-data] prepare-data
     for each seed k, for each variant V (fp16 first):
-        s<k>-train-V  (or s<k>-quantize-V for ptq-*)    -> R/seed-k/V/weights/<last|best>.pt
+        s<k>-train-V  (or s<k>-quantize-V for ptq-*: of fp16's checkpoint, ptq-*-ft: of fp16-ft's)
+                                                    -> R/seed-k/V/weights/<last|best>.pt
         s<k>-export-V-F, s<k>-eval-V-F  for each weight format F of V
         (ortq-w8a8 / nncf-w8a8: s<k>-export-V-qdq from the fp16 float32 ONNX -> R/seed-k/onnx/<model>-V-qdq.onnx)
         s<k>-eval-V-F-openvino  when eval_runtimes has openvino: fp16's float32 file and every int8 QDQ file
@@ -13,8 +14,9 @@ and the stages it depends on (their ``needs`` form a DAG):
     summary [publish]
 
 The run's ``checkpoint_policy`` (:mod:`auto_quantize_model.runs.checkpoint_policy`) decides which checkpoint
-every export reads, which ``fp16`` checkpoint PTQ quantizes and fine-tunes start from, and whether the
-trainings validate on the selection split (``best-on-selection``: ``dataset-selection.yaml``).
+every export reads, which ``fp16`` checkpoint PTQ quantizes (``ptq-*-ft``: which ``fp16-ft`` one) and fine-tunes
+start from, and whether the trainings validate on the selection split (``best-on-selection``:
+``dataset-selection.yaml``).
 
 The runner (:mod:`auto_quantize_model.pipeline`) executes the plan; the summary reads it to know
 what a complete run root holds.
@@ -29,10 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from auto_quantize_model.runs.checkpoint_policy import BEST_ON_SELECTION, fp_checkpoint, scored_checkpoint
+from auto_quantize_model.runs.checkpoint_policy import (
+    BEST_ON_SELECTION,
+    fp_checkpoint,
+    ptq_input_checkpoint,
+    scored_checkpoint,
+)
 from auto_quantize_model.runs.config import resolve_project_path
 from auto_quantize_model.runs.run_root import RunRoot, SeedRoot, artifact_label
-from auto_quantize_model.runs.variants import FP_VARIANT, Variant, eval_runtimes, parse_variants
+from auto_quantize_model.runs.variants import FP_VARIANT, Variant, eval_runtimes, parse_variant, parse_variants
 from auto_quantize_model.utils.ultralytics_env import project_root
 
 SCRIPTS_DIR = project_root() / "scripts" / "cv-models"
@@ -85,7 +92,7 @@ def needs_gpu(config: Mapping[str, Any]) -> bool:
 
 
 def train_stage_name(seed: int, variant: Variant) -> str:
-    action = "quantize" if variant.kind == "ptq" else "train"
+    action = "quantize" if variant.post_training else "train"
     return f"s{seed}-{action}-{variant.name}"
 
 
@@ -200,7 +207,7 @@ def _variant_stages(ctx: _Context, seed: int, variant: Variant) -> list[StageSpe
     if variant.needs_fp_onnx:  # the baseline tools make the ONNX file itself
         export = _baseline_stage(ctx, seed_root, variant)
         return [export, *_eval_stages(ctx, seed_root, variant, "qdq", export)]
-    make = _quantize_stage(ctx, seed_root, variant) if variant.kind == "ptq" else _train_stage(ctx, seed_root, variant)
+    make = _quantize_stage(ctx, seed_root, variant) if variant.post_training else _train_stage(ctx, seed_root, variant)
     stages = [make]
     for weights_format in variant.weight_formats:
         export = _export_stage(ctx, seed_root, variant, weights_format, make.name)
@@ -279,10 +286,11 @@ def _train_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageS
 
 
 def _quantize_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> StageSpec:
+    """PTQ (``ptq.py``) of the seed's checkpoint of ``variant.ptq_source`` (``fp16`` or ``fp16-ft``), once trained."""
     config, paths = ctx.config, seed_root.train_run(variant.name)
-    out = scored_checkpoint(paths, config["checkpoint_policy"])  # named as the fp16 checkpoint it quantizes
+    out = scored_checkpoint(paths, config["checkpoint_policy"])  # named as the float checkpoint it quantizes
     flags = {
-        "--weights": fp_checkpoint(seed_root, config["checkpoint_policy"]),
+        "--weights": ptq_input_checkpoint(seed_root, variant, config["checkpoint_policy"]),
         "--quant-scheme": variant.scheme_spec,
         "--out": out,
         "--data": ctx.run_root.dataset_yaml,
@@ -294,7 +302,7 @@ def _quantize_stage(ctx: _Context, seed_root: SeedRoot, variant: Variant) -> Sta
     }
     extra = ["--bias-correction"] if variant.quantizes_activations and config["ptq_bias_correction"] else []
     argv = _cli(ctx, "ptq.py", flags, *extra)
-    needs = (PREPARE_STAGE, train_stage_name(seed_root.seed, Variant("fp")))
+    needs = (PREPARE_STAGE, train_stage_name(seed_root.seed, parse_variant(variant.ptq_source)))
     name = train_stage_name(seed_root.seed, variant)
     return StageSpec(name, argv, (out,), needs, paths.dir, _scheme_file(variant), kind="quantize")
 

@@ -9,12 +9,15 @@ A variant name says how a model is obtained; the run config lists them (``varian
 * ``qat-<scheme>-ft`` - QAT initialised from the same seed's ``fp16`` checkpoint (fine-tuning);
 * ``ptq-<scheme>`` - post-training quantization of the same seed's ``fp16`` checkpoint (a scheme that
   quantizes activations, e.g. ``w8a8``, calibrates them on train images);
+* ``ptq-<scheme>-ft`` - the same PTQ of the same seed's ``fp16-ft`` checkpoint (fine-tuned in float, then
+  quantized): the equal-training-budget control of ``qat-<scheme>-ft``, so ``fp16-ft`` must be listed too;
 * ``ortq-w8a8`` / ``nncf-w8a8`` - the int8 tools users pick (ONNX Runtime's ``quantize_static``, NNCF's PTQ)
   applied to the same seed's ``fp16`` float32 ONNX, calibrated on the same train images.
 
 Which ``fp16`` checkpoint (``last.pt`` or ``best.pt``) the run's ``checkpoint_policy`` decides
 (:mod:`auto_quantize_model.runs.checkpoint_policy`). Each variant is compared with its matched
-baseline (:meth:`Variant.baseline`): a fine-tune with ``fp16-ft``, everything else with ``fp16``.
+baseline (:meth:`Variant.baseline`): a quantized fine-tune and PTQ of ``fp16-ft`` with ``fp16-ft``,
+everything else with ``fp16``.
 
 ``<scheme>`` is a named scheme (``w4a16``, ``w4a16-fl8``, ``w8a8``, ...) or a path to a scheme JSON file;
 the folder and row name use the scheme's own ``name`` (``qat-<scheme.name>``). Each variant is
@@ -35,9 +38,11 @@ from auto_quantize_model.quant.scheme import QuantScheme, resolve_scheme
 FP_VARIANT = "fp16"
 FP_FT_VARIANT = "fp16-ft"
 BASELINE_TOOLS = ("ortq", "nncf")  # the int8 tools users pick, applied to the FP ONNX (onnx_io.baselines)
-KINDS = ("fp", "fp-ft", "qat", "qat-ft", "ptq", *BASELINE_TOOLS)
+KINDS = ("fp", "fp-ft", "qat", "qat-ft", "ptq", "ptq-ft", *BASELINE_TOOLS)
 FLOAT_KINDS = ("fp", "fp-ft")
 FINE_TUNE_KINDS = ("fp-ft", "qat-ft")
+# Post-training quantization (ptq.py, no training) -> the float variant whose checkpoint it quantizes.
+PTQ_SOURCES = {"ptq": FP_VARIANT, "ptq-ft": FP_FT_VARIANT}
 FT_SUFFIX = "-ft"
 BASELINE_SCHEME = "w8a8"  # what the baseline tools make: int8 weights and activations
 FP_FORMATS = ("float32", "float16")
@@ -45,8 +50,15 @@ QUANT_FORMATS = ("qcdq", "int4")
 ACTIVATION_FORMATS = ("qdq",)
 WEIGHT_FORMATS = FP_FORMATS + QUANT_FORMATS + ACTIVATION_FORMATS
 # The format whose evaluation is the variant's headline number (weight-only schemes; activation schemes: qdq).
-HEADLINE_FORMAT = {"fp": "float32", "fp-ft": "float32", "qat": "qcdq", "qat-ft": "qcdq", "ptq": "qcdq"}
-GRAMMAR = "fp16 | fp16-ft | qat-<scheme> | qat-<scheme>-ft | ptq-<scheme> | ortq-w8a8 | nncf-w8a8"
+HEADLINE_FORMAT = {
+    "fp": "float32",
+    "fp-ft": "float32",
+    "qat": "qcdq",
+    "qat-ft": "qcdq",
+    "ptq": "qcdq",
+    "ptq-ft": "qcdq",
+}
+GRAMMAR = "fp16 | fp16-ft | qat-<scheme> | qat-<scheme>-ft | ptq-<scheme> | ptq-<scheme>-ft | ortq-w8a8 | nncf-w8a8"
 
 
 class VariantError(ValueError):
@@ -71,13 +83,14 @@ class Variant:
 
     @property
     def name(self) -> str:
-        """Folder, stage and row name: ``fp16``, ``fp16-ft``, ``qat-w4a16``, ``qat-w4a16-ft``, ``ptq-w4a16``."""
+        """Folder, stage and row name: ``fp16``, ``fp16-ft``, ``qat-w4a16``, ``qat-w4a16-ft``, ``ptq-w4a16``,
+        ``ptq-w4a16-ft``."""
         if self.kind in FLOAT_KINDS:
             return FP_FT_VARIANT if self.fine_tunes else FP_VARIANT
         if self.kind in BASELINE_TOOLS:
             return f"{self.kind}-{BASELINE_SCHEME}"
-        prefix = "ptq" if self.kind == "ptq" else "qat"
-        return f"{prefix}-{self.scheme.name}" + (FT_SUFFIX if self.kind == "qat-ft" else "")
+        prefix = "ptq" if self.post_training else "qat"
+        return f"{prefix}-{self.scheme.name}" + (FT_SUFFIX if self.kind.endswith(FT_SUFFIX) else "")
 
     @property
     def quantized(self) -> bool:
@@ -89,9 +102,20 @@ class Variant:
         return self.kind in FINE_TUNE_KINDS
 
     @property
+    def post_training(self) -> bool:
+        """Quantized by ``ptq.py`` from a float checkpoint, no training: ``ptq-<scheme>`` and ``ptq-<scheme>-ft``."""
+        return self.kind in PTQ_SOURCES
+
+    @property
+    def ptq_source(self) -> str | None:
+        """The float variant whose checkpoint (of the same seed) a PTQ variant quantizes: ``fp16`` for
+        ``ptq-<scheme>``, ``fp16-ft`` for ``ptq-<scheme>-ft``; ``None`` for every other variant."""
+        return PTQ_SOURCES.get(self.kind)
+
+    @property
     def needs_fp_checkpoint(self) -> bool:
-        """PTQ and fine-tuning start from the same seed's ``fp16`` checkpoint."""
-        return self.fine_tunes or self.kind == "ptq"
+        """PTQ and fine-tuning start from the same seed's ``fp16`` checkpoint (PTQ of ``fp16-ft`` through it)."""
+        return self.fine_tunes or self.post_training
 
     @property
     def needs_fp_onnx(self) -> bool:
@@ -129,14 +153,17 @@ class Variant:
         return f"ptq-{self.scheme.name}" if self.kind == "qat-ft" and self.quantizes_activations else None
 
     def baseline(self, names_in_run: Iterable[str]) -> Baseline | None:
-        """``fp16-ft`` for a quantized fine-tune, ``fp16`` for everything else; ``None`` for ``fp16`` itself.
+        """``fp16-ft`` for a quantized fine-tune and for PTQ of ``fp16-ft``, ``fp16`` for everything else;
+        ``None`` for ``fp16`` itself.
 
         A quantized fine-tune trained more epochs than ``fp16``, in a phase (low lr, mosaic off) ``fp16`` never
-        had; only ``fp16-ft`` had the same. Without ``fp16-ft`` in the run it falls back to ``fp16``, unmatched.
+        had; only ``fp16-ft`` had the same (``ptq-<scheme>-ft`` quantizes ``fp16-ft`` itself). Without ``fp16-ft``
+        in the run it falls back to ``fp16``, unmatched (:func:`parse_variants` refuses a ``ptq-<scheme>-ft``
+        without ``fp16-ft``).
         """
         if self.kind == "fp":
             return None
-        if self.kind == "qat-ft":
+        if self.kind == "qat-ft" or self.ptq_source == FP_FT_VARIANT:
             matched = FP_FT_VARIANT in set(names_in_run)
             return Baseline(FP_FT_VARIANT if matched else FP_VARIANT, matched)
         return Baseline(FP_VARIANT, True)
@@ -155,7 +182,8 @@ def eval_runtimes(
 
 
 def parse_variant(text: str) -> Variant:
-    """``"qat-w4a16-ft"`` -> ``Variant("qat-ft", <w4a16>)``; errors name the grammar and known schemes."""
+    """``"qat-w4a16-ft"`` -> ``Variant("qat-ft", <w4a16>)``, ``"ptq-w8a8-ft"`` -> ``Variant("ptq-ft", <w8a8>)``;
+    errors name the grammar and known schemes."""
     text = str(text).strip()
     if text == FP_VARIANT:
         return Variant("fp")
@@ -170,8 +198,8 @@ def parse_variant(text: str) -> Variant:
     if not sep or prefix not in ("qat", "ptq") or not rest:
         raise VariantError(f"variant {text!r} is not one of {GRAMMAR}")
     kind = prefix
-    if prefix == "qat" and rest.endswith(FT_SUFFIX) and not _is_scheme(rest):
-        kind, rest = "qat-ft", rest[: -len(FT_SUFFIX)]
+    if rest.endswith(FT_SUFFIX) and not _is_scheme(rest):
+        kind, rest = f"{prefix}{FT_SUFFIX}", rest[: -len(FT_SUFFIX)]
     try:
         scheme = resolve_scheme(rest)
     except ValueError as error:
@@ -189,12 +217,19 @@ def _is_scheme(spec: str) -> bool:
 
 
 def parse_variants(texts: list[str]) -> list[Variant]:
-    """Parse a variant list; refuse duplicates and PTQ/fine-tune variants without the ``fp16`` baseline."""
+    """Parse a variant list; refuse duplicates, PTQ/fine-tune variants without the ``fp16`` baseline and
+    ``ptq-<scheme>-ft`` without the ``fp16-ft`` it quantizes."""
     variants = [parse_variant(text) for text in texts]
     names = [variant.name for variant in variants]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise VariantError(f"variants {texts}: {duplicates} listed more than once")
+    for variant in variants:  # PTQ of fp16-ft needs it listed (fp16 itself: the check below, for all that need it)
+        if variant.ptq_source not in (None, FP_VARIANT, *names):
+            raise VariantError(
+                f"variant {variant.name} quantizes the same seed's {variant.ptq_source} checkpoint, but "
+                f"{variant.ptq_source} is not among the variants {names}; add {variant.ptq_source}"
+            )
     needing = [variant.name for variant in variants if variant.needs_fp_checkpoint or variant.needs_fp_onnx]
     if needing and FP_VARIANT not in names:
         raise VariantError(
