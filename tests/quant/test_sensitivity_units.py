@@ -119,3 +119,27 @@ def test_unit_scheme_is_a_valid_scheme_file(tmp_path, yolov10n) -> None:
     bits = layer_bit_widths(yolov10n, scheme)
     assert {name for name, width in bits.items() if width is not None} == {unit.name}
     assert isinstance(scheme, QuantScheme)
+
+
+@pytest.mark.parametrize(("act_bits", "kept"), [(4, 8), (8, None)])
+def test_mixed_activation_scheme_keeps_sensitive_inputs_high_within_the_input_budget(yolov10n, act_bits, kept) -> None:
+    """Resolved on the model: >= the requested share of the conv input elements at act_bits, the kept units' inputs
+    at 8 bits (float when the sweep was at 8), every conv's weights at 8 bits."""
+    from auto_quantize_model.quant.activations import activation_bit_widths
+    from auto_quantize_model.quant.sensitivity import conv_input_elements, mixed_activation_scheme
+
+    units = enumerate_units(yolov10n, "block")
+    elements = conv_input_elements(yolov10n, 64)
+    sizes = {unit.name: sum(elements[conv] for conv in unit.convs) for unit in units}
+    rng = random.Random(1)
+    drops = {unit.name: rng.uniform(-0.01, 0.05) for unit in units}
+    plan = mixed_activation_scheme(units, drops, sizes, act_bits, "absmax", 0.8)
+    weights = layer_bit_widths(yolov10n, plan.scheme)
+    assert set(weights.values()) == {8, None}  # None: DFL
+    inputs = activation_bit_widths(yolov10n, plan.scheme, weights, resolve_selector)
+    kept_convs = {conv for unit in units if unit.name in plan.high_bit_units for conv in unit.convs}
+    assert plan.high_bit_units and all(drops[name] > 0 for name in plan.high_bit_units)
+    assert {inputs[conv] for conv in kept_convs} == {kept}
+    low = sum(elements[conv] for conv, bits in inputs.items() if bits == act_bits)
+    assert low / sum(elements.values()) >= 0.8
+    assert low / sum(elements.values()) == pytest.approx(plan.low_bit_param_fraction)

@@ -1,7 +1,9 @@
 """The sensitivity sweep's model side: units of convs quantized together, the schemes that quantize one unit or
-all of them, the mixed-precision scheme a sweep suggests, and the ``sensitivity.csv`` rows and settings file.
+all of them (weights, or the convs' inputs), the mixed-precision schemes a sweep suggests, and the
+``sensitivity.csv`` rows and settings file.
 
-Units and the mixed scheme are described in :mod:`auto_quantize_model.sensitivity`, the stage that runs the sweep.
+Units, the two sweeps and the mixed schemes are described in :mod:`auto_quantize_model.sensitivity`, the stage that
+runs the sweep.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ REFERENCE_KIND = "reference"
 FP_REFERENCE = "fp"  # the unquantized model
 ALL_REFERENCE = "all"  # every unit at --bits
 HIGH_BITS = 8  # what the mixed scheme keeps sensitive units at
+SWEEPS = ("weights", "activations")  # what a sweep quantizes in the unit under test
+WEIGHTS_SWEEP, ACTIVATIONS_SWEEP = SWEEPS
+BASE_REFERENCE = "base"  # activations sweep: every conv's weights at ACT_SWEEP_WEIGHT_BITS, inputs float
+# The activation placement quantizes only the inputs of weight-quantized convs (an integer conv needs both operands
+# in integer), so an activations sweep cannot keep the unit's weights float: they sit at 8 bits, near-lossless
+# (every conv's in the ``all`` and ``base`` references and the mixed scheme).
+ACT_SWEEP_WEIGHT_BITS = 8
 
 
 class SweepInputError(ValueError):
@@ -50,9 +59,10 @@ class SweepRow:
     unit: str
     kind: str
     params: int
-    bits: int | None  # None: the FP reference
+    bits: int | None  # the swept quantity's bit width; None where it is float (the FP and base references)
     mAP50_95: float
     drop: float
+    swept: str = WEIGHTS_SWEEP  # SWEEPS: what ``bits`` is the bit width of
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,7 @@ class MixedPrecisionPlan:
 
     scheme: QuantScheme
     high_bit_units: tuple[str, ...]
-    low_bit_param_fraction: float  # share of the quantized weight elements at the low bit width
+    low_bit_param_fraction: float  # share of the cost (weight / conv input elements) at the low bit width
 
 
 def quantizable_convs(model: Any) -> dict[str, int]:
@@ -114,13 +124,83 @@ def all_units_scheme(bits: int, scaling: str) -> QuantScheme:
     return QuantScheme(f"w{bits}a16-all", weight_bit_width=bits, scaling=scaling)
 
 
+def activation_unit_scheme(unit: SweepUnit, act_bits: int, scaling: str) -> QuantScheme:
+    """Only ``unit``'s convs quantized: their inputs at ``act_bits``, their weights at 8 bits; the rest float.
+
+    The weights cannot stay float: the placement quantizes only the inputs of weight-quantized convs. It quantizes
+    each tensor once, on its producer, at the width of its widest reader: a tensor the unit's convs share with
+    other convs (a Concat / Add / Upsample group, a C2f join) reaches those readers quantized too.
+    """
+    return QuantScheme(
+        f"sens-act-{unit.name}",
+        weight_bit_width=ACT_SWEEP_WEIGHT_BITS,
+        scaling=scaling,
+        layer_overrides=(("*", None), (unit.selector, ACT_SWEEP_WEIGHT_BITS)),
+        act_overrides=((unit.selector, act_bits),),
+    )
+
+
+def activation_all_scheme(act_bits: int, scaling: str) -> QuantScheme:
+    """Every conv's weights at 8 bits and every conv input at ``act_bits`` (``w8a8`` at 8)."""
+    return QuantScheme(
+        f"w{ACT_SWEEP_WEIGHT_BITS}a{act_bits}-all",
+        weight_bit_width=ACT_SWEEP_WEIGHT_BITS,
+        scaling=scaling,
+        act_bit_width=act_bits,
+    )
+
+
+def activation_base_scheme(scaling: str) -> QuantScheme:
+    """Every conv's weights at 8 bits, inputs float: what the 8-bit weights cost, all convs at once."""
+    return QuantScheme(f"w{ACT_SWEEP_WEIGHT_BITS}a16-base", weight_bit_width=ACT_SWEEP_WEIGHT_BITS, scaling=scaling)
+
+
 def quantized_copy(model: Any, scheme: QuantScheme) -> Any:
     """A quantized deep copy of ``model`` (which stays float: each unit starts from the FP weights)."""
+    return quantized_copy_with_report(model, scheme)[0]
+
+
+def quantized_copy_with_report(model: Any, scheme: QuantScheme) -> tuple[Any, Any]:
+    """:func:`quantized_copy` and its ``QuantizationReport`` (where activation quantizers were placed)."""
     from auto_quantize_model.quant.yolov10 import quantize_model
 
     clone = copy.deepcopy(model)
-    quantize_model(clone, scheme)
-    return clone.eval()
+    report = quantize_model(clone, scheme)
+    return clone.eval(), report
+
+
+def placement_record(unit: SweepUnit, report: Any) -> dict[str, Any]:
+    """Which quantizers a unit's activation scheme placed and which convs read them, the unit's and others'."""
+    activations = report.activations
+    names = {quantizer["name"] for quantizer in activations.quantizers}
+    readers = [conv for conv, source in activations.conv_inputs if source in names]
+    return {
+        "quantizers": sorted(names),
+        "unit_convs_quantized": sum(conv in unit.convs for conv in readers),
+        "unit_convs": len(unit.convs),
+        "other_convs_reading_them": [conv for conv in readers if conv not in unit.convs],
+    }
+
+
+def conv_input_elements(model: Any, imgsz: int) -> dict[str, int]:
+    """Elements of each quantizable conv's input for one ``imgsz`` square image: what its activation bits scale."""
+    import torch
+
+    clone = copy.deepcopy(model).eval()  # the head caches anchors per input shape: leave the sweep's model alone
+    sizes: dict[str, int] = {}
+    hooks = [
+        clone.get_submodule(name).register_forward_pre_hook(
+            lambda module, args, name=name: sizes.__setitem__(name, args[0][0].numel())
+        )
+        for name in quantizable_convs(model)
+    ]
+    try:
+        with torch.no_grad():
+            clone(torch.zeros(1, 3, imgsz, imgsz, device=next(clone.parameters()).device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sizes
 
 
 def mixed_precision_scheme(
@@ -138,26 +218,66 @@ def mixed_precision_scheme(
     ones. Units whose drop is <= ``min_drop`` stay at ``bits``: a drop at the level of measurement noise (a
     reordered low-score detection) is no reason to spend 8-bit budget.
     """
-    if not 0.0 < low_bit_param_fraction <= 1.0:
-        raise SweepInputError(f"--w4-param-fraction must be in (0, 1], got {low_bit_param_fraction}")
-    total = sum(unit.params for unit in units)
-    budget = (1.0 - low_bit_param_fraction) * total
-    sensitive = (unit for unit in units if drops.get(unit.name, 0.0) > max(min_drop, 0.0))
-    ranked = sorted(sensitive, key=lambda unit: (-drops[unit.name], unit.params))
-    high: list[SweepUnit] = []
-    used = 0
-    for unit in ranked:
-        if used + unit.params <= budget:
-            high.append(unit)
-            used += unit.params
-    order = {unit.name: i for i, unit in enumerate(units)}
-    high.sort(key=lambda unit: order[unit.name])  # module order reads better in the file
+    sizes = {unit.name: unit.params for unit in units}
+    high, fraction = _promote(units, drops, sizes, low_bit_param_fraction, min_drop)
     name = f"w{bits}a16-mixed{round(low_bit_param_fraction * 100)}" + ("" if scaling == "absmax" else f"-{scaling}")
     scheme = QuantScheme(
         name, weight_bit_width=bits, scaling=scaling, layer_overrides=tuple((unit.selector, HIGH_BITS) for unit in high)
     )
-    fraction = 1.0 - used / total if total else 1.0
     return MixedPrecisionPlan(scheme, tuple(unit.name for unit in high), fraction)
+
+
+def activation_high_bits(act_bits: int) -> int | None:
+    """What the mixed activation scheme keeps sensitive units' inputs at: 8 bits, or float when the sweep was at 8."""
+    return HIGH_BITS if act_bits < HIGH_BITS else None
+
+
+def mixed_activation_scheme(
+    units: Sequence[SweepUnit],
+    drops: dict[str, float],
+    input_elements: dict[str, int],
+    act_bits: int,
+    scaling: str,
+    low_bit_fraction: float,
+    min_drop: float = 0.0,
+) -> MixedPrecisionPlan:
+    """:func:`mixed_precision_scheme` for an activations sweep: weights at 8 bits, conv inputs at ``act_bits``
+    but the most sensitive units' at :func:`activation_high_bits`, while >= ``low_bit_fraction`` of the conv input
+    elements (``input_elements``: per unit, at the sweep's imgsz) stay at ``act_bits``. A tensor shared by a kept
+    unit and others is quantized at the wider width for all its readers (the placement's one quantizer per tensor).
+    """
+    high, fraction = _promote(units, drops, input_elements, low_bit_fraction, min_drop)
+    kept = activation_high_bits(act_bits)
+    name = f"w{ACT_SWEEP_WEIGHT_BITS}a{act_bits}-mixed{round(low_bit_fraction * 100)}"
+    scheme = QuantScheme(
+        name + ("" if scaling == "absmax" else f"-{scaling}"),
+        weight_bit_width=ACT_SWEEP_WEIGHT_BITS,
+        scaling=scaling,
+        act_bit_width=act_bits,
+        act_overrides=tuple((unit.selector, kept) for unit in high),
+    )
+    return MixedPrecisionPlan(scheme, tuple(unit.name for unit in high), fraction)
+
+
+def _promote(
+    units: Sequence[SweepUnit], drops: dict[str, float], sizes: dict[str, int], fraction: float, min_drop: float
+) -> tuple[list[SweepUnit], float]:
+    """The greedy of the mixed schemes: units kept high (module order) and the share of ``sizes`` left low."""
+    if not 0.0 < fraction <= 1.0:
+        raise SweepInputError(f"--w4-param-fraction (--low-bit-fraction) must be in (0, 1], got {fraction}")
+    total = sum(sizes[unit.name] for unit in units)
+    budget = (1.0 - fraction) * total
+    sensitive = (unit for unit in units if drops.get(unit.name, 0.0) > max(min_drop, 0.0))
+    ranked = sorted(sensitive, key=lambda unit: (-drops[unit.name], sizes[unit.name]))
+    high: list[SweepUnit] = []
+    used = 0
+    for unit in ranked:
+        if used + sizes[unit.name] <= budget:
+            high.append(unit)
+            used += sizes[unit.name]
+    order = {unit.name: i for i, unit in enumerate(units)}
+    high.sort(key=lambda unit: order[unit.name])  # module order reads better in the file
+    return high, (1.0 - used / total if total else 1.0)
 
 
 def low_bit_param_share(model: Any, scheme: QuantScheme, bits: int) -> float:
@@ -179,11 +299,26 @@ def parameter_weighted_bits(model: Any, scheme: QuantScheme) -> float:
     return sum(widths[name] * size for name, size in sizes.items()) / sum(sizes.values())
 
 
-CSV_COLUMNS = ("unit", "kind", "params", "bits", "mAP50_95", "drop")
+# ``swept`` came with the activations sweep: a csv without it (written before) holds a weights sweep.
+CSV_COLUMNS = ("unit", "kind", "params", "bits", "mAP50_95", "drop", "swept")
 CSV_DECIMALS = 6
 # Settings a measurement depends on; a rerun with any of them different is refused. Batch and device are recorded
 # but not compared: with square letterboxed batches neither changes the inputs.
-COMPARED_SETTINGS = ("weights_sha256", "val_images_sha256", "bits", "scaling", "granularity", "max_val_images", "imgsz")
+COMPARED_SETTINGS = (
+    "weights_sha256",
+    "val_images_sha256",
+    "sweep",
+    "bits",
+    "act_bits",
+    "calib_images",
+    "calib_images_sha256",
+    "scaling",
+    "granularity",
+    "max_val_images",
+    "imgsz",
+)
+# What a settings file written before the activations sweep existed means by the keys it lacks: a weights sweep.
+LEGACY_SETTINGS = {"sweep": WEIGHTS_SWEEP, "act_bits": None, "calib_images": None, "calib_images_sha256": None}
 
 
 def read_rows(path: Path) -> list[SweepRow]:
@@ -202,6 +337,7 @@ def read_rows(path: Path) -> list[SweepRow]:
                     bits,
                     float(record["mAP50_95"]),
                     float(record["drop"]),
+                    record.get("swept") or WEIGHTS_SWEEP,
                 )
             )
     return rows
@@ -214,14 +350,16 @@ def write_rows(path: Path, rows: Sequence[SweepRow]) -> Path:
     writer.writerow(CSV_COLUMNS)
     for row in rows:
         bits = "" if row.bits is None else row.bits
-        writer.writerow(
-            [row.unit, row.kind, row.params, bits, f"{row.mAP50_95:.{CSV_DECIMALS}f}", f"{row.drop:.{CSV_DECIMALS}f}"]
-        )
+        value, drop = f"{row.mAP50_95:.{CSV_DECIMALS}f}", f"{row.drop:.{CSV_DECIMALS}f}"
+        writer.writerow([row.unit, row.kind, row.params, bits, value, drop, row.swept])
     return write_text_atomic(path, buffer.getvalue())
 
 
 def check_or_save_settings(path: Path, settings: dict[str, Any], csv_path: Path) -> None:
-    """First run: save ``settings``. Rerun: refuse when a compared setting differs, naming each difference."""
+    """First run: save ``settings``. Rerun: refuse when a compared setting differs, naming each difference.
+
+    A key the saved file lacks reads as :data:`LEGACY_SETTINGS` says (an older weights sweep resumes as one).
+    """
     if not path.is_file():
         if csv_path.is_file():
             raise SweepInputError(
@@ -231,9 +369,9 @@ def check_or_save_settings(path: Path, settings: dict[str, Any], csv_path: Path)
         return
     saved = read_json(path)
     differences = [
-        f"{key}: {saved.get(key)!r} then, {settings[key]!r} now"
+        f"{key}: {saved.get(key, LEGACY_SETTINGS.get(key))!r} then, {settings[key]!r} now"
         for key in COMPARED_SETTINGS
-        if saved.get(key) != settings[key]
+        if saved.get(key, LEGACY_SETTINGS.get(key)) != settings[key]
     ]
     if differences:
         raise SweepInputError(

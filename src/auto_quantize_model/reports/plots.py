@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from auto_quantize_model.quant.sensitivity import ALL_REFERENCE, FP_REFERENCE, HIGH_BITS, REFERENCE_KIND, SweepRow
+from auto_quantize_model.quant.sensitivity import (
+    ACTIVATIONS_SWEEP,
+    ALL_REFERENCE,
+    BASE_REFERENCE,
+    FP_REFERENCE,
+    HIGH_BITS,
+    REFERENCE_KIND,
+    WEIGHTS_SWEEP,
+    SweepRow,
+    activation_high_bits,
+)
 from auto_quantize_model.reports.variant_stats import VariantStats, variant_label
 from auto_quantize_model.utils.io import atomic_output
 
@@ -103,8 +113,16 @@ def plot_map_vs_size(stats: Sequence[VariantStats], pareto: Sequence[bool], path
     return path
 
 
-def plot_sensitivity(path: Path, rows: Sequence[SweepRow], high_bit_units: set[str], bits: int) -> Path:
-    """Sorted drop bars (8-bit units of the mixed scheme highlighted), reference lines, parameter share per unit."""
+def plot_sensitivity(
+    path: Path,
+    rows: Sequence[SweepRow],
+    high_bit_units: set[str],
+    bits: int,
+    swept: str = WEIGHTS_SWEEP,
+    sizes: dict[str, int] | None = None,
+) -> Path:
+    """Sorted drop bars (units the mixed scheme keeps high highlighted), reference lines, each unit's share of the
+    cost (``sizes``: per unit, e.g. conv input elements; default its weight elements)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,36 +131,43 @@ def plot_sensitivity(path: Path, rows: Sequence[SweepRow], high_bit_units: set[s
 
     refs = {row.unit: row for row in rows if row.kind == REFERENCE_KIND}
     units = sorted((row for row in rows if row.kind != REFERENCE_KIND), key=lambda row: -row.drop)
-    total = sum(row.params for row in units) or 1
+    cost = sizes or {row.unit: row.params for row in units}
+    total = sum(cost[row.unit] for row in units) or 1
     x = range(len(units))
     width = max(8.0, 0.28 * len(units))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(width, 7.5), sharex=True, height_ratios=(3, 1))
     colors = ["tab:red" if row.unit in high_bit_units else "tab:blue" for row in units]
     top.bar(x, [row.drop for row in units], color=colors)
     top.axhline(0.0, color="black", linewidth=0.8, label=f"FP (mAP50-95 {refs[FP_REFERENCE].mAP50_95:.4f})")
-    if ALL_REFERENCE in refs:
-        all_row = refs[ALL_REFERENCE]
-        top.axhline(
-            all_row.drop,
-            color="tab:orange",
-            linestyle="--",
-            label=f"all units at {bits} bits (mAP50-95 {all_row.mAP50_95:.4f}, drop {all_row.drop:+.4f})",
-        )
+    _reference_line(top, refs.get(BASE_REFERENCE), "tab:green", "8-bit weights, inputs float")
+    _reference_line(top, refs.get(ALL_REFERENCE), "tab:orange", f"all units at {bits} bits")
+    activations = swept == ACTIVATIONS_SWEEP
+    high = activation_high_bits(bits) if activations else HIGH_BITS
+    what = "inputs" if activations else "weights"
     handles, _ = top.get_legend_handles_labels()
     handles += [
-        Patch(color="tab:red", label=f"unit kept at {HIGH_BITS} bits by the mixed scheme"),
-        Patch(color="tab:blue", label=f"unit at {bits} bits in the mixed scheme"),
+        Patch(color="tab:red", label=f"unit's {what} kept at {high or 'float'} by the mixed scheme"),
+        Patch(color="tab:blue", label=f"unit's {what} at {bits} bits in the mixed scheme"),
     ]
-    top.set_ylabel(f"mAP50-95 drop (FP - unit alone at {bits} bits)")
-    top.set_title(f"Weight-quantization sensitivity: one unit at {bits} bits, the rest float")
-    low, high = top.get_ylim()
-    top.set_ylim(low, high + 0.35 * (high - low))  # headroom: the legend must not hide the reference line
+    top.set_ylabel(f"mAP50-95 drop (FP - unit's {what} alone at {bits} bits)")
+    title = "Weight-quantization sensitivity: one unit at {b} bits, the rest float"
+    if activations:
+        title = "Activation-quantization sensitivity: a unit's conv inputs at {b} bits (weights 8), the rest float"
+    top.set_title(title.format(b=bits))
+    low, high_y = top.get_ylim()
+    top.set_ylim(low, high_y + 0.35 * (high_y - low))  # headroom: the legend must not hide the reference line
     top.legend(handles=handles, loc="upper right", fontsize=8)
-    bottom.bar(x, [100.0 * row.params / total for row in units], color="tab:gray")
-    bottom.set_ylabel("params %")
+    bottom.bar(x, [100.0 * cost[row.unit] / total for row in units], color="tab:gray")
+    bottom.set_ylabel("input elements %" if sizes else "params %")
     bottom.set_xticks(list(x), [row.unit.removeprefix("model.") for row in units], rotation=90, fontsize=7)
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path
+
+
+def _reference_line(axes: Any, row: SweepRow | None, color: str, label: str) -> None:
+    if row is not None:
+        text = f"{label} (mAP50-95 {row.mAP50_95:.4f}, drop {row.drop:+.4f})"
+        axes.axhline(row.drop, color=color, linestyle="--", label=text)
