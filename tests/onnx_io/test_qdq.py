@@ -84,6 +84,29 @@ def test_w8a8_weights_stay_int8_at_their_opset(tmp_path):
     assert stored.data_type == TensorProto.INT8 and (result.int4_weights, result.opset) == (0, 17)
 
 
+def test_sub_8_bit_activations_keep_their_clip_in_uint8(tmp_path):
+    """4-bit activations export as Q -> Clip(-8, 7) -> DQ: the DQ behind the Clip and the Clip's bounds move to uint8
+    with the zero point, so the graph type-checks and ONNX Runtime gives identical outputs."""
+    model = _qcdq_model(np.random.default_rng(0).integers(-120, 120, (3, 2, 3, 3)))
+    graph = model.graph
+    graph.initializer.extend(
+        [numpy_helper.from_array(np.array(-8, np.int8), "a_low"), numpy_helper.from_array(np.array(7, np.int8), "a_hi")]
+    )
+    dequantize = next(node for node in graph.node if node.input[0] == "xq")
+    dequantize.input[0] = "xq_clipped"
+    graph.node.insert(1, helper.make_node("Clip", ["xq", "a_low", "a_hi"], ["xq_clipped"]))
+    src = tmp_path / "qcdq.onnx"
+    onnx.save(model, src)
+    x = np.random.default_rng(1).random((1, 2, 5, 5), dtype=np.float32) * 4 - 2  # beyond the 4-bit range
+    result = integer_runtime_qdq_file(src, tmp_path / "qdq.onnx", x)
+    converted = onnx.load(tmp_path / "qdq.onnx")
+    clip = next(node for node in converted.graph.node if node.op_type == "Clip")
+    bounds = {i.name: numpy_helper.to_array(i) for i in converted.graph.initializer if i.name in clip.input[1:]}
+    assert [bounds[name].tolist() for name in clip.input[1:]] == [120, 135]
+    assert all(value.dtype == np.uint8 for value in bounds.values())
+    assert result.activations_to_uint8 == 2 and result.max_abs_output_diff == 0.0
+
+
 def test_a_graph_without_weight_chains_is_refused():
     model = _qcdq_model(np.zeros((3, 2, 3, 3)))
     clip = next(node for node in model.graph.node if node.op_type == "Clip")

@@ -150,25 +150,47 @@ def _drop_weight_clips(model: Any) -> list[Any]:
 
 def _activations_to_uint8(graph: Any, inits: dict[str, Any]) -> tuple[int, set[str]]:
     """Point every activation QuantizeLinear, and the DequantizeLinear it feeds, with an int8 zero point at a uint8
-    copy shifted by 128; returns how many nodes changed and the zero-point names they no longer read."""
+    copy shifted by 128; returns how many nodes changed and the names they no longer read.
+
+    Activations narrower than 8 bits are exported ``Q -> Clip(min, max) -> DQ`` (the Clip keeps the codes in range):
+    the DequantizeLinear behind such a Clip is shifted too, and so are the Clip's bounds.
+    """
     import onnx
 
     quantizers = [node for node in graph.node if node.op_type == "QuantizeLinear"]
     outputs = {node.output[0] for node in quantizers}
-    pairs = quantizers + [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in outputs]
+    clips = [node for node in graph.node if node.op_type == "Clip" and node.input[0] in outputs]
+    read = outputs | {clip.output[0] for clip in clips}
+    pairs = quantizers + [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in read]
     made: dict[str, str] = {}
     for node in pairs:
         name = node.input[2] if len(node.input) > 2 else ""
         zero_point = onnx.numpy_helper.to_array(inits[name]) if name in inits else None
         if zero_point is None or zero_point.dtype != np.int8:
             continue  # already unsigned (the image) or not a constant initializer: left as exported
-        if name not in made:
-            made[name] = f"{name}_uint8"
-            shifted = (zero_point.astype(np.int16) + 128).astype(np.uint8)
-            graph.initializer.append(onnx.numpy_helper.from_array(shifted, made[name]))
+        _add_shifted_copy(graph, name, zero_point, made)
         node.input[2] = made[name]
-    _forget_value_types(graph, {node.output[0] for node in quantizers if node.input[2] in made.values()})
+    now_uint8 = {node.output[0] for node in quantizers if len(node.input) > 2 and node.input[2] in made.values()}
+    shifted_clips = [clip for clip in clips if clip.input[0] in now_uint8]
+    for clip in shifted_clips:
+        for index in (1, 2):
+            bound = clip.input[index] if len(clip.input) > index else ""
+            if bound not in inits:
+                raise QDQConversionError(f"Clip {clip.name!r} of an activation has no constant bound; re-export")
+            _add_shifted_copy(graph, bound, onnx.numpy_helper.to_array(inits[bound]), made)
+            clip.input[index] = made[bound]
+    _forget_value_types(graph, now_uint8 | {clip.output[0] for clip in shifted_clips})
     return sum(node.input[2] in made.values() for node in pairs if len(node.input) > 2), set(made)
+
+
+def _add_shifted_copy(graph: Any, name: str, values: np.ndarray, made: dict[str, str]) -> None:
+    """Add ``name + "_uint8"``: the int8 ``values`` + 128 as uint8 (the same numbers once the zero point is too)."""
+    import onnx
+
+    if name not in made:
+        made[name] = f"{name}_uint8"
+        shifted = (values.astype(np.int16) + 128).astype(np.uint8)
+        graph.initializer.append(onnx.numpy_helper.from_array(shifted, made[name]))
 
 
 def _forget_value_types(graph: Any, names: set[str]) -> None:
