@@ -31,13 +31,15 @@ from auto_quantize_model.runs.variants import parse_variant
 
 
 def _pairs(run_roots: list[RunRoot], variant: str, weights_format: str) -> list[tuple[Path, Path]]:
-    baseline = parse_variant(variant).baseline([variant, "fp16-ft"] if variant.endswith("-ft") else [variant])
+    """One ``(baseline eval dir, variant eval dir)`` per seed of every run root that evaluated the file."""
     pairs = []
     for root in run_roots:
-        for seed in yaml.safe_load(root.run_config.read_text(encoding="utf-8"))["seeds"]:
+        config = yaml.safe_load(root.run_config.read_text(encoding="utf-8"))
+        baseline = parse_variant(variant).baseline(config["variants"])
+        for seed in config["seeds"]:
             seed_root = root.seed(int(seed))
             quant = seed_root.eval_dir(variant, weights_format)
-            if quant.is_dir():
+            if quant.is_dir() and baseline is not None:
                 pairs.append((seed_root.eval_dir(baseline.name, "float32"), quant))
     return pairs
 
